@@ -1,0 +1,375 @@
+"""The gateway's configuration: one typed, frozen object built once at start-up.
+
+Sources, later ones winning:
+
+1. defaults (every key has one except `upstream.url` and `[[auth.issuers]]`);
+2. a TOML file (`--config PATH` or `CHATKIT_GATEWAY_CONFIG`);
+3. environment overrides `CHATKIT_GATEWAY__SECTION__KEY=value`, the value read as TOML would read
+   it (`false`, `30`, `["https://app.example.com"]`) and otherwise taken as a plain string;
+4. for secrets, `CHATKIT_GATEWAY__SECTION__KEY_FILE=/path` naming a file that holds the value.
+
+Unknown keys and bad values raise `ConfigError` with a message naming the key
+(`upstream.url: must be an http(s) URL`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ENV_PREFIX",
+    "SECRET_KEYS",
+    "AuthConfig",
+    "ConfigError",
+    "CorsConfig",
+    "GatewayConfig",
+    "IdentityConfig",
+    "IssuerConfig",
+    "JWKSConfig",
+    "LoggingConfig",
+    "MetadataConfig",
+    "RateLimitConfig",
+    "SecurityConfig",
+    "ServerConfig",
+    "UpstreamConfig",
+    "load_config",
+    "redacted",
+]
+
+ENV_PREFIX = "CHATKIT_GATEWAY__"
+CONFIG_PATH_ENV = "CHATKIT_GATEWAY_CONFIG"
+SECRET_KEYS = frozenset({("upstream", "identity_secret"), ("ratelimit", "redis_url")})
+MIB = 1024 * 1024
+
+Seconds = Annotated[float, Strict(), Field(ge=0)]
+PositiveSeconds = Annotated[float, Strict(), Field(gt=0)]
+Bytes = Annotated[int, Strict(), Field(gt=0)]
+Count = Annotated[int, Strict(), Field(ge=0)]
+Flag = Annotated[bool, Strict()]
+Text = Annotated[str, Strict()]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key at fault."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+
+
+def _check_http_url(value: str, *, trailing_slash: bool = False) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials")
+    if parts.fragment:
+        raise ValueError("must not have a fragment")
+    if trailing_slash and not parts.path.endswith("/"):
+        raise ValueError("must end with '/'")
+    return value
+
+
+def _check_origin(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+        raise ValueError(f"{value!r} is not an origin like 'https://app.example.com'")
+    return value.rstrip("/").lower()
+
+
+class ServerConfig(_Section):
+    host: Text = "127.0.0.1"
+    port: Annotated[int, Strict(), Field(ge=0, le=65535)] = 8080
+    chatkit_path: Text = "/chatkit"
+    uploads_path: Text = "/chatkit/uploads/"
+    max_body_bytes: Bytes = 25 * MIB
+    max_upload_bytes: Bytes = 100 * MIB
+    shutdown_grace_seconds: Seconds = 30.0
+    trusted_proxies: tuple[Text, ...] = ()
+
+    @field_validator("chatkit_path")
+    @classmethod
+    def _chatkit_path(cls, value: str) -> str:
+        if not value.startswith("/") or value.endswith("/") or "//" in value:
+            raise ValueError("must start with '/' and not end with '/'")
+        return value
+
+    @field_validator("uploads_path")
+    @classmethod
+    def _uploads_path(cls, value: str) -> str:
+        if not value.startswith("/") or not value.endswith("/") or "//" in value:
+            raise ValueError("must start and end with '/'")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return value
+
+
+class UpstreamConfig(_Section):
+    url: Text
+    uploads_url: Text | None = None
+    connect_timeout: PositiveSeconds = 5.0
+    response_timeout: PositiveSeconds = 60.0
+    heartbeat_seconds: Seconds = 0.0
+    forward_access_token: Flag = False
+    identity_secret: Text | None = None
+    # Measured: httpcore's pool bookkeeping is quadratic in pooled connections, so JSON requests
+    # share a small pool behind a gate of the same size, and streams get their own client.
+    max_connections: Annotated[int, Strict(), Field(ge=1, le=256)] = 8
+    max_streams: Annotated[int, Strict(), Field(ge=1)] = 10_000
+    stream_keepalive: Annotated[int, Strict(), Field(ge=0, le=256)] = 16
+    keepalive_expiry: PositiveSeconds = 30.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _check_http_url(value)
+
+    @field_validator("uploads_url")
+    @classmethod
+    def _uploads_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value, trailing_slash=True)
+
+    @field_validator("identity_secret")
+    @classmethod
+    def _identity_secret(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) < 32:
+            raise ValueError("must be at least 32 bytes (use a random secret)")
+        return value
+
+
+class JWKSConfig(_Section):
+    min_ttl_seconds: Seconds = 60.0
+    max_ttl_seconds: Seconds = 86400.0
+    default_ttl_seconds: Seconds = 300.0
+    refresh_cooldown_seconds: Seconds = 30.0
+    max_stale_seconds: Seconds = 86400.0
+    fetch_timeout_seconds: PositiveSeconds = 5.0
+    max_bytes: Bytes = MIB
+
+    @model_validator(mode="after")
+    def _ttl_bounds(self) -> JWKSConfig:
+        if self.min_ttl_seconds > self.max_ttl_seconds:
+            raise ValueError("min_ttl_seconds must not exceed max_ttl_seconds")
+        return self
+
+
+ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+
+
+class IssuerConfig(_Section):
+    issuer: Text
+    jwks_url: Text | None = None
+    audiences: tuple[Text, ...] = Field(min_length=1)
+    algorithms: tuple[Text, ...] = ("RS256",)
+    leeway_seconds: Seconds = 30.0
+    required_claims: tuple[Text, ...] = ("exp", "iat", "sub")
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        return _check_http_url(value)
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("must name at least one algorithm")
+        for alg in value:
+            # RFC 8725 3.1: `none` and HMAC are never acceptable for tokens verified with public keys.
+            if alg not in ALLOWED_ALGORITHMS:
+                raise ValueError(f"{alg!r} is not allowed; choose from {', '.join(ALLOWED_ALGORITHMS)}")
+        return value
+
+
+class AuthConfig(_Section):
+    bearer: Flag = True
+    cookie_names: tuple[Text, ...] = ("auth_token",)
+    max_token_bytes: Bytes = 8192
+    stream_errors: Flag = False
+    jwks: JWKSConfig = JWKSConfig()
+    issuers: tuple[IssuerConfig, ...] = Field(min_length=1)
+    token_cache_size: Annotated[int, Strict(), Field(ge=0)] = 10_000
+    token_cache_seconds: Seconds = 300.0
+
+    @field_validator("issuers")
+    @classmethod
+    def _unique_issuers(cls, value: tuple[IssuerConfig, ...]) -> tuple[IssuerConfig, ...]:
+        names = [item.issuer for item in value]
+        if len(names) != len(set(names)):
+            raise ValueError("each issuer may appear once")
+        return value
+
+
+class SecurityConfig(_Section):
+    allowed_origins: tuple[Text, ...] = ()
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _allowed_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_origin(v) for v in value)
+
+
+class CorsConfig(_Section):
+    allow_origins: tuple[Text, ...] = ()
+    max_age_seconds: Annotated[int, Strict(), Field(ge=0)] = 600
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _allow_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "*" in value:
+            raise ValueError("'*' cannot be used with credentials; list explicit origins")
+        return tuple(_check_origin(v) for v in value)
+
+
+class IdentityConfig(_Section):
+    user_id_claim: Text = "sub"
+    name_claim: Text = "name"
+    email_claim: Text = "email"
+    extra_claims: tuple[Text, ...] = ()
+
+
+class MetadataConfig(_Section):
+    page_context_header: Text = "X-ChatKit-Page-Context"
+    page_context_max_bytes: Bytes = 4096
+    page_context_value_max_chars: Bytes = 1024
+    page_context_keys: tuple[Text, ...] = ()
+
+
+class RateLimitConfig(_Section):
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: Text | None = None
+    requests_per_minute: Count = 0
+    messages_per_minute: Count = 0
+    max_concurrent_streams: Count = 0
+    on_backend_error: Literal["allow", "deny"] = "allow"
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> RateLimitConfig:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("redis_url is required when backend = 'redis'")
+        return self
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class GatewayConfig(_Section):
+    server: ServerConfig = ServerConfig()
+    upstream: UpstreamConfig
+    auth: AuthConfig
+    security: SecurityConfig = SecurityConfig()
+    cors: CorsConfig = CorsConfig()
+    identity: IdentityConfig = IdentityConfig()
+    metadata: MetadataConfig = MetadataConfig()
+    ratelimit: RateLimitConfig = RateLimitConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _uploads_path_distinct(self) -> GatewayConfig:
+        if self.server.uploads_path.rstrip("/") == self.server.chatkit_path:
+            raise ValueError("server.uploads_path must differ from server.chatkit_path")
+        return self
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            raise ConfigError(f"{name}: malformed override name")
+        value: Any
+        if path[-1].endswith("_file") and tuple([*path[:-1], path[-1][: -len("_file")]]) in SECRET_KEYS:
+            path[-1] = path[-1][: -len("_file")]
+            try:
+                value = Path(raw).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(f"{'.'.join(path)}: cannot read {raw}: {exc.strerror}") from None
+        else:
+            value = _parse_env_value(raw)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(path[: i + 1])}: cannot override inside a non-table value")
+            node = child
+        node[path[-1]] = value
+
+
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in error["loc"]) or "config"
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key"
+        elif kind == "missing":
+            message = "required key is missing"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {message}")
+    return "\n".join(lines)
+
+
+def build_config(data: Mapping[str, Any]) -> GatewayConfig:
+    """Validate an already merged mapping (file plus overrides)."""
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read the TOML file (if any), apply environment overrides and validate."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(CONFIG_PATH_ENV) or None
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    _apply_env(data, environ)
+    return build_config(data)
+
+
+def redacted(config: GatewayConfig) -> dict[str, Any]:
+    """The effective configuration as plain data, secrets replaced by a marker."""
+    data = config.model_dump(mode="json")
+    for section, key in SECRET_KEYS:
+        if data.get(section, {}).get(key) is not None:
+            data[section][key] = "<redacted>"
+    return data
