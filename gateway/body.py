@@ -1,0 +1,69 @@
+"""Reading request bodies from ASGI `receive`, bounded as they arrive.
+
+uvicorn sets no body limit, so the bound is enforced here while reading: a declared
+`Content-Length` over the limit is refused before any byte is read, and a chunked body is counted
+as it comes, so neither reaches memory or the upstream whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from starlette.types import Receive
+
+from .errors import BadRequest, PayloadTooLarge
+from .headers import header_value
+
+__all__ = ["ClientDisconnected", "declared_length", "read_body", "stream_body"]
+
+
+class ClientDisconnected(Exception):
+    """The client went away; there is nobody left to answer."""
+
+
+def declared_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
+    value = header_value(headers, b"content-length")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise BadRequest("The Content-Length header is malformed.")
+    return int(value)
+
+
+async def read_body(receive: Receive, headers: Sequence[tuple[bytes, bytes]], limit: int) -> bytes:
+    """The whole body, or `PayloadTooLarge` as soon as it is known to exceed `limit`."""
+    declared = declared_length(headers)
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge()
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected()
+        chunk = message.get("body", b"")
+        if chunk:
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge()
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def stream_body(receive: Receive, limit: int) -> AsyncIterator[bytes]:
+    """The body chunk by chunk, for uploads that must never be held whole."""
+    total = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected()
+        chunk = message.get("body", b"")
+        if chunk:
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge()
+            yield chunk
+        if not message.get("more_body", False):
+            return

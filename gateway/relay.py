@@ -1,0 +1,286 @@
+"""The exchange with the ChatKit backend, and the relay of its answer to the client.
+
+Two httpx clients, made once in the lifespan (measured, see docs/BENCHMARKS.md):
+
+- the **JSON client** serves ops that answer one JSON object. httpcore's pool bookkeeping is
+  quadratic in pooled connections, so its pool is small (`upstream.max_connections`) and an
+  `asyncio.Semaphore` of the same size admits requests, so httpcore never queues;
+- the **stream client** serves ops that stream and uploads. Its read timeout is off (a ChatKit
+  stream may be quiet for minutes while a tool runs; httpx's default 5 s cuts it) and its pool is
+  sized to `upstream.max_streams`, with a small keep-alive set; the stream cap answers 503 itself
+  instead of letting request 101 wait for a pool timeout.
+
+Both: `trust_env=False` (no proxy variables or .netrc from the environment), no redirects followed.
+Every httpx exception is translated here, in `open_upstream`, into a `GatewayError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
+
+import anyio
+import httpx
+from starlette.types import Receive, Send
+
+from .config import UpstreamConfig
+from .errors import Overloaded, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+from .headers import Headers, header_value, relay_response_headers
+
+__all__ = ["RelayOutcome", "Upstream", "relay_response", "stream_error_event"]
+
+logger = logging.getLogger("chatkit_gateway.relay")
+
+# A JSON answer up to this size is read whole and sent in one message: measured cheaper than
+# streaming it (no chunked encoding, no per-response task group).
+SMALL_BODY_BYTES = 1024 * 1024
+HEARTBEAT = b": keepalive\n\n"
+FRAME_END = b"\n\n"
+
+
+def stream_error_event(message: str, *, allow_retry: bool) -> bytes:
+    """One ChatKit `error` event, as the ChatKit client shows it in the chat."""
+    event = {"type": "error", "code": "custom", "message": message, "allow_retry": allow_retry}
+    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + FRAME_END
+
+
+UPSTREAM_BROKE_EVENT = FRAME_END + stream_error_event(
+    "The connection to the assistant was interrupted. Please try again.", allow_retry=True
+)
+
+
+class Upstream:
+    """The clients to the ChatKit backend and the admission rules in front of them."""
+
+    def __init__(self, config: UpstreamConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.config = config
+        self.header_deadline = config.connect_timeout + config.response_timeout
+        self._gate = asyncio.Semaphore(config.max_connections)
+        self._open_streams = 0
+        self.json_client = httpx.AsyncClient(
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=config.max_connections,
+                max_keepalive_connections=config.max_connections,
+                keepalive_expiry=config.keepalive_expiry,
+            ),
+            timeout=httpx.Timeout(
+                connect=config.connect_timeout,
+                read=config.response_timeout,
+                write=config.response_timeout,
+                pool=config.connect_timeout,
+            ),
+            trust_env=False,
+            follow_redirects=False,
+        )
+        self.stream_client = httpx.AsyncClient(
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=config.max_streams,
+                max_keepalive_connections=config.stream_keepalive,
+                keepalive_expiry=config.keepalive_expiry,
+            ),
+            timeout=httpx.Timeout(connect=config.connect_timeout, read=None, write=None, pool=config.connect_timeout),
+            trust_env=False,
+            follow_redirects=False,
+        )
+
+    @property
+    def open_streams(self) -> int:
+        return self._open_streams
+
+    async def aclose(self) -> None:
+        await self.json_client.aclose()
+        await self.stream_client.aclose()
+
+    async def warm(self) -> None:
+        """Open one connection per client before ready, so the first request pays no handshake."""
+        for client in (self.json_client, self.stream_client):
+            try:
+                with anyio.fail_after(self.config.connect_timeout):
+                    response = await client.request("OPTIONS", self.config.url)
+                    await response.aclose()
+            except (httpx.HTTPError, TimeoutError) as exc:
+                logger.warning("upstream warm-up failed: %s", type(exc).__name__)
+
+    async def send_json(
+        self, url: str, headers: Headers, content: bytes, *, method: str = "POST"
+    ) -> tuple[httpx.Response, bytes | None]:
+        """Send through the gated JSON client; a small non-stream answer comes back read whole."""
+        try:
+            with anyio.fail_after(self.header_deadline):
+                async with self._gate:
+                    response = await self._open(self.json_client, method, url, headers, content)
+                    if _is_small_json(response):
+                        try:
+                            body = await response.aread()
+                        except httpx.TimeoutException:
+                            raise UpstreamTimeout() from None
+                        except httpx.HTTPError:
+                            raise UpstreamBadResponse() from None
+                        return response, body
+        except TimeoutError:
+            raise UpstreamTimeout() from None
+        return response, None
+
+    async def send_stream(
+        self, url: str, headers: Headers, content: bytes | AsyncIterable[bytes], *, method: str = "POST"
+    ) -> httpx.Response:
+        """Send through the stream client; the caller relays the body and closes the response."""
+        if self._open_streams >= self.config.max_streams:
+            raise Overloaded()
+        self._open_streams += 1
+        try:
+            with anyio.fail_after(self.header_deadline):
+                return await self._open(self.stream_client, method, url, headers, content)
+        except TimeoutError:
+            self._open_streams -= 1
+            raise UpstreamTimeout() from None
+        except BaseException:
+            self._open_streams -= 1
+            raise
+
+    def release_stream(self) -> None:
+        self._open_streams -= 1
+
+    @staticmethod
+    async def _open(
+        client: httpx.AsyncClient, method: str, url: str, headers: Headers, content: bytes | AsyncIterable[bytes]
+    ) -> httpx.Response:
+        request = client.build_request(method, url, headers=headers, content=content)
+        try:
+            return await client.send(request, stream=True)
+        except httpx.PoolTimeout:
+            raise Overloaded() from None
+        except httpx.TimeoutException:
+            raise UpstreamTimeout() from None
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+            raise UpstreamUnavailable() from None
+        except httpx.HTTPError:
+            raise UpstreamBadResponse() from None
+
+
+def _is_small_json(response: httpx.Response) -> bool:
+    if _is_sse(response.headers.raw):
+        return False
+    length = header_value(response.headers.raw, b"content-length")
+    return length is not None and length.isdigit() and int(length) <= SMALL_BODY_BYTES
+
+
+def _is_sse(headers: list[tuple[bytes, bytes]]) -> bool:
+    value = header_value(_lower(headers), b"content-type")
+    return value is not None and value.lower().startswith(b"text/event-stream")
+
+
+def _lower(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(key.lower(), value) for key, value in headers]
+
+
+@dataclass
+class RelayOutcome:
+    """What happened on the way back, for the request's log line and metrics."""
+
+    status: int = 0
+    streamed: bool = False
+    bytes_out: int = 0
+    events: int = 0
+    upstream_broke: bool = False
+    client_disconnected: bool = False
+    extra_headers: Headers = field(default_factory=list)
+
+
+async def relay_response(
+    response: httpx.Response,
+    send: Send,
+    receive: Receive,
+    *,
+    body: bytes | None = None,
+    extra_headers: Headers | None = None,
+    heartbeat_seconds: float = 0.0,
+) -> RelayOutcome:
+    """Relay status, headers and body; stream bodies chunk by chunk as they arrive.
+
+    The upstream response is closed in every case, and at once when the client disconnects
+    (ChatKit's stop button is a disconnect; the backend then saves the partial answer).
+    """
+    raw_headers = _lower(response.headers.raw)
+    sse = _is_sse(raw_headers)
+    headers = relay_response_headers(raw_headers, sse=sse)
+    if extra_headers:
+        headers.extend(extra_headers)
+    outcome = RelayOutcome(status=response.status_code, streamed=body is None)
+    try:
+        if body is not None:
+            await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            outcome.bytes_out = len(body)
+            return outcome
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        await _pump(response, send, receive, outcome, sse=sse, heartbeat_seconds=heartbeat_seconds)
+        return outcome
+    finally:
+        with anyio.CancelScope(shield=True):
+            await response.aclose()
+
+
+async def _pump(
+    response: httpx.Response,
+    send: Send,
+    receive: Receive,
+    outcome: RelayOutcome,
+    *,
+    sse: bool,
+    heartbeat_seconds: float,
+) -> None:
+    tail = FRAME_END
+    loop = asyncio.get_running_loop()
+    last_write = loop.time()
+
+    async def forward() -> None:
+        nonlocal tail, last_write
+        try:
+            async for chunk in response.aiter_raw():
+                if not chunk:
+                    continue
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                outcome.bytes_out += len(chunk)
+                if sse:
+                    outcome.events += chunk.count(FRAME_END)
+                    tail = (tail + chunk)[-2:]
+                    last_write = loop.time()
+        except httpx.HTTPError as exc:
+            # The backend broke after its headers went out: the status cannot change any more, so
+            # an SSE stream is closed cleanly with an in-band error event the chat can show.
+            outcome.upstream_broke = True
+            logger.warning("upstream stream broke: %s", type(exc).__name__)
+            if not sse:
+                raise
+            await send({"type": "http.response.body", "body": UPSTREAM_BROKE_EVENT, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        task_group.cancel_scope.cancel()
+
+    async def watch_disconnect() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                outcome.client_disconnected = True
+                task_group.cancel_scope.cancel()
+                return
+
+    async def keep_alive() -> None:
+        nonlocal last_write
+        while True:
+            await asyncio.sleep(max(0.05, last_write + heartbeat_seconds - loop.time()))
+            # A comment only between frames: a chunk may end mid-event.
+            if loop.time() - last_write >= heartbeat_seconds and tail == FRAME_END:
+                await send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+                last_write = loop.time()
+
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(watch_disconnect)
+        if sse and heartbeat_seconds > 0:
+            task_group.start_soon(keep_alive)
+        await forward()

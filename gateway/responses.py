@@ -1,0 +1,22 @@
+"""Answers the gateway writes itself (not relayed): JSON errors, straight onto ASGI `send`."""
+
+from __future__ import annotations
+
+from starlette.types import Send
+
+from .errors import GatewayError, error_body
+from .headers import Headers
+
+__all__ = ["JSON_HEADERS", "send_error"]
+
+JSON_HEADERS: Headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+
+
+async def send_error(send: Send, error: GatewayError, request_id: str | None = None) -> None:
+    """Send `error` as `{"error": {"code", "message"}}` with its status and headers."""
+    headers = list(JSON_HEADERS)
+    headers.extend((key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in error.headers.items())
+    if request_id:
+        headers.append((b"x-request-id", request_id.encode("ascii")))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": error_body(error)})

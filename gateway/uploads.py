@@ -1,0 +1,96 @@
+"""`POST`/`PUT {server.uploads_path}REST`: attachment uploads, streamed both ways.
+
+ChatKit uploads (direct, or phase two of a two-phase upload) are multipart or raw bodies of up to
+`server.max_upload_bytes`. They are never parsed or held whole: the body goes to
+`{upstream.uploads_url}REST` as it arrives. REST comes from the request path, so it is checked
+before it is joined to the configured URL: no dot segments, no empty segments, no backslashes, no
+encoded slashes or NULs (any of which could move the request elsewhere on the backend).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from typing import TYPE_CHECKING
+
+from starlette.types import Receive, Scope, Send
+
+from .body import ClientDisconnected, declared_length, stream_body
+from .errors import GatewayError, InvalidUploadPath, MethodNotAllowed, NotFound, PayloadTooLarge
+from .headers import Headers, header_value, request_id_from
+from .relay import relay_response
+from .responses import send_error
+
+if TYPE_CHECKING:
+    from .app import Runtime
+
+__all__ = ["UploadEndpoint", "upload_target"]
+
+logger = logging.getLogger("chatkit_gateway.uploads")
+
+UPLOAD_METHODS = frozenset({"POST", "PUT"})
+# Checked on the raw (still percent-encoded) path: `%2e%2e`, `%2f`, `%5c` and `%00` are the
+# encoded forms of the dot segment, slash, backslash and NUL that the plain checks look for.
+FORBIDDEN_IN_REST = re.compile(rb"(^|/)\.\.?(/|$)|//|\\|%2e%2e|%2f|%5c|%00|%2e(/|$)|[\x00-\x20\x7f]", re.IGNORECASE)
+
+
+def upload_target(raw_path: bytes, prefix: bytes, base_url: str, query: bytes) -> str:
+    """`{base_url}REST?query` for a raw request path under `prefix`, or `InvalidUploadPath`."""
+    if not raw_path.startswith(prefix):
+        raise InvalidUploadPath()
+    rest = raw_path[len(prefix) :]
+    if not rest or FORBIDDEN_IN_REST.search(rest):
+        raise InvalidUploadPath()
+    try:
+        rest_text = rest.decode("ascii")
+        query_text = query.decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidUploadPath() from None
+    return base_url + rest_text + (f"?{query_text}" if query_text else "")
+
+
+class UploadEndpoint:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.config = runtime.config
+        self.prefix = self.config.server.uploads_path.encode("ascii")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers: Headers = scope["headers"]
+        request_id = request_id_from(headers)
+        try:
+            if scope["method"] not in UPLOAD_METHODS:
+                raise MethodNotAllowed(headers={"Allow": "POST, PUT, OPTIONS"})
+            base_url = self.config.upstream.uploads_url
+            if base_url is None:
+                raise NotFound("Uploads are not configured on this gateway.")
+            raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+            target = upload_target(raw_path, self.prefix, base_url, scope.get("query_string", b""))
+            await self._forward(scope, receive, send, target, request_id)
+        except GatewayError as error:
+            with contextlib.suppress(RuntimeError):
+                await send_error(send, error, request_id)
+        except ClientDisconnected:
+            return
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, target: str, request_id: str) -> None:
+        limit = self.config.server.max_upload_bytes
+        headers: Headers = scope["headers"]
+        declared = declared_length(headers)
+        if declared is not None and declared > limit:
+            raise PayloadTooLarge()
+        upstream_headers = self.runtime.base_headers(scope, request_id)
+        if declared is not None:
+            upstream_headers.append((b"content-length", str(declared).encode("ascii")))
+        content_type = header_value(headers, b"content-type")
+        if content_type is None:
+            upstream_headers.append((b"content-type", b"application/octet-stream"))
+        upstream = self.runtime.upstream_or_fail()
+        response = await upstream.send_stream(
+            target, upstream_headers, stream_body(receive, limit), method=scope["method"]
+        )
+        try:
+            await relay_response(response, send, receive, extra_headers=[(b"x-request-id", request_id.encode())])
+        finally:
+            upstream.release_stream()
