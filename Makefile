@@ -25,7 +25,7 @@ system-deps:
 	@scripts/system-deps.sh
 
 demo: venv
-	$(BIN)/chatkit-gateway demo
+	$(BIN)/python scripts/demo_preview.py
 
 lint: venv
 	$(BIN)/ruff check gateway tests bench
@@ -52,7 +52,7 @@ soak: venv system-deps
 lock:
 	rm -rf /tmp/ckg-lock && $(PYTHON) -m venv /tmp/ckg-lock
 	/tmp/ckg-lock/bin/pip install --quiet . && /tmp/ckg-lock/bin/pip freeze --exclude chatkit-gateway > requirements/runtime.lock
-	/tmp/ckg-lock/bin/pip install --quiet '.[test]' setuptools wheel && /tmp/ckg-lock/bin/pip freeze --all --exclude chatkit-gateway --exclude pip > requirements/dev.lock
+	/tmp/ckg-lock/bin/pip install --quiet --upgrade '.[test]' setuptools wheel && /tmp/ckg-lock/bin/pip freeze --all --exclude chatkit-gateway --exclude pip > requirements/dev.lock
 	rm -rf /tmp/ckg-lock
 
 clean:

@@ -48,6 +48,7 @@ __all__ = ["Gateway", "Runtime", "create_app"]
 
 logger = logging.getLogger("chatkit_gateway")
 
+
 @dataclass
 class Runtime:
     """What the lifespan makes and closes: the resources every request shares."""

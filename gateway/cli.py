@@ -43,12 +43,6 @@ def _version(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    return run_demo(host=args.host, port=args.port)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatkit-gateway", description="An authenticating reverse proxy for the OpenAI ChatKit protocol."
@@ -72,11 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=_version)
-
-    demo = commands.add_parser("demo", help="run a signed-in, streaming ChatKit chat on this machine")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
-    demo.set_defaults(handler=_demo)
     return parser
 
 

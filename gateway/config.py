@@ -169,7 +169,9 @@ class JWKSConfig(_Section):
         return self
 
 
-ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+# What python-jose 3.5.0 can verify: it has no RSASSA-PSS (PS256/384/512), so those are refused here
+# at start-up rather than failing every token at run time (security-anchors.md §2.6).
+ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
 
 
 class IssuerConfig(_Section):

@@ -40,7 +40,7 @@ def upload_target(raw_path: bytes, prefix: bytes, base_url: str, query: bytes) -
     if not raw_path.startswith(prefix):
         raise InvalidUploadPath()
     rest = raw_path[len(prefix) :]
-    if not rest or FORBIDDEN_IN_REST.search(rest):
+    if not rest or rest.startswith(b"/") or FORBIDDEN_IN_REST.search(rest):
         raise InvalidUploadPath()
     try:
         rest_text = rest.decode("ascii")

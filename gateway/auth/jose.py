@@ -22,12 +22,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
-import jose.backends as jose_backends  # type: ignore[import-untyped]
+import jose.backends as jose_backends
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jose.backends.cryptography_backend import (  # type: ignore[import-untyped]
-    CryptographyECKey,
-    CryptographyRSAKey,
-)
+from jose.backends.cryptography_backend import CryptographyECKey, CryptographyRSAKey
 
 __all__ = [
     "EC_ALGORITHMS",
@@ -207,4 +204,3 @@ def _member_bytes(jwk: Mapping[str, Any], name: str) -> bytes:
 
 def _member_int(jwk: Mapping[str, Any], name: str) -> int:
     return int.from_bytes(_member_bytes(jwk, name), "big")
-

@@ -288,12 +288,9 @@ class JWKSCache:
         self._failures += 1
         self._last_error = reason
         self._next_refresh = now + self._retry
+        kept, retry = len(self._keys), self._retry
         logger.warning(
-            "issuer %s: JWKS fetch failed (%s); %d previous keys kept, retrying in %g s",
-            self.issuer,
-            reason,
-            len(self._keys),
-            self._retry,
+            "issuer %s: JWKS fetch failed (%s); %d keys kept, retry in %g s", self.issuer, reason, kept, retry
         )
         self._retry = min(self._retry * 2, self._retry_max)
         if self._on_fetch is not None:

@@ -22,42 +22,11 @@ from datetime import datetime
 from typing import Any, TypedDict, TypeVar
 
 import uvicorn
+from chatkit import types as ck
 from chatkit.actions import Action
 from chatkit.errors import CustomStreamError
 from chatkit.server import ChatKitServer, NonStreamingResult, StreamingResult
 from chatkit.store import AttachmentStore, NotFoundError, Store
-from chatkit.types import (
-    AssistantMessageContent,
-    AssistantMessageContentPartAdded,
-    AssistantMessageContentPartDone,
-    AssistantMessageContentPartTextDelta,
-    AssistantMessageItem,
-    Attachment,
-    AttachmentCreateParams,
-    AttachmentUploadDescriptor,
-    AudioInput,
-    ClientToolCallItem,
-    FeedbackKind,
-    FileAttachment,
-    ImageAttachment,
-    NoticeEvent,
-    Page,
-    StructuredInputFreeform,
-    StructuredInputItem,
-    StructuredInputMultipleChoice,
-    StructuredInputMultipleChoiceOption,
-    SyncCustomActionResponse,
-    ThreadItem,
-    ThreadItemAddedEvent,
-    ThreadItemDoneEvent,
-    ThreadItemUpdatedEvent,
-    ThreadMetadata,
-    ThreadStreamEvent,
-    TranscriptionResult,
-    UserMessageItem,
-    UserMessageTextContent,
-    WidgetItem,
-)
 from pydantic import AnyUrl, BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
@@ -89,13 +58,13 @@ class DeliberateDisconnect(Exception):
 _Record = TypeVar("_Record", bound=BaseModel)
 
 
-def paginate(records: Sequence[_Record], after: str | None, limit: int, order: str) -> Page[_Record]:
+def paginate(records: Sequence[_Record], after: str | None, limit: int, order: str) -> ck.Page[_Record]:
     ordered = list(records) if order == "asc" else list(reversed(records))
-    ids = [getattr(record, "id") for record in ordered]  # noqa: B009 - ThreadItem is a union
+    ids = [getattr(record, "id") for record in ordered]  # noqa: B009 - items share no base class
     start = ids.index(after) + 1 if after in ids else 0
     page = ordered[start : start + limit]
     has_more = start + limit < len(ordered)
-    return Page(
+    return ck.Page(
         data=[record.model_copy(deep=True) for record in page],
         has_more=has_more,
         after=ids[start + len(page) - 1] if has_more and page else None,
@@ -106,33 +75,33 @@ class MemoryStore(Store[RequestContext]):
     """Copies in and out, like a database would, so chatkit cannot mutate stored objects."""
 
     def __init__(self) -> None:
-        self.threads: dict[str, ThreadMetadata] = {}
-        self.items: dict[str, list[ThreadItem]] = {}
-        self.attachments: dict[str, Attachment] = {}
+        self.threads: dict[str, ck.ThreadMetadata] = {}
+        self.items: dict[str, list[ck.ThreadItem]] = {}
+        self.attachments: dict[str, ck.Attachment] = {}
 
     def clear(self) -> None:
         self.threads.clear()
         self.items.clear()
         self.attachments.clear()
 
-    async def load_thread(self, thread_id: str, context: RequestContext) -> ThreadMetadata:
+    async def load_thread(self, thread_id: str, context: RequestContext) -> ck.ThreadMetadata:
         if thread_id not in self.threads:
             raise NotFoundError(f"thread {thread_id} not found")
         return self.threads[thread_id].model_copy(deep=True)
 
-    async def save_thread(self, thread: ThreadMetadata, context: RequestContext) -> None:
-        self.threads[thread.id] = ThreadMetadata.model_validate(thread.model_dump())
+    async def save_thread(self, thread: ck.ThreadMetadata, context: RequestContext) -> None:
+        self.threads[thread.id] = ck.ThreadMetadata.model_validate(thread.model_dump())
         self.items.setdefault(thread.id, [])
 
     async def load_thread_items(
         self, thread_id: str, after: str | None, limit: int, order: str, context: RequestContext
-    ) -> Page[ThreadItem]:
+    ) -> ck.Page[ck.ThreadItem]:
         return paginate(self.items.get(thread_id, []), after, limit, order)
 
-    async def save_attachment(self, attachment: Attachment, context: RequestContext) -> None:
+    async def save_attachment(self, attachment: ck.Attachment, context: RequestContext) -> None:
         self.attachments[attachment.id] = attachment.model_copy(deep=True)
 
-    async def load_attachment(self, attachment_id: str, context: RequestContext) -> Attachment:
+    async def load_attachment(self, attachment_id: str, context: RequestContext) -> ck.Attachment:
         if attachment_id not in self.attachments:
             raise NotFoundError(f"attachment {attachment_id} not found")
         return self.attachments[attachment_id].model_copy(deep=True)
@@ -142,13 +111,13 @@ class MemoryStore(Store[RequestContext]):
 
     async def load_threads(
         self, limit: int, after: str | None, order: str, context: RequestContext
-    ) -> Page[ThreadMetadata]:
+    ) -> ck.Page[ck.ThreadMetadata]:
         return paginate(sorted(self.threads.values(), key=lambda t: t.created_at), after, limit, order)
 
-    async def add_thread_item(self, thread_id: str, item: ThreadItem, context: RequestContext) -> None:
+    async def add_thread_item(self, thread_id: str, item: ck.ThreadItem, context: RequestContext) -> None:
         self.items.setdefault(thread_id, []).append(item.model_copy(deep=True))
 
-    async def save_item(self, thread_id: str, item: ThreadItem, context: RequestContext) -> None:
+    async def save_item(self, thread_id: str, item: ck.ThreadItem, context: RequestContext) -> None:
         items = self.items.setdefault(thread_id, [])
         for index, existing in enumerate(items):
             if existing.id == item.id:
@@ -156,7 +125,7 @@ class MemoryStore(Store[RequestContext]):
                 return
         items.append(item.model_copy(deep=True))
 
-    async def load_item(self, thread_id: str, item_id: str, context: RequestContext) -> ThreadItem:
+    async def load_item(self, thread_id: str, item_id: str, context: RequestContext) -> ck.ThreadItem:
         for item in self.items.get(thread_id, []):
             if item.id == item_id:
                 return item.model_copy(deep=True)
@@ -180,22 +149,22 @@ class MemoryAttachmentStore(AttachmentStore[RequestContext]):
     async def delete_attachment(self, attachment_id: str, context: RequestContext) -> None:
         self.blobs.pop(attachment_id, None)
 
-    async def create_attachment(self, input: AttachmentCreateParams, context: RequestContext) -> Attachment:
+    async def create_attachment(self, input: ck.AttachmentCreateParams, context: RequestContext) -> ck.Attachment:
         attachment_id = self.generate_attachment_id(input.mime_type, context)
         return self.build(attachment_id, input.name, input.mime_type, two_phase=True)
 
-    def build(self, attachment_id: str, name: str, mime_type: str, *, two_phase: bool) -> Attachment:
+    def build(self, attachment_id: str, name: str, mime_type: str, *, two_phase: bool) -> ck.Attachment:
         base = f"{self.public_base}/attachments/{attachment_id}"
-        descriptor = AttachmentUploadDescriptor(url=AnyUrl(f"{base}/upload"), method="POST") if two_phase else None
+        descriptor = ck.AttachmentUploadDescriptor(url=AnyUrl(f"{base}/upload"), method="POST") if two_phase else None
         if mime_type.startswith("image/"):
-            return ImageAttachment(
+            return ck.ImageAttachment(
                 id=attachment_id,
                 name=name,
                 mime_type=mime_type,
                 upload_descriptor=descriptor,
                 preview_url=AnyUrl(f"{base}/content"),
             )
-        return FileAttachment(id=attachment_id, name=name, mime_type=mime_type, upload_descriptor=descriptor)
+        return ck.FileAttachment(id=attachment_id, name=name, mime_type=mime_type, upload_descriptor=descriptor)
 
 
 # ---------------------------------------------------------------------------------------- server
@@ -211,8 +180,8 @@ def fail_after(deltas: Iterable[str], error: Exception) -> Iterator[str]:
     raise error
 
 
-def message_text(item: UserMessageItem) -> str:
-    return "".join(part.text for part in item.content if isinstance(part, UserMessageTextContent))
+def message_text(item: ck.UserMessageItem) -> str:
+    return "".join(part.text for part in item.content if isinstance(part, ck.UserMessageTextContent))
 
 
 def compact(value: Any) -> str:
@@ -220,6 +189,8 @@ def compact(value: Any) -> str:
 
 
 class EchoServer(ChatKitServer[RequestContext]):
+    """Echoes the user word by word; a leading `/command` picks another behaviour (module docstring)."""
+
     def __init__(
         self, store: MemoryStore, attachments: MemoryAttachmentStore, delay: float, events: list[dict[str, Any]]
     ) -> None:
@@ -228,8 +199,8 @@ class EchoServer(ChatKitServer[RequestContext]):
         self.events = events
 
     async def respond(
-        self, thread: ThreadMetadata, input_user_message: UserMessageItem | None, context: RequestContext
-    ) -> AsyncIterator[ThreadStreamEvent]:
+        self, thread: ck.ThreadMetadata, input_user_message: ck.UserMessageItem | None, context: RequestContext
+    ) -> AsyncIterator[ck.ThreadStreamEvent]:
         if input_user_message is None:  # after a client tool output or structured input
             reply = await self._continuation(thread, context)
             async for event in self._stream_message(thread, context, split_words(reply), self.delay):
@@ -238,7 +209,7 @@ class EchoServer(ChatKitServer[RequestContext]):
         text = message_text(input_user_message)
         command, _, arg = text.strip().partition(" ")
         if command in ("/tool", "/ask"):
-            yield ThreadItemDoneEvent(item=self._pending_item(command, arg, thread, context))
+            yield ck.ThreadItemDoneEvent(item=self._pending_item(command, arg, thread, context))
             return
         deltas, pause = self._reply(command, arg, text, context)
         async for event in self._stream_message(thread, context, deltas, pause):
@@ -267,10 +238,12 @@ class EchoServer(ChatKitServer[RequestContext]):
             case _:
                 return split_words(f"Echo: {text}"), self.delay
 
-    def _pending_item(self, command: str, arg: str, thread: ThreadMetadata, context: RequestContext) -> ThreadItem:
+    def _pending_item(
+        self, command: str, arg: str, thread: ck.ThreadMetadata, context: RequestContext
+    ) -> ck.ThreadItem:
         if command == "/tool":  # must be the thread's last item for threads.add_client_tool_output
             item_id = self.store.generate_item_id("tool_call", thread, context)
-            return ClientToolCallItem(
+            return ck.ClientToolCallItem(
                 id=item_id,
                 thread_id=thread.id,
                 created_at=datetime.now(),
@@ -278,78 +251,82 @@ class EchoServer(ChatKitServer[RequestContext]):
                 name="client_echo",
                 arguments={"text": arg},
             )
-        return StructuredInputItem(
+        return ck.StructuredInputItem(
             id=self.store.generate_item_id("message", thread, context),
             thread_id=thread.id,
             created_at=datetime.now(),
             inputs=[
-                StructuredInputFreeform(id="name", question="What is your name?"),
-                StructuredInputMultipleChoice(
+                ck.StructuredInputFreeform(id="name", question="What is your name?"),
+                ck.StructuredInputMultipleChoice(
                     id="colour",
                     question="Favourite colour?",
-                    options=[StructuredInputMultipleChoiceOption(value=v) for v in ("red", "green", "blue")],
+                    options=[ck.StructuredInputMultipleChoiceOption(value=v) for v in ("red", "green", "blue")],
                 ),
             ],
         )
 
-    async def _continuation(self, thread: ThreadMetadata, context: RequestContext) -> str:
+    async def _continuation(self, thread: ck.ThreadMetadata, context: RequestContext) -> str:
         recent = await self.store.load_thread_items(thread.id, None, 5, "desc", context)
         for item in recent.data:
-            if isinstance(item, ClientToolCallItem) and item.status == "completed":
+            if isinstance(item, ck.ClientToolCallItem) and item.status == "completed":
                 return f"Tool output: {compact(item.output)}"
-            if isinstance(item, StructuredInputItem) and item.status != "pending":
+            if isinstance(item, ck.StructuredInputItem) and item.status != "pending":
                 answers = {i.id: i.answer.values if i.answer else [] for i in item.inputs}
                 return f"Answers ({item.status}): {compact(answers)}"
         return "Continuing."
 
     async def _stream_message(
-        self, thread: ThreadMetadata, context: RequestContext, deltas: Iterable[str], pause: float
-    ) -> AsyncIterator[ThreadStreamEvent]:
+        self, thread: ck.ThreadMetadata, context: RequestContext, deltas: Iterable[str], pause: float
+    ) -> AsyncIterator[ck.ThreadStreamEvent]:
         """The event sequence chatkit's own `stream_agent_response` produces for one text part."""
-        item = AssistantMessageItem(
+        item = ck.AssistantMessageItem(
             id=self.store.generate_item_id("message", thread, context),
             thread_id=thread.id,
             created_at=datetime.now(),
             content=[],
         )
-        yield ThreadItemAddedEvent(item=item)
-        empty = AssistantMessageContent(text="")
-        yield ThreadItemUpdatedEvent(item_id=item.id, update=AssistantMessageContentPartAdded(content_index=0, content=empty))
+        yield ck.ThreadItemAddedEvent(item=item)
+        empty = ck.AssistantMessageContent(text="")
+        yield ck.ThreadItemUpdatedEvent(
+            item_id=item.id, update=ck.AssistantMessageContentPartAdded(content_index=0, content=empty)
+        )
         text = ""
         for index, delta in enumerate(deltas):
             if index and pause:
                 await asyncio.sleep(pause)
             text += delta
-            update = AssistantMessageContentPartTextDelta(content_index=0, delta=delta)
-            yield ThreadItemUpdatedEvent(item_id=item.id, update=update)
-        final = AssistantMessageContent(text=text)
-        yield ThreadItemUpdatedEvent(item_id=item.id, update=AssistantMessageContentPartDone(content_index=0, content=final))
-        yield ThreadItemDoneEvent(item=item.model_copy(update={"content": [final]}))
+            update = ck.AssistantMessageContentPartTextDelta(content_index=0, delta=delta)
+            yield ck.ThreadItemUpdatedEvent(item_id=item.id, update=update)
+        final = ck.AssistantMessageContent(text=text)
+        yield ck.ThreadItemUpdatedEvent(
+            item_id=item.id, update=ck.AssistantMessageContentPartDone(content_index=0, content=final)
+        )
+        yield ck.ThreadItemDoneEvent(item=item.model_copy(update={"content": [final]}))
 
     async def action(
-        self, thread: ThreadMetadata, action: Action[str, Any], sender: WidgetItem | None, context: RequestContext
-    ) -> AsyncIterator[ThreadStreamEvent]:
-        yield NoticeEvent(level="info", message=f"Action {action.type} received")
+        self, thread: ck.ThreadMetadata, action: Action[str, Any], sender: ck.WidgetItem | None, context: RequestContext
+    ) -> AsyncIterator[ck.ThreadStreamEvent]:
+        yield ck.NoticeEvent(level="info", message=f"Action {action.type} received")
         reply = f"Action: {action.type} {compact(action.payload)}"
         async for event in self._stream_message(thread, context, split_words(reply), self.delay):
             yield event
 
     async def sync_action(
-        self, thread: ThreadMetadata, action: Action[str, Any], sender: WidgetItem | None, context: RequestContext
-    ) -> SyncCustomActionResponse:
+        self, thread: ck.ThreadMetadata, action: Action[str, Any], sender: ck.WidgetItem | None, context: RequestContext
+    ) -> ck.SyncCustomActionResponse:
         self.events.append({"type": "sync_action", "thread_id": thread.id, "action": action.type})
-        return SyncCustomActionResponse()  # no updated item: serialized as {}
+        return ck.SyncCustomActionResponse()  # no updated item: serialized as {}
 
     async def add_feedback(
-        self, thread_id: str, item_ids: list[str], feedback: FeedbackKind, context: RequestContext
+        self, thread_id: str, item_ids: list[str], feedback: ck.FeedbackKind, context: RequestContext
     ) -> None:
         self.events.append({"type": "feedback", "thread_id": thread_id, "item_ids": item_ids, "kind": feedback})
 
-    async def transcribe(self, audio_input: AudioInput, context: RequestContext) -> TranscriptionResult:
-        return TranscriptionResult(text=f"[{len(audio_input.data)} bytes of {audio_input.mime_type}]")
+    async def transcribe(self, audio_input: ck.AudioInput, context: RequestContext) -> ck.TranscriptionResult:
+        return ck.TranscriptionResult(text=f"[{len(audio_input.data)} bytes of {audio_input.mime_type}]")
 
     async def handle_stream_cancelled(
-        self, thread: ThreadMetadata, pending_items: list[ThreadItem], context: RequestContext
+        self, thread: ck.ThreadMetadata, pending_items: list[ck.ThreadItem], context: RequestContext
     ) -> None:
         await super().handle_stream_cancelled(thread, pending_items, context)
         # Appended after the partial reply is saved, so a test that sees the event sees the item.
@@ -401,22 +378,18 @@ def describe_request(scope: Scope, body: bytes) -> dict[str, Any]:
         text: str | None = body.decode("utf-8")
     except UnicodeDecodeError:
         text = None
-    try:
-        parsed = json.loads(body) if text else None
-    except ValueError:
-        parsed = None
     return {
         "method": scope["method"],
         "path": scope["path"],
         "query_string": scope["query_string"].decode("latin-1"),
         "headers": [[name.decode("latin-1"), value.decode("latin-1")] for name, value in scope["headers"]],
         "body": text,
-        "json": parsed,
+        "json": parse_json(body) if text else None,
         "body_length": len(body),
     }
 
 
-def client_view(attachment: Attachment) -> Any:
+def client_view(attachment: ck.Attachment) -> Any:
     """The attachment as chatkit itself serializes it to clients (no `metadata`, no nulls)."""
     return attachment.model_dump(mode="json", exclude_none=True, context={"exclude_metadata": True})
 
@@ -557,7 +530,7 @@ def create_backend_app(delay: float, public_base: str) -> Starlette:
         Route("/files", direct_upload, methods=["POST"]),
         Route("/attachments/{attachment_id}/upload", phase_two_upload, methods=["POST", "PUT"]),
         Route("/attachments/{attachment_id}/content", attachment_content, methods=["GET"]),
-        Route("/redirect", redirect, methods=["GET"]),
+        Route("/redirect", redirect, methods=["GET", "POST"]),
         Route("/_debug/health", health, methods=["GET"]),
         Route("/_debug/requests", debug_requests, methods=["GET"]),
         Route("/_debug/reset", debug_reset, methods=["POST"]),

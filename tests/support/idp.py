@@ -117,7 +117,7 @@ class LoopbackIdP:
         self.current_kid = first.kid
         self.mode: Mode = "ok"
         self.cache_control: str | None = None
-        self.extra_keys: list[dict[str, Any]] = []  # raw JWKs appended to the set (oct, duplicates...)
+        self.extra_keys: list[Any] = []  # raw entries appended to the set (oct keys, duplicates, junk)
         self.discovery_issuer: str | None = None  # what discovery claims as `issuer`; default: self.issuer
         self.discovery_jwks_uri: str | None = None  # what discovery names as `jwks_uri`; default: self.jwks_url
         self.jwks_fetches = 0

@@ -1,0 +1,44 @@
+"""Shared fixtures: the real peers every gateway test talks to, started once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.register_assert_rewrite("tests.support")
+pytest_plugins = ["tests.support.fixtures"]
+
+import warnings  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+import httpx  # noqa: E402
+
+from tests.support.gateway import RunningGateway, gateway_config, start_gateway  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.support.fixtures import Backend
+
+with warnings.catch_warnings():
+    # chatkit.widgets warns at import time; the suite turns warnings into errors.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import chatkit.types  # noqa: F401
+
+
+@pytest.fixture(scope="session")
+def gateway(backend: Backend) -> Iterator[RunningGateway]:
+    """The gateway as users run it, in front of the session's backend."""
+    with start_gateway(gateway_config(backend.url)) as running:
+        yield running
+
+
+@pytest.fixture
+def gw_client(gateway: RunningGateway, clean_backend: Backend) -> Iterator[httpx.Client]:
+    """A client of the gateway; the backend behind it starts the test with nothing recorded."""
+    with httpx.Client(base_url=gateway.url, trust_env=False, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def direct_client(clean_backend: Backend) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=clean_backend.url, trust_env=False, timeout=30) as client:
+        yield client

@@ -1,0 +1,136 @@
+"""Speaking ChatKit from tests: request bodies, SSE parsing, and one request of every type.
+
+`REQUESTS` maps each of the 16 request types of openai-chatkit 1.6.5 to a builder that prepares
+the state the op needs (a thread, a pending tool call...) through the same client, so the table
+runs unchanged against the backend directly or through the gateway.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+TEXT_DELTA = "assistant_message.content_part.text_delta"
+CHATKIT_PATH = "/chatkit"
+
+
+def user_input(text: str, attachments: list[str] | None = None) -> dict[str, Any]:
+    content = [{"type": "input_text", "text": text}]
+    return {"content": content, "attachments": attachments or [], "inference_options": {}}
+
+
+def post(client: httpx.Client, op: str, params: dict[str, Any], **extra: Any) -> httpx.Response:
+    return client.post(CHATKIT_PATH, json={"type": op, "params": params, **extra})
+
+
+def sse_events(raw: bytes) -> list[dict[str, Any]]:
+    """Every `data:` frame of a complete SSE body, parsed; the body must end on a frame boundary."""
+    frames = [frame for frame in raw.split(b"\n\n")]
+    assert frames[-1] == b"", "stream must end on a frame boundary"
+    return [json.loads(frame.removeprefix(b"data: ")) for frame in frames[:-1] if frame.startswith(b"data: ")]
+
+
+def deltas(events: list[dict[str, Any]]) -> list[str]:
+    updates = [e["update"] for e in events if e["type"] == "thread.item.updated"]
+    return [u["delta"] for u in updates if u["type"] == TEXT_DELTA]
+
+
+def reply_text(events: list[dict[str, Any]]) -> str:
+    return "".join(deltas(events))
+
+
+def done_item(events: list[dict[str, Any]], item_type: str) -> dict[str, Any]:
+    item: dict[str, Any] = next(
+        e["item"] for e in events if e["type"] == "thread.item.done" and e["item"]["type"] == item_type
+    )
+    return item
+
+
+def create_thread(client: httpx.Client, text: str, **extra: Any) -> tuple[str, list[dict[str, Any]]]:
+    response = post(client, "threads.create", {"input": user_input(text)}, **extra)
+    assert response.status_code == 200, response.text
+    events = sse_events(response.content)
+    return events[0]["thread"]["id"], events
+
+
+def _streaming_item(client: httpx.Client, text: str, item_type: str) -> tuple[str, str]:
+    thread_id, events = create_thread(client, text)
+    return thread_id, done_item(events, item_type)["id"]
+
+
+def _tool_output(c: httpx.Client) -> dict[str, Any]:
+    return {"thread_id": _streaming_item(c, "/tool", "client_tool_call")[0], "result": {"ok": True}}
+
+
+def _structured_input(c: httpx.Client) -> dict[str, Any]:
+    thread_id, item_id = _streaming_item(c, "/ask", "structured_input")
+    return {"thread_id": thread_id, "item_id": item_id, "input": {"answers": {"name": {"values": ["Ada"]}}}}
+
+
+def _retry(c: httpx.Client) -> dict[str, Any]:
+    thread_id, item_id = _streaming_item(c, "hello", "user_message")
+    return {"thread_id": thread_id, "item_id": item_id}
+
+
+def _feedback(c: httpx.Client) -> dict[str, Any]:
+    thread_id, item_id = _streaming_item(c, "hello", "assistant_message")
+    return {"thread_id": thread_id, "item_ids": [item_id], "kind": "positive"}
+
+
+def _attachment_id(c: httpx.Client) -> dict[str, Any]:
+    created = post(c, "attachments.create", {"name": "a.txt", "size": 1, "mime_type": "text/plain"}).json()
+    return {"attachment_id": created["id"]}
+
+
+def _thread(c: httpx.Client) -> dict[str, Any]:
+    return {"thread_id": create_thread(c, "hello")[0]}
+
+
+def _transcribe(c: httpx.Client) -> dict[str, Any]:
+    return {"audio_base64": base64.b64encode(b"abcd").decode(), "mime_type": "audio/webm"}
+
+
+# op -> (params builder, expected reply text or JSON body when small and stable, else None)
+REQUESTS: dict[str, tuple[Callable[[httpx.Client], dict[str, Any]], str | None]] = {
+    "threads.create": (lambda c: {"input": user_input("hi")}, "Echo: hi"),
+    "threads.add_user_message": (lambda c: {**_thread(c), "input": user_input("again")}, "Echo: again"),
+    "threads.add_client_tool_output": (_tool_output, 'Tool output: {"ok":true}'),
+    "threads.add_structured_input": (_structured_input, 'Answers (answered): {"name":["Ada"],"colour":[]}'),
+    "threads.retry_after_item": (_retry, "Echo: hello"),
+    "threads.custom_action": (lambda c: {**_thread(c), "action": {"type": "demo.ping", "payload": {"n": 1}}}, None),
+    "threads.get_by_id": (_thread, None),
+    "threads.list": (lambda c: {"limit": 5, "order": "desc"}, None),
+    "items.list": (_thread, None),
+    "items.feedback": (_feedback, "{}"),
+    "attachments.create": (lambda c: {"name": "a.txt", "size": 3, "mime_type": "text/plain"}, None),
+    "attachments.delete": (_attachment_id, "{}"),
+    "threads.update": (lambda c: {**_thread(c), "title": "Renamed"}, None),
+    "threads.delete": (_thread, "{}"),
+    "input.transcribe": (_transcribe, '{"text":"[4 bytes of audio/webm]"}'),
+    "threads.sync_custom_action": (lambda c: {**_thread(c), "action": {"type": "demo.sync"}}, "{}"),
+}
+
+_ID = re.compile(r"\b(thr|msg|atc|cti|sti|tc|call|wf|tsk|ctc|eot)_[0-9a-zA-Z_]+\b")
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?")
+
+
+def normalized(text: str) -> str:
+    """An answer with its generated ids and timestamps replaced, so two runs can be compared."""
+    names: dict[str, str] = {}
+
+    def rename(match: re.Match[str]) -> str:
+        return names.setdefault(match.group(0), f"<{match.group(1)}{len(names)}>")
+
+    return _TIMESTAMP.sub("<time>", _ID.sub(rename, text))
+
+
+def exchange(client: httpx.Client, op: str) -> tuple[int, str, str]:
+    """Prepare and send one `op`; (status, content type, normalized body)."""
+    build, _ = REQUESTS[op]
+    response = post(client, op, build(client))
+    return response.status_code, response.headers.get("content-type", ""), normalized(response.text)

@@ -1,0 +1,81 @@
+"""The gateway as users run it: `python -m gateway serve --config FILE`, as a subprocess on loopback.
+
+`gateway_config()` builds the config mapping the tests start from (JSON logs, the test backend as
+upstream, a placeholder issuer until a test names its own); `start_gateway()` writes it as TOML,
+starts the process and waits for `/readyz`.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from tests.support.procs import free_port, process_log, start_process, stop_process
+
+PLACEHOLDER_ISSUER = {"issuer": "https://issuer.invalid", "audiences": ["chatkit"]}
+
+
+@dataclass(frozen=True)
+class RunningGateway:
+    url: str
+    process: subprocess.Popen[bytes]
+    config: Mapping[str, Any]
+
+    @property
+    def chatkit_url(self) -> str:
+        return self.url + self.config.get("server", {}).get("chatkit_path", "/chatkit")
+
+    @property
+    def uploads_url(self) -> str:
+        return self.url + self.config.get("server", {}).get("uploads_path", "/chatkit/uploads/")
+
+    def log(self) -> str:
+        return process_log(self.process)
+
+
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` laid over it, table by table."""
+    result = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def gateway_config(upstream_base: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "server": {"host": "127.0.0.1"},
+        "upstream": {"url": f"{upstream_base}/chatkit", "uploads_url": f"{upstream_base}/"},
+        "auth": {"issuers": [PLACEHOLDER_ISSUER]},
+        "logging": {"level": "info", "format": "json"},
+    }
+    return merge(base, overrides or {})
+
+
+@contextmanager
+def start_gateway(
+    config: Mapping[str, Any], *, port: int | None = None, env: Mapping[str, str] | None = None
+) -> Iterator[RunningGateway]:
+    port = port or free_port()
+    config = merge(config, {"server": {"port": port}})
+    with tempfile.TemporaryDirectory(prefix="chatkit-gateway-test-") as folder:
+        path = Path(folder) / "gateway.toml"
+        path.write_text(tomli_w.dumps(dict(config)), encoding="utf-8")
+        args = [sys.executable, "-m", "gateway", "serve", "--config", str(path)]
+        url = f"http://127.0.0.1:{port}"
+        proc = start_process(args, env=env, ready_url=f"{url}/readyz")
+        try:
+            yield RunningGateway(url=url, process=proc, config=config)
+        finally:
+            stop_process(proc)
