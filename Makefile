@@ -28,7 +28,7 @@ demo: venv
 	$(BIN)/python scripts/demo_preview.py
 
 lint: venv
-	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff check gateway tests scripts
 	$(BIN)/ruff format --check gateway
 	$(BIN)/mypy
 
@@ -40,7 +40,7 @@ test-fast: venv
 
 format: venv
 	$(BIN)/ruff format gateway
-	$(BIN)/ruff check --fix gateway tests bench
+	$(BIN)/ruff check --fix gateway tests scripts
 
 bench: venv system-deps
 	$(BIN)/python -m bench
