@@ -275,3 +275,15 @@ def test_streamed_items_keep_their_order_and_content(gw_client: httpx.Client) ->
     assert events[0]["type"] == "thread.created"
     assert done_item(events, "user_message")["thread_id"] == thread_id
     assert deltas(events) == ["Echo:", " one", " two", " three"]
+
+
+def test_heartbeat_comments_fill_silences_between_frames_only(backend: Backend) -> None:
+    config = gateway_config(backend.url, {"upstream": {"heartbeat_seconds": 0.2}})
+    body = {"type": "threads.create", "params": {"input": user_input("/slow 4")}}
+    with start_gateway(config) as gw, httpx.Client(base_url=gw.url, trust_env=False, timeout=30) as client:
+        response = client.post("/chatkit", json=body)
+
+    frames = response.content.split(b"\n\n")
+    assert b": keepalive" in frames  # the backend pauses 0.5 s between words
+    assert all(frame.startswith((b"data: ", b": keepalive")) for frame in frames[:-1])
+    assert reply_text(sse_events(response.content)) == "slow reply streamed slow"
