@@ -19,69 +19,34 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import httpx
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .body import ClientDisconnected, read_body
-from .chatkit import parse_chatkit_request, require_json_content_type
+from .chatkit import ChatKitRequest, parse_chatkit_request, require_json_content_type
 from .clock import SYSTEM_CLOCK, Clock
 from .config import GatewayConfig
-from .errors import GatewayError, MethodNotAllowed, NotFound
-from .headers import (
-    FORWARDED_REQUEST_HEADERS,
-    Headers,
-    TrustedProxies,
-    forwarded_headers,
-    request_id_from,
-    upstream_request_headers,
-)
-from .relay import Upstream, relay_response
+from .errors import AuthError, GatewayError, MethodNotAllowed, NotFound
+from .headers import Headers, request_id_from
+from .identity import Identity
+from .probes import ForwardAuthEndpoint, healthz, readyz_endpoint
+from .relay import relay_response, stream_error_event
 from .responses import send_error
+from .runtime import Runtime
 from .uploads import UploadEndpoint
 
-__all__ = ["Gateway", "Runtime", "create_app"]
+__all__ = ["Gateway", "create_app"]
 
 logger = logging.getLogger("chatkit_gateway")
 
-
-@dataclass
-class Runtime:
-    """What the lifespan makes and closes: the resources every request shares."""
-
-    config: GatewayConfig
-    clock: Clock
-    transport: httpx.AsyncBaseTransport | None = None
-    trusted_proxies: TrustedProxies = field(init=False)
-    upstream: Upstream | None = None
-    ready: bool = False
-    draining: bool = False
-
-    def __post_init__(self) -> None:
-        self.trusted_proxies = TrustedProxies(self.config.server.trusted_proxies)
-
-    def upstream_or_fail(self) -> Upstream:
-        if self.upstream is None:
-            raise RuntimeError("the gateway's lifespan has not started")
-        return self.upstream
-
-    def base_headers(self, scope: Scope, request_id: str) -> Headers:
-        """Headers every upstream request carries: the allowlisted client headers plus the gateway's."""
-        headers: Headers = scope["headers"]
-        client = scope.get("client")
-        result = upstream_request_headers(headers, allow=FORWARDED_REQUEST_HEADERS)
-        result.append((b"x-request-id", request_id.encode("ascii")))
-        result.append((b"accept-encoding", b"identity"))
-        result.extend(
-            forwarded_headers(
-                headers, peer=client[0] if client else None, scheme=scope["scheme"], trusted=self.trusted_proxies
-            )
-        )
-        return result
+SSE_ERROR_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
 class ChatKitEndpoint:
@@ -98,9 +63,14 @@ class ChatKitEndpoint:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(headers={"Allow": "POST, OPTIONS"})
             require_json_content_type(headers)
+            try:
+                principal, identity = await self.runtime.authenticate(headers)
+            except AuthError as error:
+                await self._refuse(error, scope, receive, send, request_id)
+                return
             body = await read_body(receive, headers, self.config.server.max_body_bytes)
             request = parse_chatkit_request(body)
-            await self._relay(scope, receive, send, request.raw, request.streaming, request_id)
+            await self._relay(scope, receive, send, request, identity, request_id)
         except GatewayError as error:
             await send_error(send, error, request_id)
         except ClientDisconnected:
@@ -112,18 +82,35 @@ class ChatKitEndpoint:
             with contextlib.suppress(RuntimeError):  # the response may have started already
                 await send_error(send, GatewayError(), request_id)
 
+    async def _refuse(self, error: AuthError, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        """A 401, or with `auth.stream_errors` an in-chat error event for streaming ops."""
+        if self.config.auth.stream_errors:
+            with contextlib.suppress(GatewayError):
+                request = parse_chatkit_request(
+                    await read_body(receive, scope["headers"], self.config.server.max_body_bytes)
+                )
+                if request.streaming:
+                    headers = [*SSE_ERROR_HEADERS, (b"x-request-id", request_id.encode())]
+                    await send({"type": "http.response.start", "status": 200, "headers": headers})
+                    await send(
+                        {"type": "http.response.body", "body": stream_error_event(error.message, allow_retry=False)}
+                    )
+                    return
+        await send_error(send, error, request_id)
+
     async def _relay(
-        self, scope: Scope, receive: Receive, send: Send, body: bytes, streaming: bool, request_id: str
+        self, scope: Scope, receive: Receive, send: Send, request: ChatKitRequest, identity: Identity, request_id: str
     ) -> None:
         runtime = self.runtime
         upstream = runtime.upstream_or_fail()
         headers = runtime.base_headers(scope, request_id)
+        headers.extend(identity.headers())
         extra = [(b"x-request-id", request_id.encode("ascii"))]
-        if not streaming:
-            response, small_body = await upstream.send_json(self.config.upstream.url, headers, body)
+        if not request.streaming:
+            response, small_body = await upstream.send_json(self.config.upstream.url, headers, request.raw)
             await relay_response(response, send, receive, body=small_body, extra_headers=extra)
             return
-        response = await upstream.send_stream(self.config.upstream.url, headers, body)
+        response = await upstream.send_stream(self.config.upstream.url, headers, request.raw)
         try:
             await relay_response(
                 response,
@@ -134,10 +121,6 @@ class ChatKitEndpoint:
             )
         finally:
             upstream.release_stream()
-
-
-def _json(status: int, payload: dict[str, object]) -> Response:
-    return JSONResponse(payload, status_code=status, headers={"cache-control": "no-store"})
 
 
 async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
@@ -160,41 +143,44 @@ class Gateway:
         await self.router(scope, receive, send)
 
 
+CORS_ALLOWED_HEADERS = ["content-type", "authorization", "chatkit-frame-instance-id", "x-request-id"]
+
+
 def create_app(
     config: GatewayConfig,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
+    jwks_transport: httpx.AsyncBaseTransport | None = None,
     clock: Clock = SYSTEM_CLOCK,
-) -> Gateway:
-    """Build the gateway. `transport` replaces the network to the backend; `clock` replaces time."""
-    runtime = Runtime(config=config, clock=clock, transport=transport)
+) -> ASGIApp:
+    """Build the gateway. `transport` replaces the network to the backend (and `jwks_transport` to
+    the identity providers); `clock` replaces time."""
+    runtime = Runtime(config=config, clock=clock, transport=transport, jwks_transport=jwks_transport)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:
-        runtime.upstream = Upstream(config.upstream, transport=transport)
         try:
-            await runtime.upstream.warm()
-            runtime.ready = True
-            logger.info("gateway ready: upstream %s", config.upstream.url)
+            await runtime.start()
+            logger.info("gateway started: upstream %s, ready=%s", config.upstream.url, runtime.ready)
             yield
         finally:
-            runtime.ready = False
-            await runtime.upstream.aclose()
-
-    async def healthz(request: Request) -> Response:
-        return _json(200, {"status": "ok"})
-
-    async def readyz(request: Request) -> Response:
-        if runtime.draining:
-            return _json(503, {"status": "draining"})
-        if not runtime.ready:
-            return _json(503, {"status": "starting"})
-        return _json(200, {"status": "ready"})
+            await runtime.aclose()
 
     routes: list[BaseRoute] = [
         Route(config.server.chatkit_path, ChatKitEndpoint(runtime)),
+        Route("/auth/verify", ForwardAuthEndpoint(runtime)),
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
+        Route("/readyz", readyz_endpoint(runtime), methods=["GET"]),
     ]
     router = Router(routes, redirect_slashes=False, default=not_found, lifespan=lifespan)
-    return Gateway(runtime, router, UploadEndpoint(runtime))
+    gateway = Gateway(runtime, router, UploadEndpoint(runtime))
+    # Preflights are answered here, before authentication; only listed origins get an allow.
+    return CORSMiddleware(
+        gateway,
+        allow_origins=list(config.cors.allow_origins),
+        allow_credentials=True,
+        allow_methods=["GET", "POST", "PUT", "OPTIONS"],
+        allow_headers=[*CORS_ALLOWED_HEADERS, config.metadata.page_context_header.lower()],
+        expose_headers=["x-request-id"],
+        max_age=config.cors.max_age_seconds,
+    )

@@ -23,7 +23,7 @@ from .relay import relay_response
 from .responses import send_error
 
 if TYPE_CHECKING:
-    from .app import Runtime
+    from .runtime import Runtime
 
 __all__ = ["UploadEndpoint", "upload_target"]
 
@@ -67,20 +67,24 @@ class UploadEndpoint:
                 raise NotFound("Uploads are not configured on this gateway.")
             raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
             target = upload_target(raw_path, self.prefix, base_url, scope.get("query_string", b""))
-            await self._forward(scope, receive, send, target, request_id)
+            _, identity = await self.runtime.authenticate(headers)
+            await self._forward(scope, receive, send, target, request_id, identity.headers())
         except GatewayError as error:
             with contextlib.suppress(RuntimeError):
                 await send_error(send, error, request_id)
         except ClientDisconnected:
             return
 
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, target: str, request_id: str) -> None:
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, target: str, request_id: str, identity: Headers
+    ) -> None:
         limit = self.config.server.max_upload_bytes
         headers: Headers = scope["headers"]
         declared = declared_length(headers)
         if declared is not None and declared > limit:
             raise PayloadTooLarge()
         upstream_headers = self.runtime.base_headers(scope, request_id)
+        upstream_headers.extend(identity)
         if declared is not None:
             upstream_headers.append((b"content-length", str(declared).encode("ascii")))
         content_type = header_value(headers, b"content-type")

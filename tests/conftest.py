@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 pytest.register_assert_rewrite("tests.support")
-pytest_plugins = ["tests.support.fixtures"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.idp"]
 
 import warnings  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING  # noqa: E402
 
 import httpx  # noqa: E402
 
-from tests.support.gateway import RunningGateway, gateway_config, start_gateway  # noqa: E402
+from tests.support.gateway import RunningGateway, bearer, gateway_config, start_gateway, user_token  # noqa: E402
 
 if TYPE_CHECKING:
     from tests.support.fixtures import Backend
+    from tests.support.idp import LoopbackIdP
 
 with warnings.catch_warnings():
     # chatkit.widgets warns at import time; the suite turns warnings into errors.
@@ -25,16 +26,30 @@ with warnings.catch_warnings():
 
 
 @pytest.fixture(scope="session")
-def gateway(backend: Backend) -> Iterator[RunningGateway]:
+def session_idp() -> Iterator[LoopbackIdP]:
+    """One identity provider for the tests that do not change its keys or modes."""
+    from tests.support.idp import running_idp
+
+    with running_idp() as provider:
+        yield provider
+
+
+@pytest.fixture(scope="session")
+def gateway(backend: Backend, session_idp: LoopbackIdP) -> Iterator[RunningGateway]:
     """The gateway as users run it, in front of the session's backend."""
-    with start_gateway(gateway_config(backend.url)) as running:
+    with start_gateway(gateway_config(backend.url, session_idp)) as running:
         yield running
 
 
 @pytest.fixture
-def gw_client(gateway: RunningGateway, clean_backend: Backend) -> Iterator[httpx.Client]:
-    """A client of the gateway; the backend behind it starts the test with nothing recorded."""
-    with httpx.Client(base_url=gateway.url, trust_env=False, timeout=30) as client:
+def token(session_idp: LoopbackIdP) -> str:
+    return user_token(session_idp)
+
+
+@pytest.fixture
+def gw_client(gateway: RunningGateway, clean_backend: Backend, token: str) -> Iterator[httpx.Client]:
+    """A signed-in client of the gateway; the backend behind it starts with nothing recorded."""
+    with httpx.Client(base_url=gateway.url, headers=bearer(token), trust_env=False, timeout=30) as client:
         yield client
 
 

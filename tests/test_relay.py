@@ -23,17 +23,20 @@ from tests.support.chatkit import (
     user_input,
 )
 from tests.support.fixtures import Backend
-from tests.support.gateway import RunningGateway, gateway_config, start_gateway
+from tests.support.gateway import RunningGateway, bearer, gateway_config, start_gateway
+from tests.support.idp import LoopbackIdP
 from tests.support.procs import free_port
 
 
 @pytest.mark.parametrize("op", list(REQUESTS))
-def test_every_request_type_gets_the_same_answer_as_direct(op: str, backend: Backend, gateway: RunningGateway) -> None:
+def test_every_request_type_gets_the_same_answer_as_direct(
+    op: str, backend: Backend, gateway: RunningGateway, token: str
+) -> None:
     backend.reset()
     with httpx.Client(base_url=backend.url, trust_env=False, timeout=30) as direct:
         expected = exchange(direct, op)
     backend.reset()
-    with httpx.Client(base_url=gateway.url, trust_env=False, timeout=30) as through:
+    with httpx.Client(base_url=gateway.url, headers=bearer(token), trust_env=False, timeout=30) as through:
         answer = exchange(through, op)
 
     assert expected[0] == 200
@@ -102,13 +105,14 @@ def test_unicode_survives_both_ways(gw_client: httpx.Client, clean_backend: Back
 
 
 def test_disconnect_mid_stream_cancels_the_backend_which_keeps_the_partial_reply(
-    gateway: RunningGateway, clean_backend: Backend
+    gateway: RunningGateway, clean_backend: Backend, token: str
 ) -> None:
     body = json.dumps({"type": "threads.create", "params": {"input": user_input("/slow 20")}}).encode()
     host, port = gateway.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(
             b"POST /chatkit HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {token}\r\n".encode()
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
@@ -193,9 +197,12 @@ def silent_upstream() -> Iterator[str]:
         server.close()
 
 
-def test_upstream_refusing_connections_gets_502_json(backend: Backend) -> None:
+def test_upstream_refusing_connections_gets_502_json(backend: Backend, session_idp: LoopbackIdP, token: str) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
-    with start_gateway(gateway_config(closed)) as gw, httpx.Client(base_url=gw.url, trust_env=False) as client:
+    with (
+        start_gateway(gateway_config(closed, session_idp)) as gw,
+        httpx.Client(base_url=gw.url, headers=bearer(token), trust_env=False) as client,
+    ):
         for op, params in (("threads.list", {}), ("threads.create", {"input": user_input("hi")})):
             response = post(client, op, params)
             assert response.status_code == 502
@@ -203,9 +210,14 @@ def test_upstream_refusing_connections_gets_502_json(backend: Backend) -> None:
             assert response.headers["cache-control"] == "no-store"
 
 
-def test_upstream_that_never_answers_gets_504_json(silent_upstream: str) -> None:
-    config = gateway_config(silent_upstream, {"upstream": {"connect_timeout": 0.5, "response_timeout": 0.5}})
-    with start_gateway(config) as gw, httpx.Client(base_url=gw.url, trust_env=False, timeout=10) as client:
+def test_upstream_that_never_answers_gets_504_json(silent_upstream: str, session_idp: LoopbackIdP, token: str) -> None:
+    config = gateway_config(
+        silent_upstream, session_idp, {"upstream": {"connect_timeout": 0.5, "response_timeout": 0.5}}
+    )
+    with (
+        start_gateway(config) as gw,
+        httpx.Client(base_url=gw.url, headers=bearer(token), trust_env=False, timeout=10) as client,
+    ):
         for op, params in (("threads.list", {}), ("threads.create", {"input": user_input("hi")})):
             started = time.monotonic()
             response = post(client, op, params)
@@ -214,9 +226,11 @@ def test_upstream_that_never_answers_gets_504_json(silent_upstream: str) -> None
             assert time.monotonic() - started < 5
 
 
-def test_redirects_from_the_backend_are_relayed_not_followed(backend: Backend) -> None:
-    config = gateway_config(backend.url, {"upstream": {"url": f"{backend.url}/redirect"}})
-    with start_gateway(config) as gw, httpx.Client(base_url=gw.url, trust_env=False) as client:
+def test_redirects_from_the_backend_are_relayed_not_followed(
+    backend: Backend, session_idp: LoopbackIdP, token: str
+) -> None:
+    config = gateway_config(backend.url, session_idp, {"upstream": {"url": f"{backend.url}/redirect"}})
+    with start_gateway(config) as gw, httpx.Client(base_url=gw.url, headers=bearer(token), trust_env=False) as client:
         response = post(client, "threads.list", {})
     assert response.status_code == 302
     assert response.headers["location"] == "http://127.0.0.1:9/trap"
@@ -257,9 +271,9 @@ def test_client_forwarded_headers_are_replaced_by_the_gateways_view(
     assert sent["x-forwarded-host"] == gw_client.base_url.netloc.decode()
 
 
-def test_trusted_proxy_forwarded_headers_are_extended(backend: Backend) -> None:
-    config = gateway_config(backend.url, {"server": {"trusted_proxies": ["127.0.0.0/8"]}})
-    with start_gateway(config) as gw, httpx.Client(base_url=gw.url, trust_env=False) as client:
+def test_trusted_proxy_forwarded_headers_are_extended(backend: Backend, session_idp: LoopbackIdP, token: str) -> None:
+    config = gateway_config(backend.url, session_idp, {"server": {"trusted_proxies": ["127.0.0.0/8"]}})
+    with start_gateway(config) as gw, httpx.Client(base_url=gw.url, headers=bearer(token), trust_env=False) as client:
         backend.reset()  # forget the gateway's start-up warm-up
         post_with(
             client, {"x-forwarded-for": "203.0.113.9", "x-forwarded-proto": "https", "x-forwarded-host": "app.example"}
@@ -277,10 +291,15 @@ def test_streamed_items_keep_their_order_and_content(gw_client: httpx.Client) ->
     assert deltas(events) == ["Echo:", " one", " two", " three"]
 
 
-def test_heartbeat_comments_fill_silences_between_frames_only(backend: Backend) -> None:
-    config = gateway_config(backend.url, {"upstream": {"heartbeat_seconds": 0.2}})
+def test_heartbeat_comments_fill_silences_between_frames_only(
+    backend: Backend, session_idp: LoopbackIdP, token: str
+) -> None:
+    config = gateway_config(backend.url, session_idp, {"upstream": {"heartbeat_seconds": 0.2}})
     body = {"type": "threads.create", "params": {"input": user_input("/slow 4")}}
-    with start_gateway(config) as gw, httpx.Client(base_url=gw.url, trust_env=False, timeout=30) as client:
+    with (
+        start_gateway(config) as gw,
+        httpx.Client(base_url=gw.url, headers=bearer(token), trust_env=False, timeout=30) as client,
+    ):
         response = client.post("/chatkit", json=body)
 
     frames = response.content.split(b"\n\n")

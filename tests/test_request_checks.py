@@ -9,20 +9,22 @@ import httpx
 import pytest
 
 from tests.support.fixtures import Backend
-from tests.support.gateway import RunningGateway, gateway_config, start_gateway
+from tests.support.gateway import RunningGateway, bearer, gateway_config, start_gateway
+from tests.support.idp import LoopbackIdP
 
 SMALL_LIMIT = 8192
 
 
 @pytest.fixture(scope="module")
-def small_gateway(backend: Backend) -> Iterator[RunningGateway]:
-    with start_gateway(gateway_config(backend.url, {"server": {"max_body_bytes": SMALL_LIMIT}})) as running:
+def small_gateway(backend: Backend, session_idp: LoopbackIdP) -> Iterator[RunningGateway]:
+    config = gateway_config(backend.url, session_idp, {"server": {"max_body_bytes": SMALL_LIMIT}})
+    with start_gateway(config) as running:
         yield running
 
 
 @pytest.fixture
-def client(small_gateway: RunningGateway, clean_backend: Backend) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=small_gateway.url, trust_env=False, timeout=10) as http:
+def client(small_gateway: RunningGateway, clean_backend: Backend, token: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=small_gateway.url, headers=bearer(token), trust_env=False, timeout=10) as http:
         yield http
 
 
@@ -105,12 +107,15 @@ def test_body_over_the_limit_chunked_without_content_length_gets_413(
     assert clean_backend.requests() == []
 
 
-def test_a_declared_10_gb_body_is_refused_before_reading(small_gateway: RunningGateway, clean_backend: Backend) -> None:
+def test_a_declared_10_gb_body_is_refused_before_reading(
+    small_gateway: RunningGateway, clean_backend: Backend, token: str
+) -> None:
     host, port = small_gateway.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(
             b"POST /chatkit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 10737418240\r\n\r\n{"
+            + f"Authorization: Bearer {token}\r\n".encode()
+            + b"Content-Length: 10737418240\r\n\r\n{"
         )
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 413 ")

@@ -14,26 +14,27 @@ from gateway.errors import InvalidUploadPath
 from gateway.uploads import upload_target
 from tests.support.chatkit import done_item, post, sse_events, user_input
 from tests.support.fixtures import Backend, start_backend
-from tests.support.gateway import RunningGateway, gateway_config, start_gateway
+from tests.support.gateway import RunningGateway, bearer, gateway_config, start_gateway
+from tests.support.idp import LoopbackIdP
 from tests.support.procs import free_port
 
 UPLOAD_LIMIT = 2 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def upload_setup() -> Iterator[tuple[Backend, RunningGateway]]:
+def upload_setup(session_idp: LoopbackIdP) -> Iterator[tuple[Backend, RunningGateway]]:
     """A backend whose upload URLs point at the gateway, as a deployment's public base would."""
     port = free_port()
     with start_backend(public_base=f"http://127.0.0.1:{port}/chatkit/uploads") as backend:
-        config = gateway_config(backend.url, {"server": {"max_upload_bytes": UPLOAD_LIMIT}})
+        config = gateway_config(backend.url, session_idp, {"server": {"max_upload_bytes": UPLOAD_LIMIT}})
         with start_gateway(config, port=port) as gateway:
             yield backend, gateway
 
 
 @pytest.fixture
-def client(upload_setup: tuple[Backend, RunningGateway]) -> Iterator[httpx.Client]:
+def client(upload_setup: tuple[Backend, RunningGateway], token: str) -> Iterator[httpx.Client]:
     upload_setup[0].reset()
-    with httpx.Client(base_url=upload_setup[1].url, trust_env=False, timeout=30) as http:
+    with httpx.Client(base_url=upload_setup[1].url, headers=bearer(token), trust_env=False, timeout=30) as http:
         yield http
 
 
@@ -137,13 +138,16 @@ def test_upload_path_and_query_are_appended_to_the_uploads_url() -> None:
     assert target == "http://backend:8001/uploads/attachments/atc_1/upload?sig=abc%2F"
 
 
-def test_a_refused_upload_path_gets_400_over_http(upload_setup: tuple[Backend, RunningGateway]) -> None:
+def test_a_refused_upload_path_gets_400_over_http(upload_setup: tuple[Backend, RunningGateway], token: str) -> None:
     backend, gateway = upload_setup
     backend.reset()
     # httpx would normalise the path; send it raw.
     host, port = gateway.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(b"PUT /chatkit/uploads/%2e%2e/_debug/reset HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        sock.sendall(
+            b"PUT /chatkit/uploads/%2e%2e/_debug/reset HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+            + f"Authorization: Bearer {token}\r\n\r\n".encode()
+        )
         answer = b""
         while not answer.endswith(b"0\r\n\r\n"):
             chunk = sock.recv(65536)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +72,9 @@ class PublicKey:
     crv: str | None
     alg: str | None
     use: str | None
+    # RFC 7638 SHA-256 thumbprint: names the key material in logs and makes equality mean "same key"
+    # (a rotated key that reuses a kid compares unequal).
+    thumbprint: str
     _verifiers: Mapping[str, _Verifier] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -115,7 +120,7 @@ def check_backend() -> None:
     """
     if jose_backends.RSAKey is not CryptographyRSAKey or jose_backends.ECKey is not CryptographyECKey:
         raise RuntimeError("python-jose is not using the 'cryptography' backend; install python-jose[cryptography]")
-    # A self-test of the one primitive we use: a good signature passes, a flipped one fails.
+    # A self-test of the one primitive we use: a good signature passes, r = s = 0 fails (CVE-2022-21449).
     private = ec.generate_private_key(ec.SECP256R1())
     verifier = CryptographyECKey(private.public_key(), "ES256")
     signature = CryptographyECKey(private, "ES256").sign(b"check")
@@ -155,7 +160,8 @@ def _build_rsa(jwk: Mapping[str, Any], kid: str, alg: str | None, use: str | Non
     if not MIN_RSA_BITS <= public.key_size <= MAX_RSA_BITS:
         raise UnusableKey("an RSA key must have 2048 to 8192 bits")
     verifiers = _prebuild(algorithms, lambda a: CryptographyRSAKey(public, a))
-    return PublicKey(kid=kid, kty="RSA", crv=None, alg=alg, use=use, _verifiers=verifiers)
+    thumbprint = _thumbprint({"e": jwk["e"], "kty": "RSA", "n": jwk["n"]})
+    return PublicKey(kid=kid, kty="RSA", crv=None, alg=alg, use=use, thumbprint=thumbprint, _verifiers=verifiers)
 
 
 def _build_ec(jwk: Mapping[str, Any], kid: str, alg: str | None, use: str | None) -> PublicKey:
@@ -171,7 +177,8 @@ def _build_ec(jwk: Mapping[str, Any], kid: str, alg: str | None, use: str | None
     numbers = ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve())
     public = numbers.public_key()
     verifiers = _prebuild(algorithms, lambda a: CryptographyECKey(public, a))
-    return PublicKey(kid=kid, kty="EC", crv=crv, alg=alg, use=use, _verifiers=verifiers)
+    thumbprint = _thumbprint({"crv": crv, "kty": "EC", "x": jwk["x"], "y": jwk["y"]})
+    return PublicKey(kid=kid, kty="EC", crv=crv, alg=alg, use=use, thumbprint=thumbprint, _verifiers=verifiers)
 
 
 def _stated_or(alg: str | None, fitting: tuple[str, ...]) -> tuple[str, ...]:
@@ -200,6 +207,12 @@ def _member_bytes(jwk: Mapping[str, Any], name: str) -> bytes:
     if base64.urlsafe_b64encode(raw).rstrip(b"=") != value.encode("ascii"):
         raise UnusableKey("a JWK member is not canonical base64url")
     return raw
+
+
+def _thumbprint(required: Mapping[str, str]) -> str:
+    # RFC 7638 §3: the required members only, sorted, no whitespace.
+    canonical = json.dumps(dict(sorted(required.items())), separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode("ascii")
 
 
 def _member_int(jwk: Mapping[str, Any], name: str) -> int:

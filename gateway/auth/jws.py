@@ -123,7 +123,7 @@ def _check_header(header: Mapping[str, Any]) -> tuple[str, str]:
         raise InvalidToken(_BAD_HEADER)
     if "typ" in header:
         typ = header["typ"]
-        if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES:
+        if not isinstance(typ, str) or not typ.isascii() or typ.lower() not in ACCEPTED_TYPES:
             # RFC 8725 §3.11: explicit typing keeps other kinds of JWT out (J22).
             raise InvalidToken(_BAD_HEADER)
     if "crit" in header:

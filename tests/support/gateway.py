@@ -11,17 +11,55 @@ import copy
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import tomli_w
 
 from tests.support.procs import free_port, process_log, start_process, stop_process
 
-PLACEHOLDER_ISSUER = {"issuer": "https://issuer.invalid", "audiences": ["chatkit"]}
+AUDIENCE = "chatkit"
+TOKEN_LIFETIME = 3600
+
+
+class Issuer(Protocol):
+    """What the gateway's tests need of an identity provider (tests.support.idp.LoopbackIdP)."""
+
+    @property
+    def issuer(self) -> str: ...
+
+    @property
+    def jwks_url(self) -> str: ...
+
+    def sign(self, payload: Mapping[str, Any], *, kid: str | None = None, alg: str | None = None) -> str: ...
+
+
+def issuer_entry(idp: Issuer, **settings: Any) -> dict[str, Any]:
+    return {
+        "issuer": idp.issuer,
+        "jwks_url": idp.jwks_url,
+        "audiences": [AUDIENCE],
+        "algorithms": ["RS256", "ES256"],
+        **settings,
+    }
+
+
+def user_claims(idp: Issuer, sub: str = "user-1", **claims: Any) -> dict[str, Any]:
+    now = int(time.time())
+    return {"iss": idp.issuer, "aud": AUDIENCE, "sub": sub, "iat": now, "exp": now + TOKEN_LIFETIME, **claims}
+
+
+def user_token(idp: Issuer, sub: str = "user-1", **claims: Any) -> str:
+    """A valid token for `sub`, signed by the provider's current key."""
+    return idp.sign(user_claims(idp, sub, **claims))
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
 
 
 @dataclass(frozen=True)
@@ -53,11 +91,11 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
     return result
 
 
-def gateway_config(upstream_base: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def gateway_config(upstream_base: str, idp: Issuer, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     base: dict[str, Any] = {
         "server": {"host": "127.0.0.1"},
         "upstream": {"url": f"{upstream_base}/chatkit", "uploads_url": f"{upstream_base}/"},
-        "auth": {"issuers": [PLACEHOLDER_ISSUER]},
+        "auth": {"issuers": [issuer_entry(idp)]},
         "logging": {"level": "info", "format": "json"},
     }
     return merge(base, overrides or {})

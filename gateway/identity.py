@@ -1,0 +1,72 @@
+"""Who the user is, as the gateway tells the backend: claims mapped by `[identity]`.
+
+The same identity goes into the body's `metadata` (`userId`, `userInfo`), the `X-User-Id` and
+`X-User-Email` headers, and the forward-auth answer. Header values are made safe for HTTP: a claim
+with characters outside printable ASCII is percent-encoded (RFC 3986) rather than dropped or sent
+raw, so a newline in a claim can never become a header.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from .auth.verify import Principal
+from .config import IdentityConfig
+from .errors import InvalidClaims
+from .headers import Headers
+
+__all__ = ["Identity", "header_value_of", "identity_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user_id: str
+    name: str | None = None
+    email: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def user_info(self) -> dict[str, Any]:
+        """`metadata.userInfo`: id, name, email and the extra claims; absent claims left out."""
+        info: dict[str, Any] = {"id": self.user_id}
+        if self.name is not None:
+            info["name"] = self.name
+        if self.email is not None:
+            info["email"] = self.email
+        info.update(self.extra)
+        return info
+
+    def headers(self) -> Headers:
+        result = [(b"x-user-id", header_value_of(self.user_id))]
+        if self.email is not None:
+            result.append((b"x-user-email", header_value_of(self.email)))
+        return result
+
+
+def _string_claim(claims: Any, name: str) -> str | None:
+    value = claims.get(name)
+    return value if isinstance(value, str) else None
+
+
+def identity_of(principal: Principal, config: IdentityConfig) -> Identity:
+    """The identity a verified principal speaks for; `InvalidClaims` if it names no user."""
+    claims = principal.claims
+    user_id = claims.get(config.user_id_claim)
+    if isinstance(user_id, int) and not isinstance(user_id, bool):
+        user_id = str(user_id)
+    if not isinstance(user_id, str) or not user_id:
+        raise InvalidClaims("The token does not name a user.")
+    extra = {name: claims[name] for name in config.extra_claims if name in claims}
+    return Identity(
+        user_id=user_id,
+        name=_string_claim(claims, config.name_claim),
+        email=_string_claim(claims, config.email_claim),
+        extra=extra,
+    )
+
+
+def header_value_of(value: str) -> bytes:
+    if value.isascii() and value.isprintable():
+        return value.encode("ascii")
+    return quote(value, safe=" !#$&'()*+,/:;=?@[]~").encode("ascii")

@@ -1,0 +1,94 @@
+"""Answers for the platform around the gateway: liveness, readiness, and forward-auth.
+
+`/auth/verify` is the contract ingress controllers speak (ingress-nginx `auth-url`, Traefik
+ForwardAuth, Caddy `forward_auth`, Envoy `ext_authz` in HTTP mode): 2xx with identity headers lets
+the original request through, 401/403 stops it. The verification is the ChatKit endpoint's, cookie
+origin rule included.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from .errors import GatewayError, MethodNotAllowed
+from .headers import Headers, request_id_from
+from .identity import header_value_of
+from .responses import JSON_HEADERS, send_error
+from .runtime import Runtime
+
+__all__ = ["ForwardAuthEndpoint", "healthz", "readyz_endpoint"]
+
+
+def _json(status: int, payload: dict[str, object]) -> Response:
+    return JSONResponse(payload, status_code=status, headers={"cache-control": "no-store"})
+
+
+async def healthz(request: Request) -> Response:
+    return _json(200, {"status": "ok"})
+
+
+def readyz_endpoint(runtime: Runtime) -> Callable[[Request], Awaitable[Response]]:
+    async def readyz(request: Request) -> Response:
+        issuers = []
+        if runtime.authenticator is not None:
+            for status in runtime.authenticator.status():
+                issuers.append(
+                    {
+                        "issuer": status.issuer,
+                        "ready": status.ready,
+                        "keys": status.key_count,
+                        "stale": status.stale,
+                        "last_success_age_seconds": status.last_success_age,
+                        "last_error": status.last_error,
+                    }
+                )
+        if runtime.draining:
+            state, reason = "draining", "the gateway is shutting down"
+        elif not runtime.started:
+            state, reason = "starting", "the gateway is starting"
+        elif not runtime.ready:
+            state, reason = (
+                "not_ready",
+                "keys are not loaded (or past max_stale) for: "
+                + ", ".join(str(i["issuer"]) for i in issuers if not i["ready"]),
+            )
+        else:
+            state, reason = "ready", None
+        body: dict[str, object] = {"status": state, "issuers": issuers}
+        if reason:
+            body["reason"] = reason
+        return _json(200 if state == "ready" else 503, body)
+
+    return readyz
+
+
+class ForwardAuthEndpoint:
+    """`GET`/`POST /auth/verify`: 200 with the identity headers, or the 401/403 JSON error."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers: Headers = scope["headers"]
+        request_id = request_id_from(headers)
+        try:
+            if scope["method"] not in ("GET", "POST", "HEAD"):
+                raise MethodNotAllowed(headers={"Allow": "GET, POST"})
+            principal, identity = await self.runtime.authenticate(headers)
+        except GatewayError as error:
+            await send_error(send, error, request_id)
+            return
+        user = header_value_of(identity.user_id)
+        answer: Headers = [*JSON_HEADERS, (b"x-request-id", request_id.encode()), (b"x-user-id", user)]
+        answer.append((b"x-auth-request-user", user))
+        if identity.email is not None:
+            email = header_value_of(identity.email)
+            answer.extend([(b"x-user-email", email), (b"x-auth-request-email", email)])
+        body = json.dumps({"userId": identity.user_id, "source": principal.source}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": answer})
+        await send({"type": "http.response.body", "body": body})
