@@ -28,7 +28,7 @@ demo: venv
 	$(BIN)/python scripts/demo_preview.py
 
 lint: venv
-	$(BIN)/ruff check gateway tests scripts
+	$(BIN)/ruff check gateway tests scripts bench
 	$(BIN)/ruff format --check gateway
 	$(BIN)/mypy
 
