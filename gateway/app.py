@@ -32,7 +32,7 @@ from .config import GatewayConfig
 from .errors import AuthError, GatewayError, MethodNotAllowed, NotFound
 from .headers import Headers, request_id_from
 from .identity import Identity
-from .probes import ForwardAuthEndpoint, healthz, readyz_endpoint
+from .probes import ForwardAuthEndpoint, browser_helper_endpoint, healthz, readyz_endpoint
 from .relay import relay_response, stream_error_event
 from .responses import send_error
 from .runtime import Runtime
@@ -171,6 +171,7 @@ def create_app(
         Route("/auth/verify", ForwardAuthEndpoint(runtime)),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz_endpoint(runtime), methods=["GET"]),
+        Route("/chatkit-gateway.js", browser_helper_endpoint(), methods=["GET", "HEAD"]),
     ]
     router = Router(routes, redirect_slashes=False, default=not_found, lifespan=lifespan)
     gateway = Gateway(runtime, router, UploadEndpoint(runtime))

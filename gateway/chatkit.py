@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +19,12 @@ from .errors import InvalidChatKitRequest, InvalidJSON, UnsupportedMediaType
 from .headers import header_value
 
 __all__ = [
+    "GATEWAY_METADATA_KEYS",
     "NON_STREAMING_TYPES",
     "STREAMING_TYPES",
     "ChatKitRequest",
     "parse_chatkit_request",
+    "rewrite_body",
     "require_json_content_type",
 ]
 
@@ -118,3 +120,29 @@ def parse_chatkit_request(raw: bytes) -> ChatKitRequest:
     if not isinstance(op, str) or not op:
         raise InvalidChatKitRequest("The request body must have a string 'type'.")
     return ChatKitRequest(op=op, body=body, raw=raw)
+
+
+GATEWAY_METADATA_KEYS = ("userId", "userInfo", "pageContext", "requestId")
+
+
+def rewrite_body(request: ChatKitRequest, injected: Mapping[str, Any]) -> bytes:
+    """The body with the gateway's keys written into its top-level `metadata`.
+
+    `metadata` becomes an object (`null`, absent or not an object: `{}`); the client's copies of the
+    gateway's keys are removed and `injected` written in their place. Every other member, in
+    `metadata` and around it, passes unchanged and in order; unicode is kept as sent.
+    """
+    body = request.body
+    client_metadata = body.get("metadata")
+    metadata = {
+        key: value
+        for key, value in (client_metadata.items() if isinstance(client_metadata, dict) else ())
+        if key not in GATEWAY_METADATA_KEYS
+    }
+    metadata.update(injected)
+    body["metadata"] = metadata  # an existing member keeps its place; a new one goes last
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (ValueError, RecursionError):
+        # Parsing already refused what cannot be written back; this is the last guard.
+        raise InvalidJSON() from None

@@ -8,8 +8,10 @@ origin rule included.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -21,7 +23,9 @@ from .identity import header_value_of
 from .responses import JSON_HEADERS, send_error
 from .runtime import Runtime
 
-__all__ = ["ForwardAuthEndpoint", "healthz", "readyz_endpoint"]
+__all__ = ["ForwardAuthEndpoint", "browser_helper_endpoint", "healthz", "readyz_endpoint"]
+
+BROWSER_HELPER = Path(__file__).with_name("static") / "chatkit-gateway.js"
 
 
 def _json(status: int, payload: dict[str, object]) -> Response:
@@ -92,3 +96,17 @@ class ForwardAuthEndpoint:
         body = json.dumps({"userId": identity.user_id, "source": principal.source}).encode()
         await send({"type": "http.response.start", "status": 200, "headers": answer})
         await send({"type": "http.response.body", "body": body})
+
+
+def browser_helper_endpoint() -> Callable[[Request], Awaitable[Response]]:
+    """`GET /chatkit-gateway.js`: the ES module for the browser, read once at start-up."""
+    script = BROWSER_HELPER.read_bytes()
+    etag = '"' + hashlib.sha256(script).hexdigest()[:32] + '"'
+    headers = {"cache-control": "public, max-age=300", "etag": etag, "x-content-type-options": "nosniff"}
+
+    async def browser_helper(request: Request) -> Response:
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(script, media_type="text/javascript; charset=utf-8", headers=headers)
+
+    return browser_helper
