@@ -26,12 +26,11 @@ from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .body import ClientDisconnected, read_body
-from .chatkit import ChatKitRequest, parse_chatkit_request, require_json_content_type
+from .chatkit import parse_chatkit_request, require_json_content_type, rewrite_body
 from .clock import SYSTEM_CLOCK, Clock
 from .config import GatewayConfig
 from .errors import AuthError, GatewayError, MethodNotAllowed, NotFound
 from .headers import Headers, request_id_from
-from .identity import Identity
 from .probes import ForwardAuthEndpoint, browser_helper_endpoint, healthz, readyz_endpoint
 from .relay import relay_response, stream_error_event
 from .responses import send_error
@@ -70,7 +69,11 @@ class ChatKitEndpoint:
                 return
             body = await read_body(receive, headers, self.config.server.max_body_bytes)
             request = parse_chatkit_request(body)
-            await self._relay(scope, receive, send, request, identity, request_id)
+            injected = self.runtime.injected_metadata(headers, request.body.get("metadata"), identity, request_id)
+            upstream_body = rewrite_body(request, injected)
+            upstream_headers = self.runtime.base_headers(scope, request_id)
+            upstream_headers.extend(self.runtime.identity_headers(principal, identity, request_id))
+            await self._relay(receive, send, request.streaming, upstream_body, upstream_headers, request_id)
         except GatewayError as error:
             await send_error(send, error, request_id)
         except ClientDisconnected:
@@ -99,18 +102,16 @@ class ChatKitEndpoint:
         await send_error(send, error, request_id)
 
     async def _relay(
-        self, scope: Scope, receive: Receive, send: Send, request: ChatKitRequest, identity: Identity, request_id: str
+        self, receive: Receive, send: Send, streaming: bool, body: bytes, headers: Headers, request_id: str
     ) -> None:
-        runtime = self.runtime
-        upstream = runtime.upstream_or_fail()
-        headers = runtime.base_headers(scope, request_id)
-        headers.extend(identity.headers())
+        """Step 7: send upstream, relay the answer (small JSON whole, anything else as it arrives)."""
+        upstream = self.runtime.upstream_or_fail()
         extra = [(b"x-request-id", request_id.encode("ascii"))]
-        if not request.streaming:
-            response, small_body = await upstream.send_json(self.config.upstream.url, headers, request.raw)
+        if not streaming:
+            response, small_body = await upstream.send_json(self.config.upstream.url, headers, body)
             await relay_response(response, send, receive, body=small_body, extra_headers=extra)
             return
-        response = await upstream.send_stream(self.config.upstream.url, headers, request.raw)
+        response = await upstream.send_stream(self.config.upstream.url, headers, body)
         try:
             await relay_response(
                 response,

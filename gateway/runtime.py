@@ -11,10 +11,19 @@ from starlette.types import Scope
 from .auth.authenticator import Authenticator
 from .auth.origin import OriginPolicy
 from .auth.verify import Principal
+from .backend import IDENTITY_HEADER, sign_identity
 from .clock import Clock
 from .config import GatewayConfig
-from .headers import FORWARDED_REQUEST_HEADERS, Headers, TrustedProxies, forwarded_headers, upstream_request_headers
+from .headers import (
+    FORWARDED_REQUEST_HEADERS,
+    Headers,
+    TrustedProxies,
+    forwarded_headers,
+    header_value,
+    upstream_request_headers,
+)
 from .identity import Identity, identity_of
+from .pagecontext import PageContextPolicy
 from .relay import Upstream
 
 __all__ = ["Runtime"]
@@ -28,6 +37,7 @@ class Runtime:
     jwks_transport: httpx.AsyncBaseTransport | None = None
     trusted_proxies: TrustedProxies = field(init=False)
     origin_policy: OriginPolicy = field(init=False)
+    page_context: PageContextPolicy = field(init=False)
     upstream: Upstream | None = None
     authenticator: Authenticator | None = None
     started: bool = False
@@ -36,6 +46,7 @@ class Runtime:
     def __post_init__(self) -> None:
         self.trusted_proxies = TrustedProxies(self.config.server.trusted_proxies)
         self.origin_policy = OriginPolicy(self.config)
+        self.page_context = PageContextPolicy(self.config.metadata, frozenset(self.config.security.allowed_origins))
 
     async def start(self) -> None:
         self.authenticator = Authenticator(self.config, clock=self.clock, transport=self.jwks_transport)
@@ -81,4 +92,31 @@ class Runtime:
                 headers, peer=client[0] if client else None, scheme=scope["scheme"], trusted=self.trusted_proxies
             )
         )
+        return result
+
+    def injected_metadata(
+        self, headers: Sequence[tuple[bytes, bytes]], client_metadata: object, identity: Identity, request_id: str
+    ) -> dict[str, object]:
+        """Step 6: what the gateway writes into `metadata` (SPEC 5)."""
+        client_page_context = client_metadata.get("pageContext") if isinstance(client_metadata, dict) else None
+        page_context = self.page_context.from_request(
+            header_value(headers, self.page_context.header_name), client_page_context, header_value(headers, b"referer")
+        )
+        injected: dict[str, object] = {"userId": identity.user_id, "userInfo": identity.user_info()}
+        if page_context is not None:
+            injected["pageContext"] = page_context
+        injected["requestId"] = request_id
+        return injected
+
+    def identity_headers(self, principal: Principal, identity: Identity, request_id: str) -> Headers:
+        """`X-User-Id`, `X-User-Email`, the signed `X-ChatKit-Identity`, the forwarded token (SPEC 6)."""
+        result = identity.headers()
+        secret = self.config.upstream.identity_secret
+        if secret is not None:
+            signed = sign_identity(
+                {"userId": identity.user_id, "userInfo": identity.user_info(), "requestId": request_id}, secret
+            )
+            result.append((IDENTITY_HEADER.lower().encode("ascii"), signed.encode("ascii")))
+        if self.config.upstream.forward_access_token:
+            result.append((b"authorization", b"Bearer " + principal.token.encode("ascii")))
         return result

@@ -67,8 +67,9 @@ class UploadEndpoint:
                 raise NotFound("Uploads are not configured on this gateway.")
             raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
             target = upload_target(raw_path, self.prefix, base_url, scope.get("query_string", b""))
-            _, identity = await self.runtime.authenticate(headers)
-            await self._forward(scope, receive, send, target, request_id, identity.headers())
+            principal, identity = await self.runtime.authenticate(headers)
+            identity_headers = self.runtime.identity_headers(principal, identity, request_id)
+            await self._forward(scope, receive, send, target, request_id, identity_headers)
         except GatewayError as error:
             with contextlib.suppress(RuntimeError):
                 await send_error(send, error, request_id)

@@ -1,0 +1,205 @@
+"""For backend authors: who the gateway says the user is, as a ChatKit `context`, in one call.
+
+The gateway writes `userId`, `userInfo`, `pageContext` and `requestId` into the body's `metadata`
+and sends `X-User-Id`. A backend that only the gateway can reach ("trusted network": a sidecar on
+localhost, a NetworkPolicy) may believe that as it stands. A backend that others can reach sets
+`upstream.identity_secret` in the gateway and the same secret here: the gateway then signs the
+identity into `X-ChatKit-Identity` (itsdangerous, valid for `max_age` seconds), and a body whose
+identity differs from the signed one is refused, so a caller cannot forge or alter it.
+
+    from chatkit.server import ChatKitServer, StreamingResult
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+
+    from gateway.backend import InvalidIdentity, chatkit_context, mcp_headers
+
+    async def chatkit_endpoint(request: Request) -> Response:
+        try:
+            context = await chatkit_context(request, secret=IDENTITY_SECRET)  # None: trusted network
+        except InvalidIdentity:
+            return JSONResponse({"error": "forbidden"}, status_code=403)
+        result = await server.process(await request.body(), context)  # Starlette caches the body
+        if isinstance(result, StreamingResult):
+            return StreamingResponse(result, media_type="text/event-stream")
+        return Response(result.json, media_type="application/json")
+
+`context["accessToken"]` is the user's token when the gateway forwards it
+(`upstream.forward_access_token`). Hand it to tools in HTTP headers (`mcp_headers(context)`), never
+in a prompt: whatever a model reads, a model can repeat.
+
+This module imports only the standard library and itsdangerous, so a backend need not install the
+gateway's runtime (httpx, python-jose, uvicorn) to use it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from itsdangerous import BadData, URLSafeTimedSerializer
+
+__all__ = [
+    "IDENTITY_HEADER",
+    "IDENTITY_SALT",
+    "InvalidIdentity",
+    "chatkit_context",
+    "context_from",
+    "mcp_headers",
+    "sign_identity",
+    "verify_identity",
+]
+
+IDENTITY_SALT = "chatkit-gateway.identity"
+IDENTITY_HEADER = "X-ChatKit-Identity"
+IDENTITY_KEYS = ("userId", "userInfo", "requestId")
+
+# A secret, or several to rotate one: signing uses the last, verifying accepts any (itsdangerous).
+Secret = str | Sequence[str]
+
+
+class InvalidIdentity(Exception):
+    """The request does not carry an identity this backend can trust; answer 401 or 403."""
+
+
+class RequestLike(Protocol):
+    """What `chatkit_context` needs of a request: Starlette's (and so FastAPI's) `Request` fits."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    async def body(self) -> bytes: ...
+
+
+def _serializer(secret: Secret) -> URLSafeTimedSerializer:
+    keys = [secret] if isinstance(secret, str) else list(secret)
+    # An empty key signs with a value anyone knows; refuse it rather than accept forgeries.
+    if not keys or not all(keys):
+        raise ValueError("the identity secret must not be empty")
+    return URLSafeTimedSerializer(keys, salt=IDENTITY_SALT)
+
+
+def _checked_identity(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidIdentity(f"{where} is not an object")
+    user_id, user_info, request_id = (value.get(key) for key in IDENTITY_KEYS)
+    if not isinstance(user_id, str) or not user_id:
+        raise InvalidIdentity(f"{where} has no string userId")
+    if not isinstance(user_info, dict):
+        raise InvalidIdentity(f"{where} has no object userInfo")
+    if not isinstance(request_id, str):
+        raise InvalidIdentity(f"{where} has no string requestId")
+    return value
+
+
+def sign_identity(identity: Mapping[str, Any], secret: Secret) -> str:
+    """The `X-ChatKit-Identity` value for `identity` (`userId`, `userInfo`, `requestId`)."""
+    try:
+        checked = _checked_identity({key: identity.get(key) for key in IDENTITY_KEYS}, "identity")
+    except InvalidIdentity as exc:
+        raise ValueError(str(exc)) from None
+    return _serializer(secret).dumps(checked)
+
+
+def verify_identity(value: str, secret: Secret, *, max_age: int = 60) -> dict[str, Any]:
+    """The identity signed into `value`, or `InvalidIdentity` (bad signature, expired, malformed)."""
+    try:
+        payload = _serializer(secret).loads(value, max_age=max_age)
+    except BadData as exc:
+        # BadData covers a wrong signature, an expired or future timestamp and an unreadable payload.
+        raise InvalidIdentity(f"{IDENTITY_HEADER} is not valid: {exc}") from None
+    return _checked_identity(payload, IDENTITY_HEADER)
+
+
+def header_value_of(value: str) -> str:
+    """How the gateway writes a claim into a header (as `gateway.identity.header_value_of`)."""
+    if value.isascii() and value.isprintable():
+        return value
+    return quote(value, safe=" !#$&'()*+,/:;=?@[]~")
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """The one value of header `name`, any case; two different values are ambiguous and refused."""
+    name = name.lower()
+    # Starlette's Headers lists repeated headers in items(); a plain dict may use any case.
+    values = {value for key, value in headers.items() if key.lower() == name}
+    if len(values) > 1:
+        raise InvalidIdentity(f"conflicting {name} headers")
+    return values.pop() if values else None
+
+
+def _metadata_of(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidIdentity("the body is not JSON") from None
+    if not isinstance(payload, dict):
+        raise InvalidIdentity("the body is not a JSON object")
+    metadata = payload.get("metadata")
+    if not isinstance(metadata, dict):
+        raise InvalidIdentity("the body has no metadata object (did it come through the gateway?)")
+    return metadata
+
+
+def _bearer_token(headers: Mapping[str, str]) -> str | None:
+    authorization = _header(headers, "authorization")
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token and " " not in token else None
+
+
+def context_from(
+    headers: Mapping[str, str], body: bytes, *, secret: Secret | None = None, max_age: int = 60
+) -> dict[str, Any]:
+    """The ChatKit `context` for a request's headers and raw body; `InvalidIdentity` if untrusted.
+
+    Keys: `userId`, `userInfo`, `pageContext` (an object or None), `requestId`, and `accessToken`
+    (the forwarded bearer token, or None). With `secret`, the signed `X-ChatKit-Identity` header is
+    required and the body's metadata must match it; without, the body's metadata is believed.
+    """
+    metadata = _metadata_of(body)
+    identity = _checked_identity({key: metadata.get(key) for key in IDENTITY_KEYS}, "metadata")
+    if secret is not None:
+        signed = _header(headers, IDENTITY_HEADER)
+        if signed is None:
+            raise InvalidIdentity(f"{IDENTITY_HEADER} is missing")
+        verified = verify_identity(signed, secret, max_age=max_age)
+        # The signature covers the header, not the body: a caller who replays a captured header
+        # with another body, or edits the body's identity, is caught here.
+        if any(verified[key] != identity[key] for key in IDENTITY_KEYS):
+            raise InvalidIdentity(f"the body's identity differs from {IDENTITY_HEADER}")
+    user_header = _header(headers, "x-user-id")
+    if user_header is not None and user_header != header_value_of(identity["userId"]):
+        raise InvalidIdentity("X-User-Id differs from the body's userId")
+    page_context = metadata.get("pageContext")
+    return {
+        "userId": identity["userId"],
+        "userInfo": identity["userInfo"],
+        "pageContext": page_context if isinstance(page_context, dict) else None,
+        "requestId": identity["requestId"],
+        "accessToken": _bearer_token(headers),
+    }
+
+
+async def chatkit_context(request: RequestLike, *, secret: Secret | None = None, max_age: int = 60) -> dict[str, Any]:
+    """`context_from` for a Starlette or FastAPI request; the body stays readable afterwards."""
+    return context_from(request.headers, await request.body(), secret=secret, max_age=max_age)
+
+
+def mcp_headers(context: Mapping[str, Any]) -> dict[str, str]:
+    """HTTP headers that carry the user to an MCP server or other tool: the token and the user id.
+
+    For a tool's HTTP transport (e.g. `MCPServerStreamableHttp(params={"url": ..., "headers":
+    mcp_headers(context)})`), never for a prompt or a log.
+    """
+    headers: dict[str, str] = {}
+    token = context.get("accessToken")
+    if isinstance(token, str) and token:
+        headers["Authorization"] = f"Bearer {token}"
+    user_id = context.get("userId")
+    if isinstance(user_id, str) and user_id:
+        headers["X-User-Id"] = header_value_of(user_id)
+    return headers
