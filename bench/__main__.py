@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-from bench import verify
+from bench import run as bench_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,27 +28,153 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {system}"
 
 
-def render(figures: verify.VerifyFigures) -> str:
-    return f"""# Benchmarks
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
 
-Figures from the latest `make bench` run on {machine()}, {time.strftime("%Y-%m-%d")}.
-Reproduce with `make bench` (everything runs on 127.0.0.1, each step bounded in time).
 
-## Token verification
+def ratio(value: float, base: float | None) -> str:
+    if not base or math.isnan(base) or math.isnan(value):
+        return "–"
+    return f"{value / base:.2f}×"
 
-Per token, median of {figures.samples} tokens the verifier had never seen (cold), and the same token
-again (cached: the verified-token cache, keyed by the token's SHA-256).
 
-| token | µs per verification |
-| --- | --- |
-| RS256 (2048-bit), cold | {figures.rs256_cold_us:.1f} |
-| ES256 (P-256), cold | {figures.es256_cold_us:.1f} |
-| cached (any algorithm) | {figures.cached_us:.2f} |
+def table(*columns: str) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
 
-A cached token costs {figures.rs256_cold_us / figures.cached_us:.0f}× less than a cold RS256 one. Keys are built
-once per JWKS fetch and chosen by `kid`, so a cold verification is one signature check plus
-parsing; handing python-jose the whole key set instead would cost one check per key.
+
+def row(*cells: object) -> str:
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
+INTRO = """\
+Everything runs on 127.0.0.1 in one run, so the ratios hold even where the absolute figures vary
+with the machine: **direct** is the client talking to the upstream itself, **nginx** is nginx with
+one worker and `proxy_buffering off` (the proxy a user would pick instead), **gateway** is
+`chatkit-gateway serve` as users run it (an RS256 bearer token verified, from its cache after the
+first request; metadata injected). The upstream is `bench/upstream.py` (raw ASGI under uvicorn).
+CPU figures are of the subject's own processes (the upstream's for direct), from `/proc` CPU-time
+deltas. Reproduce with `make bench`.
 """
+
+
+def summary(results: bench_run.Results) -> list[str]:
+    out = table(
+        "subject",
+        "CPU µs per small JSON request (c=16)",
+        "1,000 streams: all first events",
+        "KiB per open stream",
+        "CPU µs per relayed SSE event",
+    )
+    for name, by_c in results.json.items():
+        json_cpu = by_c.get(16) or next(iter(by_c.values()))
+        storms = results.storms.get(name, {})
+        storm = storms.get(1000) or next(iter(storms.values()), {})
+        sse = results.sse.get(name, {})
+        busiest = sse[max(sse)] if sse else {}
+        out.append(
+            row(
+                name,
+                fmt(json_cpu.cpu_us_per_request, 0),
+                fmt(storm.get("all_first_events_s"), 2) + " s",
+                fmt(storm.get("kib_per_stream")),
+                fmt(busiest.get("cpu_us_per_event")),
+            )
+        )
+    return out
+
+
+def json_section(results: bench_run.Results) -> list[str]:
+    out = table("subject", "connections", "requests/s", "× direct", "× nginx", "p50 ms", "p99 ms", "CPU µs/request")
+    for name, by_c in results.json.items():
+        for c, r in by_c.items():
+            nginx = results.json.get("nginx", {}).get(c)
+            out.append(
+                row(
+                    name,
+                    c,
+                    fmt(r.requests_per_second, 0),
+                    ratio(r.requests_per_second, results.json["direct"][c].requests_per_second),
+                    ratio(r.requests_per_second, nginx.requests_per_second if nginx else None),
+                    fmt(r.p50_ms, 2),
+                    fmt(r.p99_ms, 2),
+                    fmt(r.cpu_us_per_request, 0),
+                )
+            )
+    return out
+
+
+def sse_section(results: bench_run.Results) -> list[str]:
+    out = table("subject", "streams", "events", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "CPU µs/event")
+    for name, by_n in results.sse.items():
+        for n, r in by_n.items():
+            d = results.sse["direct"][n]
+            out.append(
+                row(
+                    name,
+                    n,
+                    int(r["events"]),
+                    fmt(r["p50_ms"], 2),
+                    fmt(r["p99_ms"], 2),
+                    fmt(r["p50_ms"] - d["p50_ms"], 2),
+                    fmt(r["p99_ms"] - d["p99_ms"], 2),
+                    fmt(r["cpu_us_per_event"]),
+                )
+            )
+    return out
+
+
+def storm_section(results: bench_run.Results) -> list[str]:
+    out = table(
+        "subject", "streams", "opened", "all first events s", "KiB RSS per stream", "fds back s", "upstream closed s"
+    )
+    for name, by_n in results.storms.items():
+        for n, r in by_n.items():
+            out.append(
+                row(
+                    name,
+                    n,
+                    int(r["opened"]),
+                    fmt(r["all_first_events_s"], 2),
+                    fmt(r["kib_per_stream"]),
+                    fmt(r["fds_back_s"], 2),
+                    fmt(r["upstream_back_s"], 2),
+                )
+            )
+    return out
+
+
+def render(results: bench_run.Results, quick: bool) -> str:
+    when = f"{machine()}, {time.strftime('%Y-%m-%d')}"
+    out = ["# Benchmarks", "", f"Figures from the latest `make bench` run on {when}."]
+    if quick:
+        out.append("**Quick mode: tiny counts, the figures mean nothing.**")
+    out += ["", INTRO, "## Summary", "", *summary(results), ""]
+    out += ["## Small authenticated JSON POST (wrk, `threads.list`)", "", *json_section(results), ""]
+    out += ["## SSE: per-event delivery latency", ""]
+    out += ["From the upstream's send to the client's read; *added* is over direct at the same load.", ""]
+    out += [*sse_section(results), ""]
+    out += ["## Many open streams", ""]
+    out += ["Idle streams opened at once (at most 512 connects in flight), held, then dropped.", ""]
+    out += [*storm_section(results), ""]
+    first = results.first_request
+    if first:
+        out += ["## First request after start", ""]
+        out += ["A freshly started gateway (ready per `/readyz`), a new connection per request.", ""]
+        out += table("first request ms", "steady state ms (median)", "ratio")
+        out += [
+            row(fmt(first["first_ms"], 2), fmt(first["steady_ms"], 2), ratio(first["first_ms"], first["steady_ms"]))
+        ]
+        out += [""]
+    figures = results.verify
+    if figures:
+        out += ["## Token verification", ""]
+        out += [f"Per token, median of {figures.samples} tokens never seen before (cold), and a token seen before"]
+        out += ["(cached: the verified-token cache, keyed by the token's SHA-256).", ""]
+        out += table("token", "µs per verification")
+        out += [row("RS256 (2048-bit), cold", f"{figures.rs256_cold_us:.1f}")]
+        out += [row("ES256 (P-256), cold", f"{figures.es256_cold_us:.1f}")]
+        out += [row("cached (any algorithm)", f"{figures.cached_us:.2f}"), ""]
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,9 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny counts, to check the harness runs")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     args = parser.parse_args(argv)
-    figures = verify.run(samples=20 if args.quick else 2000)
+    if not bench_run.wrk_available():
+        print("wrk is missing: run `make system-deps` (Debian package wrk)", file=sys.stderr)
+        return 2
+    results = bench_run.run(bench_run.QUICK if args.quick else bench_run.FULL)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(figures), encoding="utf-8")
+    args.output.write_text(render(results, args.quick), encoding="utf-8")
     print(f"wrote {args.output}")
     return 0
 

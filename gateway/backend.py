@@ -113,10 +113,15 @@ def verify_identity(value: str, secret: Secret, *, max_age: int = 60) -> dict[st
 
 
 def header_value_of(value: str) -> str:
-    """How the gateway writes a claim into a header (as `gateway.identity.header_value_of`)."""
-    if value.isascii() and value.isprintable():
+    """How the gateway writes a claim into a header: unambiguous, `unquote(header) == claim`.
+
+    A value that is printable ASCII, holds no `%` and no surrounding space goes as it is; any other
+    is percent-encoded (`%` included), so two different claims never make the same header and a
+    newline in a claim can never become a header line.
+    """
+    if value.isascii() and value.isprintable() and "%" not in value and value == value.strip():
         return value
-    return quote(value, safe=" !#$&'()*+,/:;=?@[]~")
+    return quote(value, safe="!#$&'()*+,/:;=?@[]~")
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -1,18 +1,17 @@
 """Who the user is, as the gateway tells the backend: claims mapped by `[identity]`.
 
 The same identity goes into the body's `metadata` (`userId`, `userInfo`), the `X-User-Id` and
-`X-User-Email` headers, and the forward-auth answer. Header values are made safe for HTTP: a claim
-with characters outside printable ASCII is percent-encoded (RFC 3986) rather than dropped or sent
-raw, so a newline in a claim can never become a header.
+`X-User-Email` headers, and the forward-auth answer. Header values are made safe and unambiguous:
+see `gateway.backend.header_value_of`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 from .auth.verify import Principal
+from .backend import header_value_of as backend_header_value_of
 from .config import IdentityConfig
 from .errors import InvalidClaims
 from .headers import Headers
@@ -67,6 +66,5 @@ def identity_of(principal: Principal, config: IdentityConfig) -> Identity:
 
 
 def header_value_of(value: str) -> bytes:
-    if value.isascii() and value.isprintable():
-        return value.encode("ascii")
-    return quote(value, safe=" !#$&'()*+,/:;=?@[]~").encode("ascii")
+    """The header form of a claim (the rule lives in `gateway.backend`, which backends import)."""
+    return backend_header_value_of(value).encode("ascii")

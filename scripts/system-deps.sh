@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Install the Debian packages the tests run for real (redis-server, nginx, chromium) when missing.
+# Install the Debian packages the tests and benchmarks run for real (redis-server, nginx, chromium, wrk)
+# when missing.
 # Needs root (CI runs as root); without it, it says what is missing and fails.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v wrk >/dev/null || need+=(wrk)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2

@@ -1,4 +1,4 @@
-"""The benchmark harness runs (tiny counts); its figures are checked for shape, never for speed."""
+"""The benchmark harness runs end to end (tiny counts); its figures are checked for shape, never for speed."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ from pathlib import Path
 from bench.__main__ import main
 
 
-def test_bench_quick_run_writes_the_report(tmp_path: Path) -> None:
+def test_bench_quick_run_measures_every_subject_and_writes_the_report(tmp_path: Path) -> None:
     output = tmp_path / "BENCHMARKS.md"
     assert main(["--quick", "--output", str(output)]) == 0
     report = output.read_text()
-    assert "| RS256 (2048-bit), cold |" in report and "| cached (any algorithm) |" in report
+    for section in ("## Summary", "## Small authenticated JSON POST", "## SSE", "## Many open streams"):
+        assert section in report
+    for subject in ("| direct |", "| nginx |", "| gateway |"):
+        assert subject in report
+    assert "| RS256 (2048-bit), cold |" in report and "## First request after start" in report

@@ -1,0 +1,226 @@
+"""The processes a benchmark run starts, all on 127.0.0.1, each stopped by PID when the run ends.
+
+- the fast upstream (`bench.upstream`);
+- a static JWKS (`python -m http.server` over a folder holding `jwks.json`), so the gateway
+  verifies real RS256 tokens;
+- the gateway as users run it (`chatkit-gateway serve`, auth on, metadata injection on);
+- nginx with `proxy_buffering off`, one worker: the proxy a user would pick instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import tomli_w
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+ROOT = Path(__file__).resolve().parents[1]
+ISSUER = "https://idp.bench.invalid"
+AUDIENCE = "chatkit"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _raise_fd_limit() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@dataclass
+class Peer:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pids(self) -> list[int]:
+        """The process and its children (nginx's workers), for CPU, memory and fd accounting."""
+        pids = [self.process.pid]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[1]) == self.process.pid:
+                    pids.append(int(entry.name))
+        return pids
+
+
+def start(name: str, args: Sequence[str], url: str, ready_path: str, *, timeout: float = 30.0) -> Peer:
+    log = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            list(args),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_raise_fd_limit,
+        )
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited early:\n{log.read_text(errors='replace')}")
+        try:
+            if httpx.get(url + ready_path, trust_env=False, timeout=1).status_code < 500:
+                return Peer(name, url, process, log)
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            stop(Peer(name, url, process, log))
+            raise RuntimeError(f"{name} not ready after {timeout} s:\n{log.read_text(errors='replace')}")
+        time.sleep(0.05)
+
+
+def stop(peer: Peer) -> None:
+    if peer.process.poll() is None:
+        peer.process.send_signal(signal.SIGTERM)
+        try:
+            peer.process.wait(10)
+        except subprocess.TimeoutExpired:
+            peer.process.kill()
+            peer.process.wait()
+    peer.log.unlink(missing_ok=True)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class Signer:
+    """An RSA key, its JWKS, and tokens for the benchmark's users."""
+
+    def __init__(self) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        numbers = self.key.public_key().public_numbers()
+        self.jwks = {
+            "keys": [
+                {
+                    "kty": "RSA",
+                    "kid": "bench",
+                    "use": "sig",
+                    "alg": "RS256",
+                    "n": _b64(numbers.n.to_bytes(256, "big")),
+                    "e": _b64(numbers.e.to_bytes(3, "big")),
+                }
+            ]
+        }
+
+    def token(self, sub: str = "bench-user") -> str:
+        now = int(time.time())
+        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "name": "Bench", "iat": now, "exp": now + 7200}
+        header = _b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "bench"}).encode())
+        signing_input = f"{header}.{_b64(json.dumps(claims).encode())}"
+        signature = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signing_input}.{_b64(signature)}"
+
+
+@contextmanager
+def peers(with_nginx: bool = True) -> Iterator[tuple[Peer, Peer, Peer | None, Signer]]:
+    """Upstream, gateway and (optionally) nginx, started in that order and stopped in reverse."""
+    signer = Signer()
+    started: list[Peer] = []
+    with tempfile.TemporaryDirectory(prefix="chatkit-gateway-bench-") as folder:
+        root = Path(folder)
+        (root / "jwks.json").write_text(json.dumps(signer.jwks))
+        try:
+            jwks_port, up_port, gw_port = free_port(), free_port(), free_port()
+            jwks = start(
+                "jwks",
+                [sys.executable, "-m", "http.server", str(jwks_port), "--bind", "127.0.0.1", "--directory", folder],
+                f"http://127.0.0.1:{jwks_port}",
+                "/jwks.json",
+            )
+            started.append(jwks)
+            upstream = start(
+                "upstream",
+                [sys.executable, "-m", "bench.upstream", "--port", str(up_port)],
+                f"http://127.0.0.1:{up_port}",
+                "/",
+            )
+            started.append(upstream)
+            config = {
+                "server": {"host": "127.0.0.1", "port": gw_port},
+                "upstream": {"url": f"{upstream.url}/chatkit"},
+                "auth": {"issuers": [{"issuer": ISSUER, "jwks_url": f"{jwks.url}/jwks.json", "audiences": [AUDIENCE]}]},
+                "logging": {"level": "warning"},
+            }
+            (root / "gateway.toml").write_text(tomli_w.dumps(config))
+            gateway = start(
+                "gateway",
+                [sys.executable, "-m", "gateway", "serve", "--config", str(root / "gateway.toml")],
+                f"http://127.0.0.1:{gw_port}",
+                "/readyz",
+            )
+            started.append(gateway)
+            nginx = None
+            if with_nginx and os.path.exists(NGINX):
+                nginx = start_nginx(root, upstream)
+                started.append(nginx)
+            yield upstream, gateway, nginx, signer
+        finally:
+            for peer in reversed(started):
+                stop(peer)
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/nginx-error.log warn;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/body; proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fcgi; uwsgi_temp_path {root}/uwsgi; scgi_temp_path {root}/scgi;
+    upstream chatkit {{ server {upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=8192;
+        location / {{
+            proxy_pass http://chatkit;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 3600s;
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(root: Path, upstream: Peer) -> Peer:
+    port = free_port()
+    conf = root / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(root=root, upstream=upstream.url.removeprefix("http://"), port=port))
+    return start(
+        "nginx",
+        [NGINX, "-c", str(conf), "-p", str(root), "-e", str(root / "nginx-error.log")],
+        f"http://127.0.0.1:{port}",
+        "/",
+    )

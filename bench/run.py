@@ -1,0 +1,158 @@
+"""One benchmark run: every figure of docs/BENCHMARKS.md, measured in one go against the same peers."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import load, measure, peers, verify
+
+
+@dataclass(frozen=True)
+class Plan:
+    json_concurrency: tuple[int, ...]
+    json_seconds: float
+    sse: tuple[tuple[int, int, float], ...]  # (streams, events per stream, interval ms)
+    storms: tuple[int, ...]
+    verify_samples: int
+    first_request_samples: int
+
+
+FULL = Plan((1, 16, 64), 5.0, ((1, 200, 10.0), (100, 100, 20.0), (300, 60, 50.0)), (1000, 5000), 2000, 50)
+QUICK = Plan((1, 4), 1.0, ((1, 10, 10.0), (5, 10, 20.0)), (20,), 20, 5)
+
+
+@dataclass
+class Results:
+    json: dict[str, dict[int, measure.WrkResult]] = field(default_factory=dict)
+    sse: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    storms: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    verify: verify.VerifyFigures | None = None
+    first_request: dict[str, float] = field(default_factory=dict)
+
+
+def percentile(values: list[int], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
+
+
+def targets(
+    upstream: peers.Peer, gateway: peers.Peer, nginx: peers.Peer | None
+) -> list[tuple[str, peers.Peer, list[int]]]:
+    """(name, peer to send to, processes whose CPU and memory are the subject's)."""
+    result = [("direct", upstream, upstream.pids), ("gateway", gateway, gateway.pids)]
+    if nginx is not None:
+        result.insert(1, ("nginx", nginx, nginx.pids))
+    return result
+
+
+def run_json(plan: Plan, subjects: list[tuple[str, peers.Peer, list[int]]], token: str, results: Results) -> None:
+    for name, peer, pids in subjects:
+        results.json[name] = {}
+        measure.wrk(f"{peer.url}/chatkit", token, connections=4, seconds=1, pids=pids)  # warm-up
+        for connections in plan.json_concurrency:
+            results.json[name][connections] = measure.wrk(
+                f"{peer.url}/chatkit", token, connections=connections, seconds=plan.json_seconds, pids=pids
+            )
+
+
+def run_sse(plan: Plan, subjects: list[tuple[str, peers.Peer, list[int]]], token: str, results: Results) -> None:
+    for name, peer, pids in subjects:
+        results.sse[name] = {}
+        port = int(peer.url.rsplit(":", 1)[1])
+        for streams, events, interval in plan.sse:
+            before = measure.cpu_seconds(pids)
+            stats = load.run_streams("127.0.0.1", port, token, streams=streams, events=events, interval_ms=interval)
+            cpu = measure.cpu_seconds(pids) - before
+            results.sse[name][streams] = {
+                "p50_ms": percentile(stats.latencies_ns, 0.50),
+                "p99_ms": percentile(stats.latencies_ns, 0.99),
+                "events": stats.events,
+                "failures": stats.failures,
+                "cpu_us_per_event": cpu / max(stats.events, 1) * 1e6,
+            }
+
+
+def run_storms(
+    plan: Plan, subjects: list[tuple[str, peers.Peer, list[int]]], upstream_port: int, token: str, results: Results
+) -> None:
+    for name, peer, pids in subjects:
+        results.storms[name] = {}
+        port = int(peer.url.rsplit(":", 1)[1])
+        for streams in plan.storms:
+            time.sleep(1.0)
+            base_rss, base_fds = measure.rss_kib(pids), measure.fd_count(pids)
+            base_upstream = measure.established_to(upstream_port)
+            storm = load.Storm("127.0.0.1", port, token, streams)
+            storm.start()
+            storm.opened.wait(150)
+            time.sleep(0.5)
+            rss = measure.rss_kib(pids)
+            storm.release()
+            fds_back = measure.wait_until(lambda p=pids, b=base_fds: measure.fd_count(p) <= b + 2, timeout=60)
+            conns_back = measure.wait_until(
+                lambda b=base_upstream: measure.established_to(upstream_port) <= b + 2, timeout=60
+            )
+            storm.join(30)
+            result = storm.result
+            assert result is not None
+            results.storms[name][streams] = {
+                "opened": result.opened,
+                "failures": result.failures,
+                "all_first_events_s": result.seconds_to_all_first_events,
+                "kib_per_stream": (rss - base_rss) / max(result.opened, 1),
+                "fds_back_s": float("nan") if fds_back is None else fds_back,
+                "upstream_back_s": float("nan") if conns_back is None else conns_back,
+            }
+
+
+def run_first_request(plan: Plan, config_args: list[str], token: str, results: Results) -> None:
+    """A fresh gateway: its first request against the median of the next ones (new connection each)."""
+    port = peers.free_port()
+    peer = peers.start("gateway-cold", [*config_args, "--port", str(port)], f"http://127.0.0.1:{port}", "/readyz")
+    try:
+        body: dict[str, Any] = {"type": "threads.list", "params": {}}
+        headers = {"authorization": f"Bearer {token}"}
+
+        def once() -> float:
+            started = time.perf_counter()
+            response = httpx.post(f"{peer.url}/chatkit", json=body, headers=headers, trust_env=False)
+            assert response.status_code == 200, response.text
+            return (time.perf_counter() - started) * 1000
+
+        first = once()
+        steady = statistics.median(once() for _ in range(plan.first_request_samples))
+        results.first_request = {"first_ms": first, "steady_ms": steady}
+    finally:
+        peers.stop(peer)
+
+
+def run(plan: Plan) -> Results:
+    results = Results()
+    with peers.peers() as (upstream, gateway, nginx, signer):
+        token = signer.token()
+        subjects = targets(upstream, gateway, nginx)
+        run_json(plan, subjects, token, results)
+        run_sse(plan, subjects, token, results)
+        run_storms(plan, subjects, int(upstream.url.rsplit(":", 1)[1]), token, results)
+        config = Path(gateway.process.args[-1])  # type: ignore[index]
+        run_first_request(plan, [sys.executable, "-m", "gateway", "serve", "--config", str(config)], token, results)
+    results.verify = verify.run(plan.verify_samples)
+    return results
+
+
+def wrk_available() -> bool:
+    try:
+        subprocess.run(["wrk", "--version"], capture_output=True, check=False)
+    except FileNotFoundError:
+        return False
+    return True

@@ -1,0 +1,119 @@
+"""examples/backend: a ChatKit backend that believes only the gateway and keeps the token from the model.
+
+In process (Starlette's TestClient): this checks the example's wiring, not streaming over a network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from gateway.backend import IDENTITY_HEADER, sign_identity
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "backend" / "app.py"
+SECRET = "example-secret-" + "x" * 32
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.user-token.signature"
+IDENTITY: dict[str, Any] = {
+    "userId": "user-ada",
+    "userInfo": {"id": "user-ada", "name": "Ada Lovelace", "email": "ada@example.com"},
+    "requestId": "req-1",
+}
+PAGE = {"url": "https://app.example.com/pricing", "title": "Pricing"}
+
+
+@pytest.fixture(scope="module")
+def example() -> Iterator[ModuleType]:
+    spec = importlib.util.spec_from_file_location("chatkit_gateway_example_backend", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+def create_message(text: str, identity: dict[str, Any] = IDENTITY) -> dict[str, Any]:
+    content = [{"type": "input_text", "text": text}]
+    params = {"input": {"content": content, "attachments": [], "inference_options": {}}}
+    return {"type": "threads.create", "params": params, "metadata": {**identity, "pageContext": PAGE}}
+
+
+def gateway_headers(identity: dict[str, Any] = IDENTITY) -> dict[str, str]:
+    """What the gateway sends with `upstream.identity_secret` and `forward_access_token` set."""
+    return {
+        IDENTITY_HEADER: sign_identity(identity, SECRET),
+        "X-User-Id": identity["userId"],
+        "Authorization": f"Bearer {TOKEN}",
+    }
+
+
+def assistant_texts(stream: str) -> list[str]:
+    events = [json.loads(frame.removeprefix("data: ")) for frame in stream.split("\n\n") if frame]
+    items = [event["item"] for event in events if event["type"] == "thread.item.done"]
+    return [part["text"] for item in items if item["type"] == "assistant_message" for part in item["content"]]
+
+
+def test_reply_names_the_user_and_the_token_reaches_only_the_tool_headers(example: ModuleType) -> None:
+    model = example.OfflineModel()
+    with TestClient(example.create_app(SECRET, model)) as client:
+        response = client.post("/chatkit", json=create_message("hi"), headers=gateway_headers())
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert assistant_texts(response.text) == ["Hello, Ada Lovelace! You said: hi"]
+    assert TOKEN not in response.text
+
+    (call,) = model.calls
+    assert "Ada Lovelace" in call.instructions and "Pricing" in call.instructions
+    assert TOKEN not in call.instructions and TOKEN not in call.user_text
+    (tool,) = call.tools
+    assert tool.headers == {"Authorization": f"Bearer {TOKEN}", "X-User-Id": "user-ada"}
+
+
+def test_request_without_the_signed_identity_is_refused(example: ModuleType) -> None:
+    model = example.OfflineModel()
+    with TestClient(example.create_app(SECRET, model)) as client:
+        response = client.post("/chatkit", json=create_message("hi"), headers={"X-User-Id": "user-ada"})
+    assert response.status_code == 403
+    assert model.calls == []
+
+
+def test_body_identity_edited_after_signing_is_refused(example: ModuleType) -> None:
+    model = example.OfflineModel()
+    forged = {**IDENTITY, "userId": "user-admin"}
+    with TestClient(example.create_app(SECRET, model)) as client:
+        response = client.post("/chatkit", json=create_message("hi", forged), headers=gateway_headers())
+    assert response.status_code == 403
+    assert model.calls == []
+
+
+def test_each_user_sees_only_their_own_threads(example: ModuleType) -> None:
+    grace = {"userId": "user-grace", "userInfo": {"id": "user-grace", "name": "Grace"}, "requestId": "req-2"}
+    with TestClient(example.create_app(SECRET)) as client:
+        client.post("/chatkit", json=create_message("hi"), headers=gateway_headers())
+
+        def threads_of(identity: dict[str, Any]) -> list[str]:
+            body = {"type": "threads.list", "params": {}, "metadata": identity}
+            response = client.post("/chatkit", json=body, headers=gateway_headers(identity))
+            assert response.status_code == 200
+            return [thread["id"] for thread in response.json()["data"]]
+
+        assert len(threads_of(IDENTITY)) == 1
+        assert threads_of(grace) == []
+
+
+def test_trusted_network_mode_reads_the_identity_from_metadata(example: ModuleType) -> None:
+    model = example.OfflineModel()
+    with TestClient(example.create_app(None, model)) as client:
+        response = client.post("/chatkit", json=create_message("hello"), headers={"X-User-Id": "user-ada"})
+    assert assistant_texts(response.text) == ["Hello, Ada Lovelace! You said: hello"]
+    assert model.calls[0].tools[0].headers == {"X-User-Id": "user-ada"}  # no token was forwarded
