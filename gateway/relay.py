@@ -29,6 +29,7 @@ from starlette.types import Receive, Send
 from .config import UpstreamConfig
 from .errors import Overloaded, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
 from .headers import Headers, header_value, relay_response_headers
+from .transport import HTTP11Transport
 
 __all__ = ["RelayOutcome", "Upstream", "relay_response", "stream_error_event"]
 
@@ -60,8 +61,14 @@ class Upstream:
         self.header_deadline = config.connect_timeout + config.response_timeout
         self._gate = asyncio.Semaphore(config.max_connections)
         self._open_streams = 0
+        json_transport = transport or HTTP11Transport(
+            max_keepalive=config.max_connections, keepalive_expiry=config.keepalive_expiry
+        )
+        stream_transport = transport or HTTP11Transport(
+            max_keepalive=config.stream_keepalive, keepalive_expiry=config.keepalive_expiry
+        )
         self.json_client = httpx.AsyncClient(
-            transport=transport,
+            transport=json_transport,
             limits=httpx.Limits(
                 max_connections=config.max_connections,
                 max_keepalive_connections=config.max_connections,
@@ -77,7 +84,7 @@ class Upstream:
             follow_redirects=False,
         )
         self.stream_client = httpx.AsyncClient(
-            transport=transport,
+            transport=stream_transport,
             limits=httpx.Limits(
                 max_connections=config.max_streams,
                 max_keepalive_connections=config.stream_keepalive,

@@ -1,0 +1,341 @@
+"""An HTTP/1.1 transport for httpx on asyncio protocols and httptools: the gateway's hot path.
+
+Measured (docs/BENCHMARKS.md): httpcore spends most of a proxied request's CPU in its pool
+bookkeeping (quadratic in pooled connections), anyio stream wrappers and h11's pure-Python
+parsing. The gateway's needs are narrow: one or a few upstream origins, HTTP/1.1, keep-alive,
+bodies streamed both ways. This transport does exactly that, under httpx's `transport=` seam, so
+the client API stays httpx's and every other module is unchanged:
+
+- one `asyncio.Protocol` per connection, parsed by httptools (the C parser uvicorn uses);
+- idle connections kept per origin, most recent first, at most `max_keepalive` of them, dropped
+  when the server closes them or after `keepalive_expiry`;
+- response bodies handed over chunk by chunk as they arrive, with read-side flow control, so a
+  slow client slows the upstream instead of growing a buffer;
+- a request on a reused connection that the server had already closed (the keep-alive race) is
+  retried once on a new connection, since the server never saw it.
+
+Failures surface as httpx exceptions (`ConnectError`, `ConnectTimeout`, `ReadTimeout`,
+`RemoteProtocolError`, `WriteError`), which `relay.py` maps to gateway errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import httptools
+import httpx
+
+__all__ = ["HTTP11Transport"]
+
+READ_HIGH_WATER = 256 * 1024
+Origin = tuple[str, str, int]
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection and the response currently being read from it."""
+
+    def __init__(self, pool: HTTP11Transport, origin: Origin) -> None:
+        self.pool = pool
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+        self._reset()
+        self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.complete = False
+        self.error: Exception | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.received_any = False
+        self.reading_paused = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.received_any = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(httpx.RemoteProtocolError("the upstream tried to upgrade the connection"))
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"invalid HTTP from the upstream: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool._forget(self)
+        if not self.complete:
+            if not self.head.done():
+                self._fail(httpx.RemoteProtocolError("the upstream closed the connection without answering"))
+            else:
+                self._fail(httpx.RemoteProtocolError("the upstream closed the connection mid-body"))
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # -- httptools callbacks ---------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        if 100 <= self.status < 200 and self.status != 101:
+            self.headers = []  # an interim answer; the real one follows
+            return
+        if not self.head.done():
+            self.head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > READ_HIGH_WATER and not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if 100 <= self.status < 200 and self.status != 101:
+            return
+        self.complete = True
+        self._wake()
+
+    # -- used by the transport and the response stream -------------------------------------------
+
+    def _fail(self, error: Exception) -> None:
+        if self.error is None:
+            self.error = error
+        if not self.head.done():
+            self.head.set_exception(error)
+            self.head.exception()  # retrieved: a reader may never come
+        self._wake()
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            raise httpx.WriteError("the upstream connection is closed")
+        self.transport.write(data)
+        if self._write_paused:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+            if self.closed:
+                raise httpx.WriteError("the upstream connection closed while sending")
+
+    async def next_chunk(self, read_timeout: float | None) -> bytes | None:
+        """The next body chunk, or None at the end of the body."""
+        while not self.chunks:
+            if self.complete:
+                return None
+            if self.error is not None:
+                raise self.error
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                if read_timeout is None:
+                    await self.waiter
+                else:
+                    try:
+                        await asyncio.wait_for(self.waiter, read_timeout)
+                    except TimeoutError:
+                        raise httpx.ReadTimeout("the upstream sent nothing in time") from None
+            finally:
+                self.waiter = None
+        chunk = self.chunks.popleft()
+        self.buffered -= len(chunk)
+        if self.reading_paused and self.buffered <= READ_HIGH_WATER // 4 and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        return chunk
+
+    def reusable(self) -> bool:
+        return self.complete and not self.closed and self.error is None and self._parser.should_keep_alive()
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+        self.pool._forget(self)
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    def __init__(self, connection: _Connection, read_timeout: float | None) -> None:
+        self._connection = connection
+        self._read_timeout = read_timeout
+        self._released = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            chunk = await self._connection.next_chunk(self._read_timeout)
+            if chunk is None:
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        connection = self._connection
+        if connection.reusable():
+            connection.pool._release(connection)
+        else:
+            connection.close()
+
+
+class HTTP11Transport(httpx.AsyncBaseTransport):
+    """`httpx.AsyncClient(transport=HTTP11Transport(...))`: HTTP/1.1 to a few upstream origins."""
+
+    def __init__(
+        self,
+        *,
+        max_keepalive: int = 16,
+        keepalive_expiry: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.max_keepalive = max_keepalive
+        self.keepalive_expiry = keepalive_expiry
+        self._ssl_context = ssl_context
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._all: set[_Connection] = set()
+
+    @property
+    def connections(self) -> int:
+        return len(self._all)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        origin = (
+            request.url.scheme,
+            request.url.host,
+            request.url.port or (443 if request.url.scheme == "https" else 80),
+        )
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        connection, reused = await self._acquire(origin, timeouts.get("connect"))
+        try:
+            return await self._exchange(connection, request, timeouts)
+        except httpx.RemoteProtocolError:
+            if not reused or connection.received_any:
+                raise
+        except httpx.WriteError:
+            if not reused:
+                raise
+        # The keep-alive race: the server closed this idle connection as the request went out.
+        connection, _ = await self._acquire(origin, timeouts.get("connect"), fresh=True)
+        return await self._exchange(connection, request, timeouts)
+
+    async def _exchange(
+        self, connection: _Connection, request: httpx.Request, timeouts: dict[str, Any]
+    ) -> httpx.Response:
+        try:
+            await self._send(connection, request)
+            await connection.head
+        except BaseException:
+            connection.close()
+            raise
+        return httpx.Response(
+            connection.status,
+            headers=connection.headers,
+            stream=_ResponseStream(connection, timeouts.get("read")),
+            extensions={"http_version": b"HTTP/1.1"},
+            request=request,
+        )
+
+    async def _send(self, connection: _Connection, request: httpx.Request) -> None:
+        target = request.url.raw_path
+        head = [request.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in request.headers.raw:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"\r\n")
+        stream = request.stream
+        if isinstance(stream, httpx.ByteStream):
+            # Small bodies (every ChatKit JSON request) go out with the head in one write.
+            await connection.write(b"".join(head) + b"".join(stream))
+            return
+        await connection.write(b"".join(head))
+        chunked = request.headers.get("transfer-encoding", "").lower() == "chunked"
+        assert isinstance(stream, httpx.AsyncByteStream)
+        async for chunk in stream:
+            if not chunk:
+                continue
+            await connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        if chunked:
+            await connection.write(b"0\r\n\r\n")
+
+    async def _acquire(
+        self, origin: Origin, connect_timeout: float | None, *, fresh: bool = False
+    ) -> tuple[_Connection, bool]:
+        idle = self._idle.get(origin)
+        if idle and not fresh:
+            now = asyncio.get_running_loop().time()
+            while idle:
+                connection = idle.pop()
+                if not connection.closed and now - connection.idle_since < self.keepalive_expiry:
+                    connection._reset()
+                    return connection, True
+                connection.close()
+        return await self._connect(origin, connect_timeout), False
+
+    async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
+        scheme, host, port = origin
+        loop = asyncio.get_running_loop()
+        context = None
+        if scheme == "https":
+            context = self._ssl_context or ssl.create_default_context()
+        try:
+            async with asyncio.timeout(timeout):
+                _, protocol = await loop.create_connection(
+                    lambda: _Connection(self, origin),
+                    host,
+                    port,
+                    ssl=context,
+                    server_hostname=host if context else None,
+                )
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+        except OSError as exc:
+            raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        self._all.add(protocol)
+        return protocol
+
+    def _release(self, connection: _Connection) -> None:
+        idle = self._idle.setdefault(connection.origin, [])
+        if len(idle) >= self.max_keepalive:
+            connection.close()
+            return
+        connection.idle_since = asyncio.get_running_loop().time()
+        idle.append(connection)
+
+    def _forget(self, connection: _Connection) -> None:
+        self._all.discard(connection)
+        idle = self._idle.get(connection.origin)
+        if idle and connection in idle:
+            idle.remove(connection)
+
+    async def aclose(self) -> None:
+        for connection in list(self._all):
+            connection.close()
+        self._idle.clear()
