@@ -21,7 +21,6 @@ import logging
 from collections.abc import AsyncIterator
 
 import httpx
-from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -29,6 +28,7 @@ from .body import ClientDisconnected, read_body
 from .chatkit import parse_chatkit_request, require_json_content_type, rewrite_body
 from .clock import SYSTEM_CLOCK, Clock
 from .config import GatewayConfig
+from .cors import CrossOrigin
 from .errors import AuthError, GatewayError, MethodNotAllowed, NotFound
 from .headers import Headers, request_id_from
 from .probes import ForwardAuthEndpoint, browser_helper_endpoint, healthz, readyz_endpoint
@@ -129,22 +129,27 @@ async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 class Gateway:
-    """The ASGI application: the upload prefix, then exact routes, then a JSON 404."""
+    """The ASGI application: the ChatKit endpoint by exact path, the upload prefix, then the router
+    (the other routes, the lifespan, and a JSON 404)."""
 
-    def __init__(self, runtime: Runtime, router: Router, uploads: ASGIApp) -> None:
+    def __init__(self, runtime: Runtime, router: Router, chatkit: ASGIApp, uploads: ASGIApp) -> None:
         self.runtime = runtime
         self.router = router
+        self.chatkit = chatkit
+        self.chatkit_path = runtime.config.server.chatkit_path
         self.uploads = uploads
         self.uploads_path = runtime.config.server.uploads_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(self.uploads_path):
-            await self.uploads(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path == self.chatkit_path:
+                await self.chatkit(scope, receive, send)
+                return
+            if path.startswith(self.uploads_path):
+                await self.uploads(scope, receive, send)
+                return
         await self.router(scope, receive, send)
-
-
-CORS_ALLOWED_HEADERS = ["content-type", "authorization", "chatkit-frame-instance-id", "x-request-id"]
 
 
 def create_app(
@@ -168,21 +173,12 @@ def create_app(
             await runtime.aclose()
 
     routes: list[BaseRoute] = [
-        Route(config.server.chatkit_path, ChatKitEndpoint(runtime)),
         Route("/auth/verify", ForwardAuthEndpoint(runtime)),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz_endpoint(runtime), methods=["GET"]),
         Route("/chatkit-gateway.js", browser_helper_endpoint(), methods=["GET", "HEAD"]),
     ]
     router = Router(routes, redirect_slashes=False, default=not_found, lifespan=lifespan)
-    gateway = Gateway(runtime, router, UploadEndpoint(runtime))
-    # Preflights are answered here, before authentication; only listed origins get an allow.
-    return CORSMiddleware(
-        gateway,
-        allow_origins=list(config.cors.allow_origins),
-        allow_credentials=True,
-        allow_methods=["GET", "POST", "PUT", "OPTIONS"],
-        allow_headers=[*CORS_ALLOWED_HEADERS, config.metadata.page_context_header.lower()],
-        expose_headers=["x-request-id"],
-        max_age=config.cors.max_age_seconds,
-    )
+    gateway = Gateway(runtime, router, ChatKitEndpoint(runtime), UploadEndpoint(runtime))
+    # Preflights are answered before authentication; only listed origins get an allow.
+    return CrossOrigin(gateway, config)

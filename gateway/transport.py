@@ -60,6 +60,7 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.received_any = False
         self.reading_paused = False
+        self.keep_alive = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -105,6 +106,8 @@ class _Connection(asyncio.Protocol):
         if 100 <= self.status < 200 and self.status != 101:
             self.headers = []  # an interim answer; the real one follows
             return
+        # Read here: httptools answers for the message being parsed, not after it completes.
+        self.keep_alive = self._parser.should_keep_alive()
         if not self.head.done():
             self.head.set_result(None)
 
@@ -174,7 +177,7 @@ class _Connection(asyncio.Protocol):
         return chunk
 
     def reusable(self) -> bool:
-        return self.complete and not self.closed and self.error is None and self._parser.should_keep_alive()
+        return self.complete and not self.closed and self.error is None and self.keep_alive
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:

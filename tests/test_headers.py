@@ -7,6 +7,8 @@ import pytest
 
 from gateway.headers import connection_listed, relay_response_headers, request_id_from
 from tests.support.fixtures import Backend
+from tests.support.gateway import bearer, gateway_config, start_gateway, user_token
+from tests.support.idp import LoopbackIdP
 
 
 def sent_headers(backend: Backend) -> dict[str, str]:
@@ -119,3 +121,16 @@ def test_connection_listed_names_are_split_trimmed_and_lowercased() -> None:
 )
 def test_request_id_is_kept_only_when_well_formed(value: bytes, kept: bool) -> None:
     assert (request_id_from([(b"x-request-id", value)]) == value.decode()) is kept
+
+
+def test_a_backend_cookie_for_one_user_never_reaches_another(backend: Backend, session_idp: LoopbackIdP) -> None:
+    config = gateway_config(backend.url, session_idp, {"upstream": {"url": f"{backend.url}/cookie/chatkit"}})
+    with start_gateway(config) as gw, httpx.Client(base_url=gw.url, trust_env=False) as client:
+        backend.reset()
+        body = {"type": "threads.list", "params": {}}
+        first = client.post("/chatkit", json=body, headers=bearer(user_token(session_idp, sub="alice")))
+        second = client.post("/chatkit", json=body, headers=bearer(user_token(session_idp, sub="bob")))
+    assert first.status_code == second.status_code == 200
+    assert "set-cookie" not in first.headers and "backend_session" not in str(client.cookies)
+    for request in backend.requests():
+        assert "cookie" not in dict(request["headers"]), "a cookie the backend set was sent back to it"

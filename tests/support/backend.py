@@ -453,6 +453,13 @@ def create_backend_app(delay: float, public_base: str) -> Starlette:
         assert isinstance(result, NonStreamingResult)
         return Response(result.json, media_type="application/json")
 
+    async def chatkit_with_cookie(request: Request) -> Response:
+        """`/chatkit` that also sets a per-user cookie: a proxy must neither keep nor relay it."""
+        response = await chatkit_endpoint(request)
+        user = request.headers.get("x-user-id", "anonymous")
+        response.headers.append("set-cookie", f"backend_session={user}; Path=/; HttpOnly")
+        return response
+
     async def read_file_field(request: Request) -> tuple[bytes, str, str] | None:
         async with request.form() as form:
             upload = form.get("file")
@@ -527,6 +534,7 @@ def create_backend_app(delay: float, public_base: str) -> Starlette:
 
     routes = [
         Route("/chatkit", chatkit_endpoint, methods=["POST"]),
+        Route("/cookie/chatkit", chatkit_with_cookie, methods=["POST"]),
         Route("/files", direct_upload, methods=["POST"]),
         Route("/attachments/{attachment_id}/upload", phase_two_upload, methods=["POST", "PUT"]),
         Route("/attachments/{attachment_id}/content", attachment_content, methods=["GET"]),
