@@ -31,6 +31,7 @@ from .config import GatewayConfig
 from .cors import CrossOrigin
 from .errors import AuthError, GatewayError, MethodNotAllowed, NotFound
 from .headers import Headers, request_id_from
+from .identity import Identity
 from .probes import ForwardAuthEndpoint, browser_helper_endpoint, healthz, readyz_endpoint
 from .relay import relay_response, stream_error_event
 from .responses import send_error
@@ -67,13 +68,13 @@ class ChatKitEndpoint:
             except AuthError as error:
                 await self._refuse(error, scope, receive, send, request_id)
                 return
-            body = await read_body(receive, headers, self.config.server.max_body_bytes)
-            request = parse_chatkit_request(body)
-            injected = self.runtime.injected_metadata(headers, request.body.get("metadata"), identity, request_id)
-            upstream_body = rewrite_body(request, injected)
+            streaming, upstream_body = await self._rewrite(receive, headers, identity, request_id)
             upstream_headers = self.runtime.base_headers(scope, request_id)
             upstream_headers.extend(self.runtime.identity_headers(principal, identity, request_id))
-            await self._relay(receive, send, request.streaming, upstream_body, upstream_headers, request_id)
+            response = await self._open(streaming, upstream_body, upstream_headers)
+            # Nothing of the request is needed while the answer streams back: let it go.
+            del upstream_body, upstream_headers, principal, identity
+            await self._relay(response, receive, send, streaming, request_id)
         except GatewayError as error:
             await send_error(send, error, request_id)
         except ClientDisconnected:
@@ -84,6 +85,16 @@ class ChatKitEndpoint:
             logger.exception("unhandled error in the ChatKit endpoint")
             with contextlib.suppress(RuntimeError):  # the response may have started already
                 await send_error(send, GatewayError(), request_id)
+
+    async def _rewrite(
+        self, receive: Receive, headers: Headers, identity: Identity, request_id: str
+    ) -> tuple[bool, bytes]:
+        """Steps 5 and 6: read and check the body, write the gateway's metadata into it.
+
+        (A function of its own, so the parsed body is freed before a long stream starts.)"""
+        request = parse_chatkit_request(await read_body(receive, headers, self.config.server.max_body_bytes))
+        injected = self.runtime.injected_metadata(headers, request.body.get("metadata"), identity, request_id)
+        return request.streaming, rewrite_body(request, injected)
 
     async def _refuse(self, error: AuthError, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         """A 401, or with `auth.stream_errors` an in-chat error event for streaming ops."""
@@ -101,17 +112,28 @@ class ChatKitEndpoint:
                     return
         await send_error(send, error, request_id)
 
-    async def _relay(
-        self, receive: Receive, send: Send, streaming: bool, body: bytes, headers: Headers, request_id: str
-    ) -> None:
-        """Step 7: send upstream, relay the answer (small JSON whole, anything else as it arrives)."""
+    async def _open(self, streaming: bool, body: bytes, headers: Headers) -> tuple[httpx.Response, bytes | None]:
+        """Step 7a: send upstream; a small JSON answer comes back read whole."""
         upstream = self.runtime.upstream_or_fail()
+        if not streaming:
+            return await upstream.send_json(self.config.upstream.url, headers, body)
+        return await upstream.send_stream(self.config.upstream.url, headers, body), None
+
+    async def _relay(
+        self,
+        opened: tuple[httpx.Response, bytes | None],
+        receive: Receive,
+        send: Send,
+        streaming: bool,
+        request_id: str,
+    ) -> None:
+        """Step 7b: relay the answer (small JSON whole, anything else as it arrives)."""
+        response, small_body = opened
         extra = [(b"x-request-id", request_id.encode("ascii"))]
         if not streaming:
-            response, small_body = await upstream.send_json(self.config.upstream.url, headers, body)
             await relay_response(response, send, receive, body=small_body, extra_headers=extra)
             return
-        response = await upstream.send_stream(self.config.upstream.url, headers, body)
+        upstream = self.runtime.upstream_or_fail()
         try:
             await relay_response(
                 response,
