@@ -116,8 +116,8 @@ class ChatKitEndpoint:
         """Step 7a: send upstream; a small JSON answer comes back read whole."""
         upstream = self.runtime.upstream_or_fail()
         if not streaming:
-            return await upstream.send_json(self.config.upstream.url, headers, body)
-        return await upstream.send_stream(self.config.upstream.url, headers, body), None
+            return await upstream.send_json(upstream.url, headers, body)
+        return await upstream.send_stream(upstream.url, headers, body), None
 
     async def _relay(
         self,

@@ -11,8 +11,8 @@ client might forge are dropped by construction. The gateway then adds its own `X
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
-import uuid
 from collections.abc import Iterable, Sequence
 
 __all__ = [
@@ -81,7 +81,7 @@ def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
     value = header_value(headers, b"x-request-id")
     if value is not None and REQUEST_ID_PATTERN.fullmatch(value):
         return value.decode("ascii")
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 class TrustedProxies:

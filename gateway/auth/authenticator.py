@@ -8,7 +8,6 @@ Start-up loads every issuer's keys before the gateway reports ready.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Callable, Sequence
 
 import httpx
@@ -79,7 +78,7 @@ class Authenticator:
             principal = await self.verifier.verify(credential.token)
         except AuthError as error:
             raise (_for_bearer(error) if credential.source == "bearer" else error) from None
-        return dataclasses.replace(principal, source=credential.source)
+        return principal.with_source(credential.source)
 
 
 def _for_bearer(error: AuthError) -> AuthError:

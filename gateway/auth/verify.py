@@ -45,6 +45,10 @@ class Principal:
     token: str = field(repr=False)
     source: Literal["bearer", "cookie"] | None = None
 
+    def with_source(self, source: Literal["bearer", "cookie"]) -> Principal:
+        # Direct construction: `dataclasses.replace` introspects the fields on every call.
+        return Principal(self.subject, self.issuer, self.claims, self.expires_at, self.token, source)
+
 
 class KeySource(Protocol):
     """One issuer's verification keys by `kid` (the JWKS cache)."""
