@@ -65,21 +65,26 @@ def summary(results: bench_run.Results) -> list[str]:
         "KiB per open stream",
         "CPU µs per relayed SSE event",
     )
+    figures: dict[str, list[float]] = {}
     for name, by_c in results.json.items():
         json_cpu = by_c.get(16) or next(iter(by_c.values()))
         storms = results.storms.get(name, {})
         storm = storms.get(1000) or next(iter(storms.values()), {})
         sse = results.sse.get(name, {})
         busiest = sse[max(sse)] if sse else {}
-        out.append(
-            row(
-                name,
-                fmt(json_cpu.cpu_us_per_request, 0),
-                fmt(storm.get("all_first_events_s"), 2) + " s",
-                fmt(storm.get("kib_per_stream")),
-                fmt(busiest.get("cpu_us_per_event")),
-            )
-        )
+        figures[name] = [
+            json_cpu.cpu_us_per_request,
+            storm.get("all_first_events_s", math.nan),
+            storm.get("kib_per_stream", math.nan),
+            busiest.get("cpu_us_per_event", math.nan),
+        ]
+        json_us, first_s, kib, event_us = figures[name]
+        out.append(row(name, fmt(json_us, 0), fmt(first_s, 2) + " s", fmt(kib), fmt(event_us)))
+    gateway = figures.get("gateway")
+    for base in ("nginx", "direct"):
+        if gateway and base in figures:
+            out.append(row(f"gateway ÷ {base}", *(ratio(g, b) for g, b in zip(gateway, figures[base], strict=True))))
+    out.append(row("target for the gateway", "≤ 400", "< 1 s", "≤ 25", "≤ 50"))
     return out
 
 
