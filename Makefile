@@ -25,7 +25,7 @@ system-deps:
 	@scripts/system-deps.sh
 
 demo: venv
-	$(BIN)/python scripts/demo_preview.py
+	$(BIN)/chatkit-gateway demo
 
 lint: venv
 	$(BIN)/ruff check gateway tests scripts bench

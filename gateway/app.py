@@ -3,21 +3,23 @@
 A ChatKit request goes, in this order, through:
 
 1. the method and content-type checks (405, 415);
-2. credentials and their verification (401);
-3. the origin check for cookie credentials (403);
-4. per-user limits (429);
-5. reading the body within its size limit (413) and parsing it (400);
-6. the body rewrite: authoritative identity and page context in `metadata`;
-7. the relay to the ChatKit backend, streaming its answer back.
+2. credentials and their verification (401, `auth/`);
+3. the origin check for cookie credentials (403, `auth/origin.py`);
+4. reading the body within its size limit (413) and parsing it (400, `chatkit.py`), then the
+   user's limits, which depend on the op (429, `ratelimit.py`);
+5. the body rewrite: authoritative identity and page context in `metadata` (`chatkit.py`,
+   `identity.py`, `pagecontext.py`);
+6. the relay to the ChatKit backend, streaming its answer back (`relay.py`, `transport.py`).
 
-Steps 2-4 and 6 are filled in by the modules named after them; each step either passes the request
-on or raises a `GatewayError`, which `send_error` turns into the JSON error body.
+Each step either passes the request on or raises a `GatewayError`, which `send_error` turns into
+the JSON error body; `observe.py` writes the request's log line and metrics when it ends.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -32,8 +34,9 @@ from .cors import CrossOrigin
 from .errors import AuthError, GatewayError, MethodNotAllowed, NotFound
 from .headers import Headers, request_id_from
 from .identity import Identity
-from .probes import ForwardAuthEndpoint, browser_helper_endpoint, healthz, readyz_endpoint
-from .relay import relay_response, stream_error_event
+from .observe import Exchange
+from .probes import ForwardAuthEndpoint, browser_helper_endpoint, healthz, metrics_endpoint, readyz_endpoint
+from .relay import RelayOutcome, relay_response, stream_error_event
 from .responses import send_error
 from .runtime import Runtime
 from .uploads import UploadEndpoint
@@ -58,7 +61,14 @@ class ChatKitEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: Headers = scope["headers"]
-        request_id = request_id_from(headers)
+        exchange = Exchange(request_id_from(headers), "chatkit", time.monotonic(), scope["method"])
+        try:
+            await self._handle(scope, receive, send, headers, exchange)
+        finally:
+            self.runtime.observer.finish(exchange)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, headers: Headers, exchange: Exchange) -> None:
+        request_id = exchange.request_id
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(headers={"Allow": "POST, OPTIONS"})
@@ -66,34 +76,50 @@ class ChatKitEndpoint:
             try:
                 principal, identity = await self.runtime.authenticate(headers)
             except AuthError as error:
+                exchange.status, exchange.error = error.status, error.code
                 await self._refuse(error, scope, receive, send, request_id)
                 return
-            streaming, upstream_body = await self._rewrite(receive, headers, identity, request_id)
+            exchange.user_id, exchange.source = identity.user_id, principal.source
+            streaming, upstream_body = await self._rewrite(receive, headers, identity, exchange)
             upstream_headers = self.runtime.base_headers(scope, request_id)
             upstream_headers.extend(self.runtime.identity_headers(principal, identity, request_id))
-            response = await self._open(streaming, upstream_body, upstream_headers)
-            # Nothing of the request is needed while the answer streams back: let it go.
-            del upstream_body, upstream_headers, principal, identity
-            await self._relay(response, receive, send, streaming, request_id)
+            limiter = self.runtime.limiter_or_fail()
+            slot = await limiter.open_stream(identity.user_id) if streaming else None
+            try:
+                response = await self._open(streaming, upstream_body, upstream_headers)
+                # Nothing of the request is needed while the answer streams back: let it go.
+                del upstream_body, upstream_headers, principal, identity
+                await self._relay(response, receive, send, streaming, exchange)
+            finally:
+                if slot is not None:
+                    await slot.close()
         except GatewayError as error:
+            exchange.status, exchange.error = error.status, error.code
             await send_error(send, error, request_id)
         except ClientDisconnected:
+            exchange.client_disconnected = True
             return
         except Exception:
             # Nothing a client sends should get here; if something does, it gets a JSON 500 and
             # the log gets the traceback (never the request's credentials or body).
             logger.exception("unhandled error in the ChatKit endpoint")
+            exchange.status, exchange.error = 500, "internal_error"
             with contextlib.suppress(RuntimeError):  # the response may have started already
                 await send_error(send, GatewayError(), request_id)
 
     async def _rewrite(
-        self, receive: Receive, headers: Headers, identity: Identity, request_id: str
+        self, receive: Receive, headers: Headers, identity: Identity, exchange: Exchange
     ) -> tuple[bool, bytes]:
-        """Steps 5 and 6: read and check the body, write the gateway's metadata into it.
+        """Steps 4 to 6: read and check the body, apply the user's limits (which depend on the op),
+        write the gateway's metadata into the body.
 
         (A function of its own, so the parsed body is freed before a long stream starts.)"""
-        request = parse_chatkit_request(await read_body(receive, headers, self.config.server.max_body_bytes))
-        injected = self.runtime.injected_metadata(headers, request.body.get("metadata"), identity, request_id)
+        raw = await read_body(receive, headers, self.config.server.max_body_bytes)
+        exchange.bytes_in = len(raw)
+        request = parse_chatkit_request(raw)
+        exchange.set_op(request.op)
+        await self.runtime.limiter_or_fail().admit(identity.user_id, message=request.streaming)
+        injected = self.runtime.injected_metadata(headers, request.body.get("metadata"), identity, exchange.request_id)
         return request.streaming, rewrite_body(request, injected)
 
     async def _refuse(self, error: AuthError, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
@@ -125,25 +151,35 @@ class ChatKitEndpoint:
         receive: Receive,
         send: Send,
         streaming: bool,
-        request_id: str,
+        exchange: Exchange,
     ) -> None:
         """Step 7b: relay the answer (small JSON whole, anything else as it arrives)."""
         response, small_body = opened
-        extra = [(b"x-request-id", request_id.encode("ascii"))]
-        if not streaming:
-            await relay_response(response, send, receive, body=small_body, extra_headers=extra)
-            return
-        upstream = self.runtime.upstream_or_fail()
+        extra = [(b"x-request-id", exchange.request_id.encode("ascii"))]
+        outcome = RelayOutcome()
+        runtime = self.runtime
         try:
-            await relay_response(
-                response,
-                send,
-                receive,
-                extra_headers=extra,
-                heartbeat_seconds=self.config.upstream.heartbeat_seconds,
-            )
+            if not streaming:
+                await relay_response(response, send, receive, body=small_body, extra_headers=extra, outcome=outcome)
+                return
+            runtime.open_streams += 1
+            runtime.observer.open_streams.inc()
+            try:
+                await relay_response(
+                    response,
+                    send,
+                    receive,
+                    extra_headers=extra,
+                    heartbeat_seconds=self.config.upstream.heartbeat_seconds,
+                    stop=runtime.stop,
+                    outcome=outcome,
+                )
+            finally:
+                runtime.open_streams -= 1
+                runtime.observer.open_streams.dec()
+                runtime.upstream_or_fail().release_stream()
         finally:
-            upstream.release_stream()
+            exchange.record(outcome)
 
 
 async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
@@ -151,8 +187,8 @@ async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 class Gateway:
-    """The ASGI application: the ChatKit endpoint by exact path, the upload prefix, then the router
-    (the other routes, the lifespan, and a JSON 404)."""
+    """The ASGI application: CORS where it applies, then the ChatKit endpoint by exact path, the
+    upload prefix, and the router (the other routes, the lifespan, and a JSON 404)."""
 
     def __init__(self, runtime: Runtime, router: Router, chatkit: ASGIApp, uploads: ASGIApp) -> None:
         self.runtime = runtime
@@ -161,8 +197,13 @@ class Gateway:
         self.chatkit_path = runtime.config.server.chatkit_path
         self.uploads = uploads
         self.uploads_path = runtime.config.server.uploads_path
+        # Preflights are answered before authentication; only listed origins get an allow.
+        self.entry: ASGIApp = CrossOrigin(self.dispatch, runtime.config)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.entry(scope, receive, send)
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
             if path == self.chatkit_path:
@@ -180,7 +221,7 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
     jwks_transport: httpx.AsyncBaseTransport | None = None,
     clock: Clock = SYSTEM_CLOCK,
-) -> ASGIApp:
+) -> Gateway:
     """Build the gateway. `transport` replaces the network to the backend (and `jwks_transport` to
     the identity providers); `clock` replaces time."""
     runtime = Runtime(config=config, clock=clock, transport=transport, jwks_transport=jwks_transport)
@@ -199,8 +240,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz_endpoint(runtime), methods=["GET"]),
         Route("/chatkit-gateway.js", browser_helper_endpoint(), methods=["GET", "HEAD"]),
+        Route("/metrics", metrics_endpoint(runtime), methods=["GET"]),
     ]
     router = Router(routes, redirect_slashes=False, default=not_found, lifespan=lifespan)
-    gateway = Gateway(runtime, router, ChatKitEndpoint(runtime), UploadEndpoint(runtime))
-    # Preflights are answered before authentication; only listed origins get an allow.
-    return CrossOrigin(gateway, config)
+    return Gateway(runtime, router, ChatKitEndpoint(runtime), UploadEndpoint(runtime))

@@ -38,6 +38,18 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        # The demo's backend needs the optional `openai-chatkit`; the gateway itself does not.
+        from .demo import run_demo
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in ("chatkit", "agents", "openai"):
+            raise
+        print(f"chatkit-gateway demo needs openai-chatkit ({exc}); install chatkit-gateway[demo]", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    return run_demo(args.host, args.port)
+
+
 def _version(args: argparse.Namespace) -> int:
     print(f"chatkit-gateway {__version__}")
     return 0
@@ -63,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="print the effective config, secrets redacted")
     with_config(check)
     check.set_defaults(handler=_check_config)
+
+    demo = commands.add_parser("demo", help="run the embedded demo: identity provider, ChatKit backend, gateway, page")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000, help="port of the demo page and gateway (default: 8000)")
+    demo.set_defaults(handler=_demo)
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=_version)

@@ -13,6 +13,7 @@ import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -23,7 +24,7 @@ from .identity import header_value_of
 from .responses import JSON_HEADERS, send_error
 from .runtime import Runtime
 
-__all__ = ["ForwardAuthEndpoint", "browser_helper_endpoint", "healthz", "readyz_endpoint"]
+__all__ = ["ForwardAuthEndpoint", "browser_helper_endpoint", "healthz", "metrics_endpoint", "readyz_endpoint"]
 
 BROWSER_HELPER = Path(__file__).with_name("static") / "chatkit-gateway.js"
 
@@ -110,3 +111,12 @@ def browser_helper_endpoint() -> Callable[[Request], Awaitable[Response]]:
         return Response(script, media_type="text/javascript; charset=utf-8", headers=headers)
 
     return browser_helper
+
+
+def metrics_endpoint(runtime: Runtime) -> Callable[[Request], Awaitable[Response]]:
+    """`GET /metrics`: the Prometheus text format of this gateway's own registry."""
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(runtime.observer.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,10 +25,14 @@ from .headers import (
     upstream_request_headers,
 )
 from .identity import Identity, identity_of
+from .observe import Observer
 from .pagecontext import PageContextPolicy
+from .ratelimit import RateLimiter
 from .relay import Upstream
 
 __all__ = ["Runtime"]
+
+logger = logging.getLogger("chatkit_gateway")
 
 
 @dataclass
@@ -40,23 +46,68 @@ class Runtime:
     page_context: PageContextPolicy = field(init=False)
     upstream: Upstream | None = None
     authenticator: Authenticator | None = None
+    limiter: RateLimiter | None = None
+    observer: Observer = field(init=False)
     started: bool = False
     draining: bool = False
+    open_streams: int = 0
+    _stop: asyncio.Future[None] | None = None
 
     def __post_init__(self) -> None:
+        self.observer = Observer()
         self.trusted_proxies = TrustedProxies(self.config.server.trusted_proxies)
         self.origin_policy = OriginPolicy(self.config)
         self.page_context = PageContextPolicy(self.config.metadata, frozenset(self.config.security.allowed_origins))
 
     async def start(self) -> None:
-        self.authenticator = Authenticator(self.config, clock=self.clock, transport=self.jwks_transport)
+        self._stop = asyncio.get_running_loop().create_future()
+        self.authenticator = Authenticator(
+            self.config, clock=self.clock, transport=self.jwks_transport, on_fetch=self.observer.jwks_fetched
+        )
+        authenticator = self.authenticator
+        self.observer.watch_key_ages(lambda: [(s.issuer, s.last_success_age) for s in authenticator.status()])
         self.upstream = Upstream(self.config.upstream, transport=self.transport)
+        self.limiter = RateLimiter.create(
+            self.config.ratelimit, clock=self.clock, on_backend_error=self._rate_limit_backend_failed
+        )
+        await self.limiter.start()
         await self.authenticator.start()
         await self.upstream.warm()
         self.started = True
 
+    @property
+    def stop(self) -> asyncio.Future[None] | None:
+        """Completes when the shutdown grace is over: open streams end with an error event."""
+        return self._stop
+
+    async def drain(self, grace: float) -> None:
+        """`SIGTERM`: not ready at once; streams may finish for `grace` seconds, then are ended."""
+        self.draining = True
+        logger.info("draining: %d open streams, grace %g s", self.open_streams, grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.open_streams > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.open_streams > 0:
+            logger.info("grace over: ending %d open streams", self.open_streams)
+            if self._stop is not None and not self._stop.done():
+                self._stop.set_result(None)
+            ended = loop.time() + 2.0
+            while self.open_streams > 0 and loop.time() < ended:
+                await asyncio.sleep(0.02)
+
+    def _rate_limit_backend_failed(self, reason: str) -> None:
+        self.observer.ratelimit_backend_errors.inc()
+
+    def limiter_or_fail(self) -> RateLimiter:
+        if self.limiter is None:
+            raise RuntimeError("the gateway's lifespan has not started")
+        return self.limiter
+
     async def aclose(self) -> None:
         self.started = False
+        if self.limiter is not None:
+            await self.limiter.aclose()
         if self.authenticator is not None:
             await self.authenticator.aclose()
         if self.upstream is not None:

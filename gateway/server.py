@@ -1,21 +1,35 @@
-"""Running the gateway under uvicorn, with the settings the measurements call for."""
+"""Running the gateway under uvicorn, with the settings the measurements call for, and its drain.
+
+`SIGTERM` (what Kubernetes and Docker send) starts a drain rather than uvicorn's immediate
+shutdown: `/readyz` turns 503 at once so the platform stops routing new requests here, open
+streams may finish for `server.shutdown_grace_seconds`, those still open are then ended with a
+ChatKit error event, and the process exits 0. `SIGINT` (Ctrl-C) and a second `SIGTERM` stop at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+from types import FrameType
 
 import uvicorn
 
-from .app import create_app
-from .config import GatewayConfig
+from .app import Gateway, create_app
+from .config import GatewayConfig, redacted
 from .logs import configure_logging
 
-__all__ = ["run", "uvicorn_config"]
+__all__ = ["GatewayServer", "run", "uvicorn_config"]
+
+logger = logging.getLogger("chatkit_gateway")
+
+# Streams were already ended by the drain; what is left for uvicorn is brief.
+UVICORN_FINAL_SECONDS = 5
 
 
-def uvicorn_config(config: GatewayConfig) -> uvicorn.Config:
+def uvicorn_config(config: GatewayConfig, app: Gateway | None = None) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(config),
+        app or create_app(config),
         host=config.server.host,
         port=config.server.port,
         # uvloop + httptools: +20-40 % throughput over asyncio + h11, and httptools refuses the
@@ -29,14 +43,42 @@ def uvicorn_config(config: GatewayConfig) -> uvicorn.Config:
         server_header=False,
         access_log=False,
         log_config=None,
+        backlog=4096,
         timeout_keep_alive=5,
-        timeout_graceful_shutdown=int(config.server.shutdown_grace_seconds) or None,
+        timeout_graceful_shutdown=UVICORN_FINAL_SECONDS,
     )
+
+
+class GatewayServer(uvicorn.Server):
+    def __init__(self, config: GatewayConfig) -> None:
+        self.gateway = create_app(config)
+        self.grace = config.server.shutdown_grace_seconds
+        self._drain: asyncio.Future[None] | None = None
+        super().__init__(uvicorn_config(config, self.gateway))
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig != signal.SIGTERM or self._drain is not None or not self.started:
+            super().handle_exit(sig, frame)
+            return
+        # A signal handler may run between any two bytecodes of the loop: hand over, don't act.
+        loop = asyncio.get_event_loop()
+        self._drain = loop.create_future()
+        loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._drain = asyncio.ensure_future(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await self.gateway.runtime.drain(self.grace)
+        finally:
+            self.should_exit = True
 
 
 def run(config: GatewayConfig) -> int:
     configure_logging(config.logging)
-    server = uvicorn.Server(uvicorn_config(config))
+    logger.info("configuration", extra={"fields": {"config": redacted(config)}})
+    server = GatewayServer(config)
     server.run()
-    logging.getLogger("chatkit_gateway").info("gateway stopped")
+    logger.info("gateway stopped")
     return 0 if server.started else 1

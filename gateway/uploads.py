@@ -68,6 +68,7 @@ class UploadEndpoint:
             raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
             target = upload_target(raw_path, self.prefix, base_url, scope.get("query_string", b""))
             principal, identity = await self.runtime.authenticate(headers)
+            await self.runtime.limiter_or_fail().admit(identity.user_id, message=False)
             identity_headers = self.runtime.identity_headers(principal, identity, request_id)
             await self._forward(scope, receive, send, target, request_id, identity_headers)
         except GatewayError as error:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 pytest.register_assert_rewrite("tests.support")
-pytest_plugins = ["tests.support.fixtures", "tests.support.idp"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.idp", "tests.support.redis"]
 
 import warnings  # noqa: E402
 from collections.abc import Iterator  # noqa: E402

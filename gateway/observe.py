@@ -1,0 +1,183 @@
+"""What operators see: one log line per request and the Prometheus metrics (SPEC 7).
+
+Each request carries an `Exchange` record that the request path fills in as it goes (who, which
+op, what the upstream answered, bytes, events); `Observer.finish` turns it into one JSON log line
+and the metric updates when the request ends (at stream end for streams). The record holds no
+token, cookie or message text, so neither can the log.
+
+Label values are bounded: `op` is one of the ChatKit ops the gateway knows (anything else is
+`other`), `status` an HTTP status, `code` an error code of `errors.py`; a client cannot grow the
+metric set by sending new values.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .chatkit import NON_STREAMING_TYPES, STREAMING_TYPES
+from .relay import RelayOutcome
+
+__all__ = ["Exchange", "Observer"]
+
+access_logger = logging.getLogger("chatkit_gateway.access")
+
+KNOWN_OPS = STREAMING_TYPES | NON_STREAMING_TYPES
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+TTFB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request as the log and the metrics describe it."""
+
+    request_id: str
+    route: str
+    started: float
+    method: str = ""
+    op: str = "-"
+    user_id: str | None = None
+    source: str | None = None
+    status: int = 0
+    upstream_status: int | None = None
+    error: str | None = None
+    ttfb: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    events: int = 0
+    streamed: bool = False
+    client_disconnected: bool = False
+    upstream_broke: bool = False
+
+    def set_op(self, op: str) -> None:
+        self.op = op if op in KNOWN_OPS else "other"
+
+    def record(self, outcome: RelayOutcome) -> None:
+        """What the relay saw: the upstream's answer as it went back to the client."""
+        self.status = self.upstream_status = outcome.status
+        if outcome.first_byte_at is not None:
+            self.ttfb = outcome.first_byte_at - self.started
+        self.bytes_out, self.events, self.streamed = outcome.bytes_out, outcome.events, outcome.streamed
+        self.client_disconnected = self.client_disconnected or outcome.client_disconnected
+        self.upstream_broke = outcome.upstream_broke
+
+
+class _KeyAge(Collector):
+    """`chatkit_gateway_jwks_key_age_seconds{issuer}`, read at scrape time from the key caches."""
+
+    def __init__(self, ages: Callable[[], Iterable[tuple[str, float | None]]]) -> None:
+        self._ages = ages
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "chatkit_gateway_jwks_key_age_seconds",
+            "Seconds since the issuer's keys were last fetched.",
+            labels=["issuer"],
+        )
+        for issuer, age in self._ages():
+            if age is not None:
+                family.add_metric([issuer], age)
+        yield family
+
+
+class Observer:
+    """The metrics of one gateway (its own registry) and its access log."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "chatkit_gateway_requests", "Requests answered, by ChatKit op and status.", ["op", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "chatkit_gateway_request_duration_seconds",
+            "Time from request to the end of the answer (streams: stream end).",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            "chatkit_gateway_time_to_first_byte_seconds",
+            "Time from request to the answer's first byte.",
+            ["op"],
+            buckets=TTFB_BUCKETS,
+            registry=r,
+        )
+        self.open_streams = Gauge("chatkit_gateway_open_streams", "Streams being relayed now.", registry=r)
+        self.auth_failures = Counter(
+            "chatkit_gateway_auth_failures", "Refused credentials, by error code.", ["code"], registry=r
+        )
+        self.jwks_fetches = Counter(
+            "chatkit_gateway_jwks_fetches", "JWKS fetches, by issuer and result.", ["issuer", "result"], registry=r
+        )
+        self.upstream_errors = Counter(
+            "chatkit_gateway_upstream_errors", "Failures talking to the backend, by kind.", ["kind"], registry=r
+        )
+        self.rate_limited = Counter(
+            "chatkit_gateway_rate_limit_rejections", "Requests refused by a per-user limit.", registry=r
+        )
+        self.ratelimit_backend_errors = Counter(
+            "chatkit_gateway_rate_limit_backend_errors", "Rate-limit backend (Redis) failures.", registry=r
+        )
+
+    def watch_key_ages(self, ages: Callable[[], Iterable[tuple[str, float | None]]]) -> None:
+        self.registry.register(_KeyAge(ages))
+
+    def jwks_fetched(self, issuer: str, result: str) -> None:
+        self.jwks_fetches.labels(issuer, result).inc()
+
+    def finish(self, exchange: Exchange, now: float | None = None) -> None:
+        """The request is over: count it and write its log line."""
+        end = time.monotonic() if now is None else now
+        duration = end - exchange.started
+        op = exchange.op
+        self.requests.labels(op, str(exchange.status)).inc()
+        self.latency.labels(op).observe(duration)
+        if exchange.ttfb is not None:
+            self.ttfb.labels(op).observe(exchange.ttfb)
+        if exchange.error is not None:
+            if exchange.status == 401:
+                self.auth_failures.labels(exchange.error).inc()
+            elif exchange.error.startswith("upstream_") or exchange.upstream_broke:
+                self.upstream_errors.labels(exchange.error).inc()
+            elif exchange.error == "rate_limited":
+                self.rate_limited.inc()
+        elif exchange.upstream_broke:
+            self.upstream_errors.labels("broken_stream").inc()
+        if access_logger.isEnabledFor(logging.INFO):
+            access_logger.info(
+                "%s %s %s %d",
+                exchange.method,
+                exchange.route,
+                op,
+                exchange.status,
+                extra={"fields": self._fields(exchange, duration)},
+            )
+
+    @staticmethod
+    def _fields(exchange: Exchange, duration: float) -> dict[str, object]:
+        return {
+            "request_id": exchange.request_id,
+            "method": exchange.method,
+            "route": exchange.route,
+            "op": exchange.op,
+            "user_id": exchange.user_id,
+            "source": exchange.source,
+            "status": exchange.status,
+            "upstream_status": exchange.upstream_status,
+            "error": exchange.error,
+            "duration_ms": round(duration * 1000, 2),
+            "ttfb_ms": None if exchange.ttfb is None else round(exchange.ttfb * 1000, 2),
+            "bytes_in": exchange.bytes_in,
+            "bytes_out": exchange.bytes_out,
+            "events": exchange.events,
+            "streamed": exchange.streamed,
+            "client_disconnected": exchange.client_disconnected,
+            "upstream_broke": exchange.upstream_broke,
+        }
