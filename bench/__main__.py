@@ -170,6 +170,21 @@ def render(results: bench_run.Results, quick: bool) -> str:
             row(fmt(first["first_ms"], 2), fmt(first["steady_ms"], 2), ratio(first["first_ms"], first["steady_ms"]))
         ]
         out += [""]
+    observed = results.observe
+    gateway_json = results.json.get("gateway", {})
+    if observed and gateway_json:
+        per_request = (gateway_json.get(16) or next(iter(gateway_json.values()))).cpu_us_per_request
+        out += ["## What logging and metrics cost", ""]
+        out += ["One request's JSON access line (formatted and written) and metric updates, timed in-process"]
+        out += [
+            f"over {observed.samples:,} requests, against the gateway's whole CPU cost per request above (c=16).",
+            "",
+        ]
+        out += table("log line + metrics µs per request", "gateway CPU µs per request", "share")
+        out += [
+            row(fmt(observed.us_per_request), fmt(per_request, 0), f"{observed.us_per_request / per_request:.1%}"),
+            "",
+        ]
     figures = results.verify
     if figures:
         out += ["## Token verification", ""]

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import load, measure, peers, verify
+from bench import load, measure, observe, peers, verify
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class Results:
     sse: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
     storms: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
     verify: verify.VerifyFigures | None = None
+    observe: observe.ObserveFigures | None = None
     first_request: dict[str, float] = field(default_factory=dict)
 
 
@@ -152,6 +153,7 @@ def run(plan: Plan) -> Results:
         config = Path(gateway.process.args[-1])  # type: ignore[index]
         run_first_request(plan, [sys.executable, "-m", "gateway", "serve", "--config", str(config)], token, results)
     results.verify = verify.run(plan.verify_samples)
+    results.observe = observe.run(plan.verify_samples * 10)
     return results
 
 
