@@ -192,6 +192,7 @@ class Gateway:
 
     def __init__(self, runtime: Runtime, router: Router, chatkit: ASGIApp, uploads: ASGIApp) -> None:
         self.runtime = runtime
+        self.forward_auth_any = ForwardAuthEndpoint(runtime, any_method=True)
         self.router = router
         self.chatkit = chatkit
         self.chatkit_path = runtime.config.server.chatkit_path
@@ -211,6 +212,9 @@ class Gateway:
                 return
             if path.startswith(self.uploads_path):
                 await self.uploads(scope, receive, send)
+                return
+            if path.startswith("/auth/verify/"):
+                await self.forward_auth_any(scope, receive, send)
                 return
         await self.router(scope, receive, send)
 

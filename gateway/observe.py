@@ -29,7 +29,8 @@ __all__ = ["Exchange", "Observer"]
 
 access_logger = logging.getLogger("chatkit_gateway.access")
 
-KNOWN_OPS = STREAMING_TYPES | NON_STREAMING_TYPES
+# The ChatKit ops, plus the names the upload and forward-auth routes log under.
+KNOWN_OPS = STREAMING_TYPES | NON_STREAMING_TYPES | {"upload", "verify"}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 TTFB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

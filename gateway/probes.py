@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from .errors import GatewayError, MethodNotAllowed
 from .headers import Headers, request_id_from
 from .identity import header_value_of
+from .observe import Exchange
 from .responses import JSON_HEADERS, send_error
 from .runtime import Runtime
 
@@ -73,21 +75,35 @@ def readyz_endpoint(runtime: Runtime) -> Callable[[Request], Awaitable[Response]
 
 
 class ForwardAuthEndpoint:
-    """`GET`/`POST /auth/verify`: 200 with the identity headers, or the 401/403 JSON error."""
+    """`GET`/`POST /auth/verify`: 200 with the identity headers, or the 401/403 JSON error.
 
-    def __init__(self, runtime: Runtime) -> None:
+    With `any_method`, for `/auth/verify/<original path>`: Envoy's HTTP `ext_authz` appends the
+    original path to the service's and keeps the original method.
+    """
+
+    def __init__(self, runtime: Runtime, *, any_method: bool = False) -> None:
         self.runtime = runtime
+        self.any_method = any_method
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: Headers = scope["headers"]
-        request_id = request_id_from(headers)
+        exchange = Exchange(request_id_from(headers), "auth_verify", time.monotonic(), scope["method"], op="verify")
         try:
-            if scope["method"] not in ("GET", "POST", "HEAD"):
+            await self._answer(scope, send, headers, exchange)
+        finally:
+            self.runtime.observer.finish(exchange)
+
+    async def _answer(self, scope: Scope, send: Send, headers: Headers, exchange: Exchange) -> None:
+        request_id = exchange.request_id
+        try:
+            if not self.any_method and scope["method"] not in ("GET", "POST", "HEAD"):
                 raise MethodNotAllowed(headers={"Allow": "GET, POST"})
             principal, identity = await self.runtime.authenticate(headers)
         except GatewayError as error:
+            exchange.status, exchange.error = error.status, error.code
             await send_error(send, error, request_id)
             return
+        exchange.status, exchange.user_id, exchange.source = 200, identity.user_id, principal.source
         user = header_value_of(identity.user_id)
         answer: Headers = [*JSON_HEADERS, (b"x-request-id", request_id.encode()), (b"x-user-id", user)]
         answer.append((b"x-auth-request-user", user))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -73,6 +74,14 @@ class Runtime:
         await self.limiter.start()
         await self.authenticator.start()
         await self.upstream.warm()
+        from .warmup import warm_request_path  # it builds on this module
+
+        await warm_request_path(self)
+        # Everything made so far lives as long as the process: collect once, then move it out of
+        # the collector's sight, so later collections scan only what requests allocate (the
+        # first ones would otherwise walk every object made at start-up).
+        gc.collect()
+        gc.freeze()
         self.started = True
 
     @property

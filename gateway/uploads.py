@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import time
 from typing import TYPE_CHECKING
 
 from starlette.types import Receive, Scope, Send
@@ -19,7 +20,8 @@ from starlette.types import Receive, Scope, Send
 from .body import ClientDisconnected, declared_length, stream_body
 from .errors import GatewayError, InvalidUploadPath, MethodNotAllowed, NotFound, PayloadTooLarge
 from .headers import Headers, header_value, request_id_from
-from .relay import relay_response
+from .observe import Exchange
+from .relay import RelayOutcome, relay_response
 from .responses import send_error
 
 if TYPE_CHECKING:
@@ -59,6 +61,14 @@ class UploadEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: Headers = scope["headers"]
         request_id = request_id_from(headers)
+        exchange = Exchange(request_id, "uploads", time.monotonic(), scope["method"], op="upload")
+        try:
+            await self._handle(scope, receive, send, headers, exchange)
+        finally:
+            self.runtime.observer.finish(exchange)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, headers: Headers, exchange: Exchange) -> None:
+        request_id = exchange.request_id
         try:
             if scope["method"] not in UPLOAD_METHODS:
                 raise MethodNotAllowed(headers={"Allow": "POST, PUT, OPTIONS"})
@@ -68,18 +78,22 @@ class UploadEndpoint:
             raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
             target = upload_target(raw_path, self.prefix, base_url, scope.get("query_string", b""))
             principal, identity = await self.runtime.authenticate(headers)
+            exchange.user_id, exchange.source = identity.user_id, principal.source
             await self.runtime.limiter_or_fail().admit(identity.user_id, message=False)
             identity_headers = self.runtime.identity_headers(principal, identity, request_id)
-            await self._forward(scope, receive, send, target, request_id, identity_headers)
+            await self._forward(scope, receive, send, target, exchange, identity_headers)
         except GatewayError as error:
+            exchange.status, exchange.error = error.status, error.code
             with contextlib.suppress(RuntimeError):
                 await send_error(send, error, request_id)
         except ClientDisconnected:
+            exchange.client_disconnected = True
             return
 
     async def _forward(
-        self, scope: Scope, receive: Receive, send: Send, target: str, request_id: str, identity: Headers
+        self, scope: Scope, receive: Receive, send: Send, target: str, exchange: Exchange, identity: Headers
     ) -> None:
+        request_id = exchange.request_id
         limit = self.config.server.max_upload_bytes
         headers: Headers = scope["headers"]
         declared = declared_length(headers)
@@ -96,7 +110,12 @@ class UploadEndpoint:
         response = await upstream.send_stream(
             target, upstream_headers, stream_body(receive, limit), method=scope["method"]
         )
+        outcome = RelayOutcome()
         try:
-            await relay_response(response, send, receive, extra_headers=[(b"x-request-id", request_id.encode())])
+            await relay_response(
+                response, send, receive, extra_headers=[(b"x-request-id", request_id.encode())], outcome=outcome
+            )
         finally:
             upstream.release_stream()
+            exchange.bytes_in = declared or 0
+            exchange.record(outcome)

@@ -182,3 +182,16 @@ def test_two_different_users_never_get_the_same_user_header(
     answers = [verify(client, "GET", bearer(user_token(session_idp, sub))) for sub in (first, second)]
     assert [a.status_code for a in answers] == [200, 200]
     assert answers[0].headers["x-user-id"] != answers[1].headers["x-user-id"]
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_envoy_ext_authz_style_path_and_method_are_answered(
+    gateway: RunningGateway, session_idp: LoopbackIdP, method: str
+) -> None:
+    # Envoy's HTTP ext_authz calls {service path}{original path} with the original method.
+    response = httpx.request(
+        method, f"{gateway.url}/auth/verify/reports/42", headers={"authorization": f"Bearer {user_token(session_idp)}"}
+    )
+    assert response.status_code == 200 and response.headers["x-user-id"] == "user-1"
+    refused = httpx.request(method, f"{gateway.url}/auth/verify/reports/42")
+    assert refused.status_code == 401

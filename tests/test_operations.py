@@ -342,3 +342,26 @@ def test_process_log_helper_reads_before_stop() -> None:
         wait_for(lambda: "GET /" in process_log(proc))
     finally:
         stop_process(proc)
+
+
+def test_forward_auth_and_uploads_get_their_log_lines_too(backend: Backend, session_idp: LoopbackIdP) -> None:
+    token = user_token(session_idp, sub="other-routes")
+    with start_gateway(gateway_config(backend.url, session_idp)) as gw, httpx.Client(base_url=gw.url) as client:
+        client.get("/auth/verify", headers={**bearer(token), "x-request-id": "verify-1"})
+        client.put("/chatkit/uploads/attachments/atc_x/upload", content=b"abc", headers={"x-request-id": "upload-1"})
+        wait_for(lambda: len(access_lines(gw)) >= 2)
+        lines = {line["request_id"]: line for line in access_lines(gw)}
+    assert lines["verify-1"]["route"] == "auth_verify" and lines["verify-1"]["status"] == 200
+    assert lines["verify-1"]["user_id"] == "other-routes"
+    assert lines["upload-1"]["route"] == "uploads" and lines["upload-1"]["error"] == "missing_credentials"
+
+
+def test_text_format_lines_carry_the_same_facts(backend: Backend, session_idp: LoopbackIdP) -> None:
+    config = gateway_config(backend.url, session_idp, {"logging": {"format": "text"}})
+    with start_gateway(config) as gw, httpx.Client(base_url=gw.url) as client:
+        client.post("/chatkit", json=LIST, headers={**bearer(user_token(session_idp)), "x-request-id": "text-1"})
+        wait_for(lambda: 'request_id="text-1"' in gw.log())
+        log = gw.log()
+    line = next(line for line in log.splitlines() if 'request_id="text-1"' in line)
+    assert "chatkit_gateway.access" in line and 'op="threads.list"' in line and "status=200" in line
+    assert not log.lstrip().startswith("{")
