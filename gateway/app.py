@@ -31,7 +31,7 @@ from .chatkit import parse_chatkit_request, require_json_content_type, rewrite_b
 from .clock import SYSTEM_CLOCK, Clock
 from .config import GatewayConfig
 from .cors import CrossOrigin
-from .errors import AuthError, GatewayError, MethodNotAllowed, NotFound
+from .errors import AuthError, GatewayError, HeadersTooLarge, MethodNotAllowed, NotFound
 from .headers import Headers, request_id_from
 from .identity import Identity
 from .observe import Exchange
@@ -114,7 +114,9 @@ class ChatKitEndpoint:
         write the gateway's metadata into the body.
 
         (A function of its own, so the parsed body is freed before a long stream starts.)"""
-        raw = await read_body(receive, headers, self.config.server.max_body_bytes)
+        raw = await read_body(
+            receive, headers, self.config.server.max_body_bytes, self.config.server.body_timeout_seconds
+        )
         exchange.bytes_in = len(raw)
         request = parse_chatkit_request(raw)
         exchange.set_op(request.op)
@@ -198,10 +200,16 @@ class Gateway:
         self.chatkit_path = runtime.config.server.chatkit_path
         self.uploads = uploads
         self.uploads_path = runtime.config.server.uploads_path
+        self.max_header_bytes = runtime.config.server.max_header_bytes
         # Preflights are answered before authentication; only listed origins get an allow.
         self.entry: ASGIApp = CrossOrigin(self.dispatch, runtime.config)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # httptools sets no bound on header size (a 1 MB header block is accepted), so the
+        # gateway sets its own before any header is read for meaning.
+        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
+            await send_error(send, HeadersTooLarge())
+            return
         await self.entry(scope, receive, send)
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:

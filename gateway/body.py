@@ -7,11 +7,12 @@ as it comes, so neither reaches memory or the upstream whole.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 from starlette.types import Receive
 
-from .errors import BadRequest, PayloadTooLarge
+from .errors import BadRequest, PayloadTooLarge, RequestTimeout
 from .headers import header_value
 
 __all__ = ["ClientDisconnected", "declared_length", "read_body", "stream_body"]
@@ -30,11 +31,22 @@ def declared_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
     return int(value)
 
 
-async def read_body(receive: Receive, headers: Sequence[tuple[bytes, bytes]], limit: int) -> bytes:
-    """The whole body, or `PayloadTooLarge` as soon as it is known to exceed `limit`."""
+async def read_body(
+    receive: Receive, headers: Sequence[tuple[bytes, bytes]], limit: int, timeout: float = 30.0
+) -> bytes:
+    """The whole body, or `PayloadTooLarge` as soon as it is known to exceed `limit`, or
+    `RequestTimeout` if it has not all arrived within `timeout` (a slow trickle holds a task)."""
     declared = declared_length(headers)
     if declared is not None and declared > limit:
         raise PayloadTooLarge()
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_all(receive, limit)
+    except TimeoutError:
+        raise RequestTimeout() from None
+
+
+async def _read_all(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     total = 0
     while True:
@@ -52,11 +64,16 @@ async def read_body(receive: Receive, headers: Sequence[tuple[bytes, bytes]], li
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def stream_body(receive: Receive, limit: int) -> AsyncIterator[bytes]:
-    """The body chunk by chunk, for uploads that must never be held whole."""
+async def stream_body(receive: Receive, limit: int, idle_timeout: float = 30.0) -> AsyncIterator[bytes]:
+    """The body chunk by chunk, for uploads that must never be held whole; a pause longer than
+    `idle_timeout` between chunks is `RequestTimeout`."""
     total = 0
     while True:
-        message = await receive()
+        try:
+            async with asyncio.timeout(idle_timeout):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout() from None
         if message["type"] == "http.disconnect":
             raise ClientDisconnected()
         chunk = message.get("body", b"")

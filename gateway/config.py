@@ -94,6 +94,8 @@ class ServerConfig(_Section):
     max_upload_bytes: Bytes = 100 * MIB
     shutdown_grace_seconds: Seconds = 30.0
     trusted_proxies: tuple[Text, ...] = ()
+    max_header_bytes: Bytes = 32 * 1024
+    body_timeout_seconds: PositiveSeconds = 30.0
 
     @field_validator("chatkit_path")
     @classmethod
@@ -126,6 +128,7 @@ class UpstreamConfig(_Section):
     connect_timeout: PositiveSeconds = 5.0
     response_timeout: PositiveSeconds = 60.0
     heartbeat_seconds: Seconds = 0.0
+    stream_idle_timeout: Seconds = 600.0
     forward_access_token: Flag = False
     identity_secret: Text | None = None
     # Measured: httpcore's pool bookkeeping is quadratic in pooled connections, so JSON requests

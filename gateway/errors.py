@@ -21,9 +21,11 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     │   └── OriginNotAllowed       origin_not_allowed
     ├── NotFound (404)             not_found
     ├── MethodNotAllowed (405)     method_not_allowed
+    ├── RequestTimeout (408)       request_timeout
     ├── PayloadTooLarge (413)      payload_too_large
     ├── UnsupportedMediaType (415) unsupported_media_type
     ├── RateLimited (429)          rate_limited
+    ├── HeadersTooLarge (431)      headers_too_large
     ├── UpstreamError
     │   ├── UpstreamUnavailable (502)  upstream_unavailable
     │   ├── UpstreamBadResponse (502)  upstream_bad_response
@@ -41,6 +43,7 @@ __all__ = [
     "BadRequest",
     "Forbidden",
     "GatewayError",
+    "HeadersTooLarge",
     "InvalidChatKitRequest",
     "InvalidClaims",
     "InvalidJSON",
@@ -54,6 +57,7 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "RateLimited",
+    "RequestTimeout",
     "TokenExpired",
     "TokenNotYetValid",
     "UnknownIssuer",
@@ -165,6 +169,12 @@ class MethodNotAllowed(GatewayError):
     default_message = "This method is not allowed here."
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    code = "request_timeout"
+    default_message = "The request body did not arrive in time."
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     code = "payload_too_large"
@@ -181,6 +191,12 @@ class RateLimited(GatewayError):
     status = 429
     code = "rate_limited"
     default_message = "Too many requests. Try again later."
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    code = "headers_too_large"
+    default_message = "The request headers are too large."
 
 
 class UpstreamError(GatewayError):

@@ -98,7 +98,10 @@ class Upstream:
         self._json_timeout = httpx.Timeout(
             connect=config.connect_timeout, read=config.response_timeout, write=config.response_timeout, pool=None
         ).as_dict()
-        self._stream_timeout = httpx.Timeout(connect=config.connect_timeout, read=None, write=None, pool=None).as_dict()
+        # No read timeout by default would let a backend that answers headers and then hangs hold a
+        # stream forever; ChatKit streams can be quiet for minutes (tools), so the bound is long.
+        idle = config.stream_idle_timeout or None
+        self._stream_timeout = httpx.Timeout(connect=config.connect_timeout, read=idle, write=None, pool=None).as_dict()
         self._gate = asyncio.Semaphore(config.max_connections)
         self._open_streams = 0
         json_transport = transport or HTTP11Transport(

@@ -189,7 +189,8 @@ class _Connection(asyncio.Protocol):
                     await self.waiter
                 else:
                     try:
-                        await asyncio.wait_for(self.waiter, read_timeout)
+                        async with asyncio.timeout(read_timeout):  # a timer, not a task like wait_for
+                            await self.waiter
                     except TimeoutError:
                         raise httpx.ReadTimeout("the upstream sent nothing in time") from None
             finally:

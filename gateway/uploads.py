@@ -108,7 +108,10 @@ class UploadEndpoint:
             upstream_headers.append((b"content-type", b"application/octet-stream"))
         upstream = self.runtime.upstream_or_fail()
         response = await upstream.send_stream(
-            target, upstream_headers, stream_body(receive, limit), method=scope["method"]
+            target,
+            upstream_headers,
+            stream_body(receive, limit, self.config.server.body_timeout_seconds),
+            method=scope["method"],
         )
         outcome = RelayOutcome()
         try:
