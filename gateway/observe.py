@@ -129,6 +129,14 @@ class Observer:
             "chatkit_gateway_rate_limit_backend_errors", "Rate-limit backend (Redis) failures.", registry=r
         )
 
+    def prepare(self) -> None:
+        """Make each op's series at start-up: they read 0 rather than missing until first used, and
+        the first request of each op does not pay for making them."""
+        for op in sorted(KNOWN_OPS):
+            self._child(self.requests, op, "200")
+            self._child(self.latency, op)
+            self._child(self.ttfb, op)
+
     def watch_key_ages(self, ages: Callable[[], Iterable[tuple[str, float | None]]]) -> None:
         self.registry.register(_KeyAge(ages))
 

@@ -77,6 +77,7 @@ class Runtime:
         from .warmup import warm_request_path  # it builds on this module
 
         await warm_request_path(self)
+        self.observer.prepare()
         # Everything made so far lives as long as the process: collect once, then move it out of
         # the collector's sight, so later collections scan only what requests allocate (the
         # first ones would otherwise walk every object made at start-up).
