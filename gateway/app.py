@@ -129,7 +129,12 @@ class ChatKitEndpoint:
         if self.config.auth.stream_errors:
             with contextlib.suppress(GatewayError):
                 request = parse_chatkit_request(
-                    await read_body(receive, scope["headers"], self.config.server.max_body_bytes)
+                    await read_body(
+                        receive,
+                        scope["headers"],
+                        self.config.server.max_body_bytes,
+                        self.config.server.body_timeout_seconds,
+                    )
                 )
                 if request.streaming:
                     headers = [*SSE_ERROR_HEADERS, (b"x-request-id", request_id.encode())]

@@ -9,6 +9,9 @@ from .headers import Headers
 
 __all__ = ["JSON_HEADERS", "send_error"]
 
+# A body that was too slow or too large is still (maybe) arriving: reading it to keep the
+# connection would serve the client that sent it, so the connection ends (RFC 9110 15.5.9).
+CLOSE_AFTER = frozenset({408, 413})
 JSON_HEADERS: Headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
 
@@ -18,5 +21,7 @@ async def send_error(send: Send, error: GatewayError, request_id: str | None = N
     headers.extend((key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in error.headers.items())
     if request_id:
         headers.append((b"x-request-id", request_id.encode("ascii")))
+    if error.status in CLOSE_AFTER:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": error_body(error)})

@@ -290,7 +290,9 @@ ATTACKS: list[Any] = [
     pytest.param(lambda f: f.rs256("[]"), "invalid_token", id="payload-array"),
     # 14. Size: over `auth.max_token_bytes` (8192), and a header far past it.
     pytest.param(lambda f: f.rs256(f.claims(pad="p" * 8192)), "invalid_token", id="token-over-8kb"),
-    pytest.param(lambda f: "a" * 100_000, "invalid_token", id="garbage-100kb"),
+    # (Past `server.max_header_bytes` a header block gets 431 before any credential is read:
+    # tests/test_edge.py. This one stays under that bound.)
+    pytest.param(lambda f: "a" * 20_000, "invalid_token", id="garbage-20kb"),
     # 15. ECDSA signature shapes.
     pytest.param(lambda f: f.es256(signature=bytes(64)), "invalid_token", id="es256-r-s-zero"),
     pytest.param(lambda f: f.es256(signature=P256_ORDER.to_bytes(32, "big") * 2), "invalid_token", id="es256-r-s-n"),
