@@ -30,7 +30,7 @@ from starlette.types import Message, Receive, Send
 from .config import UpstreamConfig
 from .errors import GatewayError, Overloaded, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
 from .headers import Headers, header_value, relay_response_headers
-from .transport import HTTP11Transport
+from .transport import HTTP11Transport, InvalidResponse
 
 __all__ = ["RelayOutcome", "Upstream", "relay_response", "stream_error_event"]
 
@@ -184,10 +184,15 @@ class Upstream:
                     if _is_small_json(response):
                         try:
                             body = b"".join([chunk async for chunk in response.aiter_raw()])
-                        except httpx.TimeoutException:
-                            raise UpstreamTimeout() from None
-                        except httpx.HTTPError:
-                            raise UpstreamBadResponse() from None
+                        except BaseException as exc:
+                            # httpx closes a response only once its body is read to the end; a
+                            # body that stalls or breaks must still give its connection back.
+                            await response.aclose()
+                            if isinstance(exc, httpx.TimeoutException):
+                                raise UpstreamTimeout() from None
+                            if isinstance(exc, httpx.HTTPError):
+                                raise UpstreamBadResponse() from None
+                            raise
                         return response, body
         except TimeoutError:
             raise UpstreamTimeout() from None
@@ -230,6 +235,9 @@ class Upstream:
             return await client.send(request, stream=True)
         except httpx.PoolTimeout:
             raise Overloaded() from None
+        except InvalidResponse:
+            logger.warning("upstream answered with invalid HTTP")
+            raise UpstreamBadResponse() from None
         except httpx.TimeoutException:
             raise UpstreamTimeout() from None
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):

@@ -28,9 +28,15 @@ from typing import Any, cast
 import httptools
 import httpx
 
-__all__ = ["HTTP11Transport"]
+__all__ = ["HTTP11Transport", "InvalidResponse"]
 
 READ_HIGH_WATER = 256 * 1024
+
+
+class InvalidResponse(httpx.RemoteProtocolError):
+    """The upstream answered, but not with HTTP/1.1 the parser accepts."""
+
+
 Origin = tuple[str, str, int]
 
 
@@ -98,9 +104,9 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(httpx.RemoteProtocolError("the upstream tried to upgrade the connection"))
+            self._fail(InvalidResponse("the upstream tried to upgrade the connection"))
         except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"invalid HTTP from the upstream: {exc}"))
+            self._fail(InvalidResponse(f"invalid HTTP from the upstream: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
