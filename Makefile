@@ -28,7 +28,7 @@ demo: venv
 	$(BIN)/chatkit-gateway demo
 
 lint: venv
-	$(BIN)/ruff check gateway tests scripts bench
+	$(BIN)/ruff check gateway tests scripts bench fuzz
 	$(BIN)/ruff format --check gateway
 	$(BIN)/mypy
 

@@ -45,6 +45,7 @@ __all__ = ["Gateway", "create_app"]
 
 logger = logging.getLogger("chatkit_gateway")
 
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 SSE_ERROR_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-store"),
@@ -81,7 +82,10 @@ class ChatKitEndpoint:
                 return
             exchange.user_id, exchange.source = identity.user_id, principal.source
             streaming, upstream_body = await self._rewrite(receive, headers, identity, exchange)
-            upstream_headers = self.runtime.base_headers(scope, request_id)
+            # The body was re-encoded: it goes upstream as what it now is, whatever the client said
+            # (a charset, a second Content-Type, one named in Connection).
+            upstream_headers = [h for h in self.runtime.base_headers(scope, request_id) if h[0] != b"content-type"]
+            upstream_headers.append(JSON_CONTENT_TYPE)
             upstream_headers.extend(self.runtime.identity_headers(principal, identity, request_id))
             limiter = self.runtime.limiter_or_fail()
             slot = await limiter.open_stream(identity.user_id) if streaming else None

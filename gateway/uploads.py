@@ -103,8 +103,7 @@ class UploadEndpoint:
         upstream_headers.extend(identity)
         if declared is not None:
             upstream_headers.append((b"content-length", str(declared).encode("ascii")))
-        content_type = header_value(headers, b"content-type")
-        if content_type is None:
+        if header_value(upstream_headers, b"content-type") is None:
             upstream_headers.append((b"content-type", b"application/octet-stream"))
         upstream = self.runtime.upstream_or_fail()
         response = await upstream.send_stream(
