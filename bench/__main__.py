@@ -53,9 +53,11 @@ Everything runs on 127.0.0.1 in one run, so the ratios hold even where the absol
 with the machine: **direct** is the client talking to the upstream itself, **nginx** is nginx with
 one worker and `proxy_buffering off` (the proxy a user would pick instead), **gateway** is
 `chatkit-gateway serve` as users run it (an RS256 bearer token verified, from its cache after the
-first request; metadata injected). The upstream is `bench/upstream.py` (raw ASGI under uvicorn).
+first request; metadata injected; metrics on; the per-request access log off, like nginx's, with
+its cost measured on its own below). The upstream is `bench/upstream.py` (raw ASGI under uvicorn).
 CPU figures are of the subject's own processes (the upstream's for direct), from `/proc` CPU-time
-deltas. Reproduce with `make bench`.
+deltas; this shared 2-core machine varies ±20–30 % between runs, so compare within a run. Reproduce
+with `make bench`.
 """
 
 
