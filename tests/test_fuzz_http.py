@@ -42,6 +42,7 @@ USER = "user-1"
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 VALID_BODY = {"type": "threads.list", "params": {}}
 GATEWAY_SET_HEADERS = (
+    "content-type",  # the body is re-encoded: always the gateway's own application/json
     "x-user-id",
     "x-request-id",
     "x-forwarded-for",
