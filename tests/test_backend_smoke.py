@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, get_args
 
 import httpx
@@ -21,48 +20,22 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from chatkit.types import NonStreamingReq, StreamingReq
 
-TEXT_DELTA = "assistant_message.content_part.text_delta"
+from tests.support.chatkit import (  # noqa: E402
+    REQUESTS,
+    TEXT_DELTA,
+    create_thread,
+    deltas,
+    done_item,
+    post,
+    sse_events,
+    user_input,
+)
 
 
 @pytest.fixture
 def client(clean_backend: Backend) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=clean_backend.url, trust_env=False, timeout=10) as http:
         yield http
-
-
-def user_input(text: str, attachments: list[str] | None = None) -> dict[str, Any]:
-    content = [{"type": "input_text", "text": text}]
-    return {"content": content, "attachments": attachments or [], "inference_options": {}}
-
-
-def post(client: httpx.Client, op: str, params: dict[str, Any], **extra: Any) -> httpx.Response:
-    return client.post("/chatkit", json={"type": op, "params": params, **extra})
-
-
-def sse_events(raw: bytes) -> list[dict[str, Any]]:
-    frames = raw.split(b"\n\n")
-    assert frames[-1] == b"", "stream must end on a frame boundary"
-    assert all(frame.startswith(b"data: ") for frame in frames[:-1])
-    return [json.loads(frame.removeprefix(b"data: ")) for frame in frames[:-1]]
-
-
-def deltas(events: list[dict[str, Any]]) -> list[str]:
-    updates = [e["update"] for e in events if e["type"] == "thread.item.updated"]
-    return [u["delta"] for u in updates if u["type"] == TEXT_DELTA]
-
-
-def done_item(events: list[dict[str, Any]], item_type: str) -> dict[str, Any]:
-    item: dict[str, Any] = next(
-        e["item"] for e in events if e["type"] == "thread.item.done" and e["item"]["type"] == item_type
-    )
-    return item
-
-
-def create_thread(client: httpx.Client, text: str, **extra: Any) -> tuple[str, list[dict[str, Any]]]:
-    response = post(client, "threads.create", {"input": user_input(text)}, **extra)
-    assert response.status_code == 200
-    events = sse_events(response.content)
-    return events[0]["thread"]["id"], events
 
 
 def test_threads_create_streams_thread_created_first_then_echo_word_by_word(client: httpx.Client) -> None:
@@ -258,62 +231,6 @@ def test_public_base_names_the_upload_and_preview_urls() -> None:
 
 
 # Every request type, with whatever state it needs; values check the answer where it is small.
-def _streaming_item(client: httpx.Client, text: str, item_type: str) -> tuple[str, str]:
-    thread_id, events = create_thread(client, text)
-    return thread_id, done_item(events, item_type)["id"]
-
-
-def _tool_output(c: httpx.Client) -> dict[str, Any]:
-    return {"thread_id": _streaming_item(c, "/tool", "client_tool_call")[0], "result": {"ok": True}}
-
-
-def _structured_input(c: httpx.Client) -> dict[str, Any]:
-    thread_id, item_id = _streaming_item(c, "/ask", "structured_input")
-    return {"thread_id": thread_id, "item_id": item_id, "input": {"answers": {"name": {"values": ["Ada"]}}}}
-
-
-def _retry(c: httpx.Client) -> dict[str, Any]:
-    thread_id, item_id = _streaming_item(c, "hello", "user_message")
-    return {"thread_id": thread_id, "item_id": item_id}
-
-
-def _feedback(c: httpx.Client) -> dict[str, Any]:
-    thread_id, item_id = _streaming_item(c, "hello", "assistant_message")
-    return {"thread_id": thread_id, "item_ids": [item_id], "kind": "positive"}
-
-
-def _attachment_id(c: httpx.Client) -> dict[str, Any]:
-    created = post(c, "attachments.create", {"name": "a.txt", "size": 1, "mime_type": "text/plain"}).json()
-    return {"attachment_id": created["id"]}
-
-
-def _thread(c: httpx.Client) -> dict[str, Any]:
-    return {"thread_id": create_thread(c, "hello")[0]}
-
-
-REQUESTS: dict[str, tuple[Callable[[httpx.Client], dict[str, Any]], str | None]] = {
-    "threads.create": (lambda c: {"input": user_input("hi")}, "Echo: hi"),
-    "threads.add_user_message": (lambda c: {**_thread(c), "input": user_input("again")}, "Echo: again"),
-    "threads.add_client_tool_output": (_tool_output, 'Tool output: {"ok":true}'),
-    "threads.add_structured_input": (_structured_input, 'Answers (answered): {"name":["Ada"],"colour":[]}'),
-    "threads.retry_after_item": (_retry, "Echo: hello"),
-    "threads.custom_action": (lambda c: {**_thread(c), "action": {"type": "demo.ping", "payload": {"n": 1}}}, None),
-    "threads.get_by_id": (_thread, None),
-    "threads.list": (lambda c: {"limit": 5, "order": "desc"}, None),
-    "items.list": (_thread, None),
-    "items.feedback": (_feedback, "{}"),
-    "attachments.create": (lambda c: {"name": "a.txt", "size": 3, "mime_type": "text/plain"}, None),
-    "attachments.delete": (_attachment_id, "{}"),
-    "threads.update": (lambda c: {**_thread(c), "title": "Renamed"}, None),
-    "threads.delete": (_thread, "{}"),
-    "input.transcribe": (
-        lambda c: {"audio_base64": base64.b64encode(b"abcd").decode(), "mime_type": "audio/webm"},
-        None,
-    ),
-    "threads.sync_custom_action": (lambda c: {**_thread(c), "action": {"type": "demo.sync"}}, "{}"),
-}
-
-
 def test_request_table_covers_every_type_chatkit_defines() -> None:
     defined = {cls.model_fields["type"].default for cls in get_args(StreamingReq) + get_args(NonStreamingReq)}
     assert defined == set(REQUESTS) and len(defined) == 16

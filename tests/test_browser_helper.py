@@ -17,21 +17,11 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Request, sync_playwright
 
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.fixtures import Backend
 from tests.support.gateway import RunningGateway, gateway_config, start_gateway, user_claims, user_token
 from tests.support.idp import LoopbackIdP
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 USER = {"sub": "browser-user", "name": "Browser User", "email": "b@example.com"}
 PAGE_PATH = "/orders/42"
 DESCRIPTION = "Bestellung für Zoë: 3 Artikel"

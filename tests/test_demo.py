@@ -26,19 +26,9 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.procs import PROJECT_ROOT, LoggedProcess, free_port, process_log, start_process, stop_process
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT = PROJECT_ROOT / "docs" / "demo.png"
 MESSAGE = "hello gateway"
 THREADS_LIST = {"type": "threads.list", "params": {"limit": 10, "order": "desc"}}
