@@ -33,6 +33,7 @@ gateway's runtime (httpx, python-jose, uvicorn) to use it.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -73,11 +74,16 @@ class RequestLike(Protocol):
 
 
 def _serializer(secret: Secret) -> URLSafeTimedSerializer:
-    keys = [secret] if isinstance(secret, str) else list(secret)
+    return _serializer_for((secret,) if isinstance(secret, str) else tuple(secret))
+
+
+@functools.lru_cache(maxsize=16)
+def _serializer_for(keys: tuple[str, ...]) -> URLSafeTimedSerializer:
+    # Made once per secret, not per request: the gateway signs every request with it.
     # An empty key signs with a value anyone knows; refuse it rather than accept forgeries.
     if not keys or not all(keys):
         raise ValueError("the identity secret must not be empty")
-    return URLSafeTimedSerializer(keys, salt=IDENTITY_SALT)
+    return URLSafeTimedSerializer(list(keys), salt=IDENTITY_SALT)
 
 
 def _checked_identity(value: object, where: str) -> dict[str, Any]:
