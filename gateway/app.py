@@ -32,7 +32,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .config import GatewayConfig
 from .cors import CrossOrigin
 from .errors import AuthError, GatewayError, HeadersTooLarge, MethodNotAllowed, NotFound
-from .headers import Headers, request_id_from
+from .headers import FORWARDED_BODY_HEADERS, Headers, request_id_from
 from .identity import Identity
 from .observe import Exchange
 from .probes import ForwardAuthEndpoint, browser_helper_endpoint, healthz, metrics_endpoint, readyz_endpoint
@@ -84,7 +84,7 @@ class ChatKitEndpoint:
             streaming, upstream_body = await self._rewrite(receive, headers, identity, exchange)
             # The body was re-encoded: it goes upstream as what it now is, whatever the client said
             # (a charset, a second Content-Type, one named in Connection).
-            upstream_headers = [h for h in self.runtime.base_headers(scope, request_id) if h[0] != b"content-type"]
+            upstream_headers = self.runtime.base_headers(scope, request_id, allow=FORWARDED_BODY_HEADERS)
             upstream_headers.append(JSON_CONTENT_TYPE)
             upstream_headers.extend(self.runtime.identity_headers(principal, identity, request_id))
             limiter = self.runtime.limiter_or_fail()

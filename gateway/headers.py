@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 __all__ = [
+    "FORWARDED_BODY_HEADERS",
     "FORWARDED_REQUEST_HEADERS",
     "HOP_BY_HOP_HEADERS",
     "Headers",
@@ -53,6 +54,8 @@ FORWARDED_REQUEST_HEADERS = frozenset(
         b"tracestate",
     }
 )
+# For a body the gateway re-encodes (the ChatKit JSON), the content type is the gateway's own.
+FORWARDED_BODY_HEADERS = FORWARDED_REQUEST_HEADERS - {b"content-type"}
 DROPPED_RESPONSE_HEADERS = HOP_BY_HOP_HEADERS | {b"set-cookie", b"server", b"date"}
 SSE_REPLACED_HEADERS = frozenset({b"content-length", b"cache-control", b"x-accel-buffering", b"content-encoding"})
 SSE_HEADERS: Headers = [(b"cache-control", b"no-cache, no-transform"), (b"x-accel-buffering", b"no")]

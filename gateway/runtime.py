@@ -141,11 +141,13 @@ class Runtime:
             self.origin_policy.check(headers)
         return principal, identity_of(principal, self.config.identity)
 
-    def base_headers(self, scope: Scope, request_id: str) -> Headers:
+    def base_headers(
+        self, scope: Scope, request_id: str, *, allow: frozenset[bytes] = FORWARDED_REQUEST_HEADERS
+    ) -> Headers:
         """Headers every upstream request carries: the allowlisted client headers plus the gateway's."""
         headers: Headers = scope["headers"]
         client = scope.get("client")
-        result = upstream_request_headers(headers, allow=FORWARDED_REQUEST_HEADERS)
+        result = upstream_request_headers(headers, allow=allow)
         result.append((b"x-request-id", request_id.encode("ascii")))
         result.append((b"accept-encoding", b"identity"))
         result.extend(

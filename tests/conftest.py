@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 pytest.register_assert_rewrite("tests.support")
-pytest_plugins = ["tests.support.fixtures", "tests.support.idp", "tests.support.redis"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.idp", "tests.support.redis", "tests.support.browser"]
 
 import os  # noqa: E402
 import warnings  # noqa: E402

@@ -15,9 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Request, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Request
 
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.fixtures import Backend
 from tests.support.gateway import RunningGateway, gateway_config, start_gateway, user_claims, user_token
 from tests.support.idp import LoopbackIdP
@@ -151,16 +150,6 @@ def browser_gateway(backend: Backend, session_idp: LoopbackIdP, page_server: Pag
     with start_gateway(gateway_config(backend.url, session_idp, overrides)) as running:
         page_server.gateway_url = running.url
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def auth_cookie(gateway: RunningGateway, token: str) -> dict[str, Any]:

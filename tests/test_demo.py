@@ -24,9 +24,8 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.procs import PROJECT_ROOT, LoggedProcess, free_port, process_log, start_process, stop_process
 
 SCREENSHOT = PROJECT_ROOT / "docs" / "demo.png"
@@ -57,16 +56,6 @@ def demo() -> Iterator[RunningDemo]:
         yield running
     finally:
         stop_process(running.process)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @pytest.fixture

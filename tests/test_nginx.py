@@ -9,14 +9,13 @@ headers set by the gateway's answer, replacing the client's own, and stop everyt
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.support.chatkit import deltas, sse_events, user_input
+from tests.support.chatkit import deltas, open_stream_then_drop, saw_cancellation, sse_events, user_input
 from tests.support.fixtures import Backend
 from tests.support.gateway import RunningGateway, bearer, user_claims, user_token
 from tests.support.idp import LoopbackIdP
@@ -79,27 +78,8 @@ def test_stream_reaches_the_client_through_nginx_while_the_backend_is_still_prod
 def test_client_disconnect_through_nginx_cancels_the_backend_stream(
     proxy: RunningNginx, clean_backend: Backend, token: str
 ) -> None:
-    body = json.dumps({"type": "threads.create", "params": {"input": user_input("/slow 20")}}).encode()
-    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
-        sock.sendall(
-            b"POST /chatkit HTTP/1.1\r\nHost: chat.example\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {token}\r\n".encode()
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        received = b""
-        while received.count(b"text_delta") < 2:
-            chunk = sock.recv(65536)
-            assert chunk, "stream ended early"
-            received += chunk
-    thread_id = json.loads(received.split(b"data: ", 1)[1].split(b"\n", 1)[0])["thread"]["id"]
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if any(e.get("thread_id") == thread_id for e in clean_backend.events() if e["type"] == "stream_cancelled"):
-            break
-        time.sleep(0.1)
-    else:
+    thread_id = open_stream_then_drop("127.0.0.1", proxy.port, token, host_header="chat.example")
+    if not saw_cancellation(clean_backend, thread_id):
         pytest.fail(f"the backend never saw the stream cancelled\nnginx: {proxy.error_log()[-2000:]}")
     items = clean_backend.thread(thread_id)["items"]
     partial = [i for i in items if i["type"] == "assistant_message"]

@@ -17,8 +17,10 @@ from tests.support.chatkit import (
     deltas,
     done_item,
     exchange,
+    open_stream_then_drop,
     post,
     reply_text,
+    saw_cancellation,
     sse_events,
     user_input,
 )
@@ -107,28 +109,9 @@ def test_unicode_survives_both_ways(gw_client: httpx.Client, clean_backend: Back
 def test_disconnect_mid_stream_cancels_the_backend_which_keeps_the_partial_reply(
     gateway: RunningGateway, clean_backend: Backend, token: str
 ) -> None:
-    body = json.dumps({"type": "threads.create", "params": {"input": user_input("/slow 20")}}).encode()
     host, port = gateway.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(
-            b"POST /chatkit HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {token}\r\n".encode()
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        received = b""
-        while received.count(b"text_delta") < 2:
-            chunk = sock.recv(65536)
-            assert chunk, "stream ended early"
-            received += chunk
-    thread_id = json.loads(received.split(b"data: ", 1)[1].split(b"\n", 1)[0])["thread"]["id"]
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if any(e.get("thread_id") == thread_id for e in clean_backend.events() if e["type"] == "stream_cancelled"):
-            break
-        time.sleep(0.1)
-    else:
+    thread_id = open_stream_then_drop(host, int(port), token)
+    if not saw_cancellation(clean_backend, thread_id):
         pytest.fail("the backend never saw the stream cancelled")
     items = clean_backend.thread(thread_id)["items"]
     partial = [i for i in items if i["type"] == "assistant_message"]

@@ -134,3 +134,35 @@ def exchange(client: httpx.Client, op: str) -> tuple[int, str, str]:
     build, _ = REQUESTS[op]
     response = post(client, op, build(client))
     return response.status_code, response.headers.get("content-type", ""), normalized(response.text)
+
+
+def open_stream_then_drop(host: str, port: int, token: str, *, host_header: str = "gw", text: str = "/slow 20") -> str:
+    """Start a streamed reply over a raw socket, read two deltas, close the socket: the thread id."""
+    import socket
+
+    body = json.dumps({"type": "threads.create", "params": {"input": user_input(text)}}).encode()
+    with socket.create_connection((host, port)) as sock:
+        sock.sendall(
+            f"POST /chatkit HTTP/1.1\r\nHost: {host_header}\r\nContent-Type: application/json\r\n".encode()
+            + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        received = b""
+        while received.count(b"text_delta") < 2:
+            chunk = sock.recv(65536)
+            assert chunk, "stream ended early"
+            received += chunk
+    thread_id: str = json.loads(received.split(b"data: ", 1)[1].split(b"\n", 1)[0])["thread"]["id"]
+    return thread_id
+
+
+def saw_cancellation(backend: Any, thread_id: str, timeout: float = 10.0) -> bool:
+    """Whether the backend recorded the stream of `thread_id` cancelled within `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(e.get("thread_id") == thread_id for e in backend.events() if e["type"] == "stream_cancelled"):
+            return True
+        time.sleep(0.1)
+    return False
