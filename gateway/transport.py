@@ -12,7 +12,10 @@ the client API stays httpx's and every other module is unchanged:
 - response bodies handed over chunk by chunk as they arrive, with read-side flow control, so a
   slow client slows the upstream instead of growing a buffer;
 - a request on a reused connection that the server had already closed (the keep-alive race) is
-  retried once on a new connection, since the server never saw it.
+  retried once on a new connection, since the server never saw it;
+- timeouts from the request's extensions: httpx's `timeout` (`connect`; `read`, the longest
+  silence allowed once the response has started) and this transport's own `head_deadline`, the
+  loop time (`loop.time()`) by which the response's status and headers must have arrived.
 
 Failures surface as httpx exceptions (`ConnectError`, `ConnectTimeout`, `ReadTimeout`,
 `RemoteProtocolError`, `WriteError`), which `relay.py` maps to gateway errors.
@@ -54,6 +57,7 @@ class _Connection(asyncio.Protocol):
         "_write_paused",
         "_drained",
         "status",
+        "reason",
         "headers",
         "head",
         "chunks",
@@ -66,6 +70,7 @@ class _Connection(asyncio.Protocol):
         "keep_alive",
         "_loop",
         "_silence",
+        "_deadline",
         "_last_data",
         "_watchdog",
         "__weakref__",
@@ -79,6 +84,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._loop = asyncio.get_running_loop()
         self._silence: float | None = None
+        self._deadline: float | None = None
         self._last_data = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
         self._parser = httptools.HttpResponseParser(self)
@@ -88,6 +94,7 @@ class _Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.status = 0
+        self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # A list, not a deque: it holds zero or one chunk nearly always, and a deque's first block
@@ -102,31 +109,51 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.stop_watching()
 
-    def watch_silence(self, timeout: float | None) -> None:
-        """End the response with `ReadTimeout` once the upstream has sent nothing for `timeout`.
+    def watch(self, deadline: float | None, silence: float | None) -> None:
+        """Bound this exchange with one timer: the response's head must arrive by `deadline` (loop
+        time), and after it the upstream may not go quiet for `silence` seconds (with no deadline,
+        the silence bound starts at once). Either ends the response with `ReadTimeout`.
 
         One timer per response that re-arms itself, rather than a timeout around every wait for a
-        chunk: measured, a per-chunk timer cost ~15 us per relayed SSE event."""
-        if timeout is None:
-            return
-        self._silence, self._last_data = timeout, self._loop.time()
-        self._watchdog = self._loop.call_later(timeout, self._check_silence)
+        chunk (measured: a per-chunk timer cost ~15 us per relayed SSE event) or around the wait for
+        the head (an `asyncio.timeout` per request cost ~10 us)."""
+        self._silence, self._deadline = silence, deadline
+        self._last_data = self._loop.time()
+        if deadline is not None:
+            self._watchdog = self._loop.call_at(deadline, self._on_watchdog)
+        elif silence is not None:
+            self._watchdog = self._loop.call_later(silence, self._on_watchdog)
 
     def stop_watching(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        self._silence = None
+        self._silence = self._deadline = None
 
-    def _check_silence(self) -> None:
+    def _on_watchdog(self) -> None:
         self._watchdog = None
-        if self._silence is None or self.complete or self.closed:
+        if self.complete or self.closed:
+            return
+        if self._deadline is not None and not self.head.done():
+            self._fail(httpx.ReadTimeout("the upstream sent no response headers in time"))
+            return
+        if self._silence is None:
             return
         quiet = self._loop.time() - self._last_data
         if quiet >= self._silence:
             self._fail(httpx.ReadTimeout("the upstream sent nothing in time"))
         else:
-            self._watchdog = self._loop.call_later(self._silence - quiet, self._check_silence)
+            self._watchdog = self._loop.call_later(self._silence - quiet, self._on_watchdog)
+
+    def _head_arrived(self) -> None:
+        """The deadline is met: from here on only the silence bound holds (a body that arrived with
+        its head, as small JSON answers do, needs no timer at all)."""
+        self._deadline = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self._silence is not None:
+            self._watchdog = self._loop.call_later(self._silence, self._on_watchdog)
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -144,6 +171,8 @@ class _Connection(asyncio.Protocol):
             self._fail(InvalidResponse("the upstream tried to upgrade the connection"))
         except httptools.HttpParserError as exc:
             self._fail(InvalidResponse(f"invalid HTTP from the upstream: {exc}"))
+        if self._deadline is not None and self.head.done() and not self.complete and not self.closed:
+            self._head_arrived()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -167,13 +196,17 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------------------
 
+    def on_status(self, reason: bytes) -> None:
+        # Possibly in pieces, when the status line is split across reads.
+        self.reason += reason
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
         if 100 <= self.status < 200 and self.status != 101:
-            self.headers = []  # an interim answer; the real one follows
+            self.headers, self.reason = [], b""  # an interim answer; the real one follows
             return
         # Read here: httptools answers for the message being parsed, not after it completes.
         self.keep_alive = self._parser.should_keep_alive()
@@ -204,8 +237,11 @@ class _Connection(asyncio.Protocol):
             self.head.set_exception(error)
             self.head.exception()  # retrieved: a reader may never come
         self._wake()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)  # a writer waiting for the upstream to read: it won't
         if self.transport is not None and not self.closed:
-            self.transport.close()
+            # Not `close()`: that would wait to flush what the upstream is not reading.
+            self.transport.abort()
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -218,6 +254,8 @@ class _Connection(asyncio.Protocol):
         if self._write_paused:
             self._drained = asyncio.get_running_loop().create_future()
             await self._drained
+            if self.error is not None:
+                raise self.error  # the deadline passed while the upstream was not reading
             if self.closed:
                 raise httpx.WriteError("the upstream connection closed while sending")
 
@@ -247,15 +285,14 @@ class _Connection(asyncio.Protocol):
         self.stop_watching()
         if not self.closed and self.transport is not None:
             self.closed = True
-            self.transport.close()
+            self.transport.abort()  # whatever is still queued for the upstream is not wanted
         self.pool._forget(self)
 
 
 class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, connection: _Connection, read_timeout: float | None) -> None:
+    def __init__(self, connection: _Connection) -> None:
         self._connection = connection
         self._released = False
-        connection.watch_silence(read_timeout)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
@@ -273,6 +310,14 @@ class _ResponseStream(httpx.AsyncByteStream):
             connection.pool._release(connection)
         else:
             connection.close()
+
+
+def _connect_timeout(timeout: float | None, deadline: float | None) -> float | None:
+    """The connect timeout, shortened to what is left before the head deadline."""
+    if deadline is None:
+        return timeout
+    left = max(0.0, deadline - asyncio.get_running_loop().time())
+    return left if timeout is None else min(timeout, left)
 
 
 class HTTP11Transport(httpx.AsyncBaseTransport):
@@ -302,9 +347,10 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
             request.url.port or (443 if request.url.scheme == "https" else 80),
         )
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
-        connection, reused = await self._acquire(origin, timeouts.get("connect"))
+        deadline: float | None = request.extensions.get("head_deadline")
+        connection, reused = await self._acquire(origin, _connect_timeout(timeouts.get("connect"), deadline))
         try:
-            return await self._exchange(connection, request, timeouts)
+            return await self._exchange(connection, request, timeouts.get("read"), deadline)
         except httpx.RemoteProtocolError:
             if not reused or connection.received_any:
                 raise
@@ -312,12 +358,13 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
             if not reused:
                 raise
         # The keep-alive race: the server closed this idle connection as the request went out.
-        connection, _ = await self._acquire(origin, timeouts.get("connect"), fresh=True)
-        return await self._exchange(connection, request, timeouts)
+        connection, _ = await self._acquire(origin, _connect_timeout(timeouts.get("connect"), deadline), fresh=True)
+        return await self._exchange(connection, request, timeouts.get("read"), deadline)
 
     async def _exchange(
-        self, connection: _Connection, request: httpx.Request, timeouts: dict[str, Any]
+        self, connection: _Connection, request: httpx.Request, read_timeout: float | None, deadline: float | None
     ) -> httpx.Response:
+        connection.watch(deadline, read_timeout)
         try:
             await self._send(connection, request)
             await connection.head
@@ -327,8 +374,9 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         return httpx.Response(
             connection.status,
             headers=connection.headers,
-            stream=_ResponseStream(connection, timeouts.get("read")),
-            extensions={"http_version": b"HTTP/1.1"},
+            stream=_ResponseStream(connection),
+            # The reason phrase as sent (httpcore reports it too; without it httpx looks one up).
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
             request=request,
         )
 
