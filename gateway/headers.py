@@ -11,7 +11,7 @@ client might forge are dropped by construction. The gateway then adds its own `X
 from __future__ import annotations
 
 import ipaddress
-import os
+import random
 import re
 from collections.abc import Iterable, Sequence
 
@@ -84,7 +84,8 @@ def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
     value = header_value(headers, b"x-request-id")
     if value is not None and REQUEST_ID_PATTERN.fullmatch(value):
         return value.decode("ascii")
-    return os.urandom(16).hex()
+    # Unique, not secret (a client may choose its own): no system call per request for it.
+    return "%032x" % random.getrandbits(128)
 
 
 class TrustedProxies:
