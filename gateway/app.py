@@ -81,7 +81,7 @@ class ChatKitEndpoint:
                 await self._refuse(error, scope, receive, send, request_id)
                 return
             exchange.user_id, exchange.source = identity.user_id, principal.source
-            streaming, upstream_body = await self._rewrite(receive, headers, identity, exchange)
+            streaming, read_only, upstream_body = await self._rewrite(receive, headers, identity, exchange)
             # The body was re-encoded: it goes upstream as what it now is, whatever the client said
             # (a charset, a second Content-Type, one named in Connection).
             upstream_headers = self.runtime.base_headers(scope, request_id, allow=FORWARDED_BODY_HEADERS)
@@ -90,7 +90,7 @@ class ChatKitEndpoint:
             limiter = self.runtime.limiter_or_fail()
             slot = await limiter.open_stream(identity.user_id) if streaming else None
             try:
-                response = await self._open(streaming, upstream_body, upstream_headers)
+                response = await self._open(streaming, read_only, upstream_body, upstream_headers)
                 # Nothing of the request is needed while the answer streams back: let it go.
                 del upstream_body, upstream_headers, principal, identity
                 await self._relay(response, receive, send, streaming, exchange)
@@ -113,7 +113,7 @@ class ChatKitEndpoint:
 
     async def _rewrite(
         self, receive: Receive, headers: Headers, identity: Identity, exchange: Exchange
-    ) -> tuple[bool, bytes]:
+    ) -> tuple[bool, bool, bytes]:
         """Steps 4 to 6: read and check the body, apply the user's limits (which depend on the op),
         write the gateway's metadata into the body.
 
@@ -126,7 +126,7 @@ class ChatKitEndpoint:
         exchange.set_op(request.op)
         await self.runtime.limiter_or_fail().admit(identity.user_id, message=request.streaming)
         injected = self.runtime.injected_metadata(headers, request.body.get("metadata"), identity, exchange.request_id)
-        return request.streaming, rewrite_body(request, injected)
+        return request.streaming, request.read_only, rewrite_body(request, injected)
 
     async def _refuse(self, error: AuthError, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         """A 401, or with `auth.stream_errors` an in-chat error event for streaming ops."""
@@ -149,11 +149,13 @@ class ChatKitEndpoint:
                     return
         await send_error(send, error, request_id)
 
-    async def _open(self, streaming: bool, body: bytes, headers: Headers) -> tuple[httpx.Response, bytes | None]:
+    async def _open(
+        self, streaming: bool, read_only: bool, body: bytes, headers: Headers
+    ) -> tuple[httpx.Response, bytes | None]:
         """Step 7a: send upstream; a small JSON answer comes back read whole."""
         upstream = self.runtime.upstream_or_fail()
         if not streaming:
-            return await upstream.send_json(upstream.url, headers, body)
+            return await upstream.send_json(upstream.url, headers, body, replayable=read_only)
         return await upstream.send_stream(upstream.url, headers, body), None
 
     async def _relay(

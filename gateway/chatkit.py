@@ -21,6 +21,7 @@ from .headers import header_value
 __all__ = [
     "GATEWAY_METADATA_KEYS",
     "NON_STREAMING_TYPES",
+    "READ_ONLY_TYPES",
     "STREAMING_TYPES",
     "ChatKitRequest",
     "parse_chatkit_request",
@@ -54,6 +55,9 @@ NON_STREAMING_TYPES = frozenset(
     }
 )
 
+# Ops that only read: sending one twice changes nothing (see the keep-alive race in transport.py).
+READ_ONLY_TYPES = frozenset({"threads.get_by_id", "threads.list", "items.list"})
+
 
 @dataclass(frozen=True, slots=True)
 class ChatKitRequest:
@@ -65,6 +69,10 @@ class ChatKitRequest:
     def streaming(self) -> bool:
         """Whether the op produces messages (a stream). Unknown ops are treated as streaming."""
         return self.op not in NON_STREAMING_TYPES
+
+    @property
+    def read_only(self) -> bool:
+        return self.op in READ_ONLY_TYPES
 
 
 def require_json_content_type(headers: Sequence[tuple[bytes, bytes]]) -> None:

@@ -136,7 +136,9 @@ class UpstreamConfig(_Section):
     max_connections: Annotated[int, Strict(), Field(ge=1, le=256)] = 8
     max_streams: Annotated[int, Strict(), Field(ge=1)] = 10_000
     stream_keepalive: Annotated[int, Strict(), Field(ge=0, le=256)] = 16
-    keepalive_expiry: PositiveSeconds = 30.0
+    # Below the backend's own keep-alive timeout (uvicorn's default is 5 s), so the gateway lets an idle
+    # connection go before the backend closes it under a request (the keep-alive race).
+    keepalive_expiry: PositiveSeconds = 4.0
 
     @field_validator("url")
     @classmethod

@@ -85,7 +85,7 @@ def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
     if value is not None and REQUEST_ID_PATTERN.fullmatch(value):
         return value.decode("ascii")
     # Unique, not secret (a client may choose its own): no system call per request for it.
-    return "%032x" % random.getrandbits(128)
+    return f"{random.getrandbits(128):032x}"
 
 
 class TrustedProxies:

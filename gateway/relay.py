@@ -174,16 +174,27 @@ class Upstream:
                 return
 
     async def send_json(
-        self, url: str | httpx.URL, headers: Headers, content: bytes, *, method: str = "POST"
+        self,
+        url: str | httpx.URL,
+        headers: Headers,
+        content: bytes,
+        *,
+        method: str = "POST",
+        replayable: bool = False,
     ) -> tuple[httpx.Response, bytes | None]:
         """Send through the gated JSON client; a small non-stream answer comes back read whole.
 
         The response headers are due `header_deadline` after the call, waiting for the gate
-        included; after them, the body may not stall for longer than `response_timeout`."""
+        included; after them, the body may not stall for longer than `response_timeout`.
+        `replayable`: sending the request twice changes nothing (the transport may then retry it
+        after the keep-alive race)."""
         deadline = asyncio.get_running_loop().time() + self.header_deadline
         await self._admit(deadline)
+        extensions: dict[str, object] = {"timeout": self._json_timeout, "head_deadline": deadline}
+        if replayable:
+            extensions["replayable"] = True
         try:
-            response = await self._open(self.json_client, method, url, headers, content, self._json_timeout, deadline)
+            response = await self._open(self.json_client, method, url, headers, content, extensions)
             if not _is_small_json(response):
                 return response, None
             try:
@@ -220,7 +231,8 @@ class Upstream:
         self._open_streams += 1
         deadline = asyncio.get_running_loop().time() + self.header_deadline
         try:
-            return await self._open(self.stream_client, method, url, headers, content, self._stream_timeout, deadline)
+            extensions = {"timeout": self._stream_timeout, "head_deadline": deadline}
+            return await self._open(self.stream_client, method, url, headers, content, extensions)
         except BaseException:
             self._open_streams -= 1
             raise
@@ -235,10 +247,9 @@ class Upstream:
         url: str | httpx.URL,
         headers: Headers,
         content: bytes | AsyncIterable[bytes],
-        timeout: dict[str, float | None],
-        deadline: float,
+        extensions: dict[str, object],
     ) -> httpx.Response:
-        request = _request(method, url, headers, content, {"timeout": timeout, "head_deadline": deadline})
+        request = _request(method, url, headers, content, extensions)
         try:
             return await client.send(request, stream=True, auth=NO_AUTH)
         except httpx.PoolTimeout:

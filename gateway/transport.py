@@ -11,8 +11,10 @@ the client API stays httpx's and every other module is unchanged:
   when the server closes them or after `keepalive_expiry`;
 - response bodies handed over chunk by chunk as they arrive, with read-side flow control, so a
   slow client slows the upstream instead of growing a buffer;
-- a request on a reused connection that the server had already closed (the keep-alive race) is
-  retried once on a new connection, since the server never saw it;
+- the keep-alive race (a reused connection the server closed as the request went out) is retried
+  once on a new connection when that cannot run the request twice: nothing had been written, or
+  the request is replayable (an idempotent method, or the `replayable` extension, which the
+  gateway sets for read-only ChatKit ops) with its body in hand and not a byte of answer came;
 - timeouts from the request's extensions: httpx's `timeout` (`connect`; `read`, the longest
   silence allowed once the response has started) and this transport's own `head_deadline`, the
   loop time (`loop.time()`) by which the response's status and headers must have arrived.
@@ -66,6 +68,7 @@ class _Connection(asyncio.Protocol):
         "error",
         "waiter",
         "received_any",
+        "wrote",
         "reading_paused",
         "keep_alive",
         "_loop",
@@ -105,6 +108,7 @@ class _Connection(asyncio.Protocol):
         self.error: Exception | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.received_any = False
+        self.wrote = False
         self.reading_paused = False
         self.keep_alive = False
         self.stop_watching()
@@ -250,6 +254,7 @@ class _Connection(asyncio.Protocol):
     async def write(self, data: bytes) -> None:
         if self.closed or self.transport is None:
             raise httpx.WriteError("the upstream connection is closed")
+        self.wrote = True
         self.transport.write(data)
         if self._write_paused:
             self._drained = asyncio.get_running_loop().create_future()
@@ -312,6 +317,22 @@ class _ResponseStream(httpx.AsyncByteStream):
             connection.close()
 
 
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # RFC 9110 9.2.2
+
+
+def _may_retry(connection: _Connection, request: httpx.Request) -> bool:
+    """Whether a request that failed on a reused connection can go again on a new one.
+
+    A server that closes a connection with no answer may have closed it while idle (it never saw
+    the request) or read the request and died on it: only the first is safe to repeat for a
+    request that changes something (a user's message must not be sent twice)."""
+    if not connection.wrote:
+        return True  # nothing left the gateway
+    if connection.received_any or not isinstance(request.stream, httpx.ByteStream):
+        return False  # an answer had started, or the body was streamed and is gone
+    return request.method in IDEMPOTENT_METHODS or request.extensions.get("replayable") is True
+
+
 def _connect_timeout(timeout: float | None, deadline: float | None) -> float | None:
     """The connect timeout, shortened to what is left before the head deadline."""
     if deadline is None:
@@ -327,7 +348,7 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         self,
         *,
         max_keepalive: int = 16,
-        keepalive_expiry: float = 30.0,
+        keepalive_expiry: float = 4.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.max_keepalive = max_keepalive
@@ -351,11 +372,8 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         connection, reused = await self._acquire(origin, _connect_timeout(timeouts.get("connect"), deadline))
         try:
             return await self._exchange(connection, request, timeouts.get("read"), deadline)
-        except httpx.RemoteProtocolError:
-            if not reused or connection.received_any:
-                raise
-        except httpx.WriteError:
-            if not reused:
+        except (httpx.RemoteProtocolError, httpx.WriteError):
+            if not (reused and _may_retry(connection, request)):
                 raise
         # The keep-alive race: the server closed this idle connection as the request went out.
         connection, _ = await self._acquire(origin, _connect_timeout(timeouts.get("connect"), deadline), fresh=True)

@@ -640,3 +640,21 @@ def test_keep_alive_connection_closed_by_the_upstream_is_not_reused(faults: Faul
         assert (reused.requests, reused.unanswered) == (2, 1)
         assert (fresh.requests, fresh.unanswered) == (1, 0)
     faults.assert_no_leak(allowed=1)  # the fresh connection may stay pooled
+
+
+@pytest.mark.parametrize(
+    "op", [("threads.update", {"thread_id": "thr_1", "title": "renamed"}), STREAM_OP], ids=["update", "stream"]
+)
+def test_keep_alive_race_never_sends_a_request_that_changes_something_twice(faults: FaultBench, op: Op) -> None:
+    """The upstream read the request on the reused connection and closed it unanswered: it may have
+    acted on it, so an op that changes something gets a 502 rather than a second delivery."""
+    faults.server.behaviour = "close_on_reuse"
+    with faults.client() as client:
+        assert post(client, op).status_code == 200  # the connection, now kept alive
+        started = time.monotonic()
+        response = post(client, op)
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "upstream_unavailable"
+    assert time.monotonic() - started < 2.0
+    assert [(r.requests, r.unanswered) for r in faults.server.records] == [(2, 1)]
+    faults.assert_no_leak()
