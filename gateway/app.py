@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from itertools import chain
 
 import httpx
 from starlette.routing import BaseRoute, Route, Router
@@ -218,7 +219,7 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # httptools sets no bound on header size (a 1 MB header block is accepted), so the
         # gateway sets its own before any header is read for meaning.
-        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
+        if scope["type"] == "http" and sum(map(len, chain.from_iterable(scope["headers"]))) > self.max_header_bytes:
             await send_error(send, HeadersTooLarge())
             return
         await self.entry(scope, receive, send)

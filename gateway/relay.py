@@ -307,7 +307,8 @@ def _is_small_json(response: httpx.Response) -> bool:
 
 
 def _is_sse(headers: list[tuple[bytes, bytes]]) -> bool:
-    value = header_value(_lower(headers), b"content-type")
+    """Whether (lower-cased) response headers announce an SSE stream."""
+    value = header_value(headers, b"content-type")
     return value is not None and value.lower().startswith(b"text/event-stream")
 
 
