@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ import httpx
 import pytest
 import tomli_w
 
+from gateway.logs import JSONFormatter
 from tests.support.chatkit import sse_events, user_input
 from tests.support.gateway import RunningGateway, bearer, gateway_config, start_gateway, user_token
 from tests.support.procs import free_port, process_log, start_process, stop_process
@@ -365,3 +367,21 @@ def test_text_format_lines_carry_the_same_facts(backend: Backend, session_idp: L
     line = next(line for line in log.splitlines() if 'request_id="text-1"' in line)
     assert "chatkit_gateway.access" in line and 'op="threads.list"' in line and "status=200" in line
     assert not log.lstrip().startswith("{")
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"user_id": "zoë ✓", "note": "line\nbreak\u2028"}, {"user_id": "zoë ✓", "note": "line\nbreak\u2028"}),
+        ({"big": 2**70, "when": Path("/x")}, {"big": 2**70, "when": "/x"}),  # beyond orjson: the fallback
+    ],
+    ids=["unicode-and-breaks", "fallback"],
+)
+def test_a_json_log_line_is_one_line_of_json(fields: dict[str, Any], expected: dict[str, Any]) -> None:
+    record = logging.LogRecord("chatkit_gateway.access", logging.INFO, "", 0, "%s", ("x",), None)
+    record.fields = fields
+    line = JSONFormatter().format(record)
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert {key: entry[key] for key in expected} == expected
+    assert entry["message"] == "x" and entry["level"] == "info"
