@@ -131,8 +131,8 @@ class UpstreamConfig(_Section):
     stream_idle_timeout: Seconds = 600.0
     forward_access_token: Flag = False
     identity_secret: Text | None = None
-    # Measured: httpcore's pool bookkeeping is quadratic in pooled connections, so JSON requests
-    # share a small pool behind a gate of the same size, and streams get their own client.
+    # JSON ops to the backend at once (each holds one connection; more wait their turn within the
+    # response deadline); streams and uploads are counted apart, up to `max_streams`.
     max_connections: Annotated[int, Strict(), Field(ge=1, le=256)] = 8
     max_streams: Annotated[int, Strict(), Field(ge=1)] = 10_000
     stream_keepalive: Annotated[int, Strict(), Field(ge=0, le=256)] = 16

@@ -1,17 +1,19 @@
 """The exchange with the ChatKit backend, and the relay of its answer to the client.
 
-Two httpx clients, made once in the lifespan (measured, see docs/BENCHMARKS.md):
+Two httpx clients over the gateway's own transport (`transport.py`), made once in the lifespan:
 
-- the **JSON client** serves ops that answer one JSON object. httpcore's pool bookkeeping is
-  quadratic in pooled connections, so its pool is small (`upstream.max_connections`) and an
-  `asyncio.Semaphore` of the same size admits requests, so httpcore never queues;
-- the **stream client** serves ops that stream and uploads. Its read timeout is off (a ChatKit
-  stream may be quiet for minutes while a tool runs; httpx's default 5 s cuts it) and its pool is
-  sized to `upstream.max_streams`, with a small keep-alive set; the stream cap answers 503 itself
-  instead of letting request 101 wait for a pool timeout.
+- the **JSON client** serves ops that answer one JSON object. An `asyncio.Semaphore` of
+  `upstream.max_connections` admits them, which bounds the backend connections they hold; a wait
+  for it counts against the response deadline. A small answer is read whole and sent to the
+  client in one message;
+- the **stream client** serves ops that stream, and uploads. A stream may be quiet for minutes
+  while a tool runs, so its silence bound is its own (`upstream.stream_idle_timeout`), and
+  `upstream.max_streams` caps how many are open (503 beyond it).
 
-Both: `trust_env=False` (no proxy variables or .netrc from the environment), no redirects followed.
-Every httpx exception is translated here, in `open_upstream`, into a `GatewayError`.
+Both: response headers due within `connect_timeout` + `response_timeout` (the transport's head
+deadline), `trust_env=False` (no proxy variables or .netrc from the environment), no redirects
+followed, no cookie jar. Every httpx exception is translated here, in `Upstream._open` (and, for
+a small JSON body, in `send_json`), into a `GatewayError`.
 """
 
 from __future__ import annotations
