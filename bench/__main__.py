@@ -89,6 +89,14 @@ def summary(results: bench_run.Results) -> list[str]:
         if gateway and base in figures:
             out.append(row(f"gateway ÷ {base}", *(ratio(g, b) for g, b in zip(gateway, figures[base], strict=True))))
     out.append(row("target for the gateway", "≤ 400", "< 1 s", "≤ 25", "≤ 50"))
+    by_c = results.json.get("gateway", {})
+    if by_c:
+        worst = max(by_c, key=lambda c: by_c[c].cpu_us_per_request)
+        out += [
+            "",
+            f"The gateway's JSON cost at its highest across the concurrencies measured below: "
+            f"{by_c[worst].cpu_us_per_request:,.0f} µs per request (c={worst}).",
+        ]
     return out
 
 
