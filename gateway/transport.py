@@ -1,8 +1,11 @@
 """An HTTP/1.1 transport for httpx on asyncio protocols and httptools: the gateway's hot path.
 
-Measured (docs/BENCHMARKS.md): httpcore spends most of a proxied request's CPU in its pool
-bookkeeping (quadratic in pooled connections), anyio stream wrappers and h11's pure-Python
-parsing. The gateway's needs are narrow: one or a few upstream origins, HTTP/1.1, keep-alive,
+Chosen by measurement. With httpx's default transport (httpcore), most of a proxied request's CPU
+went to its pool bookkeeping (quadratic in pooled connections), anyio stream wrappers and h11's
+pure-Python parsing: 1,150 us per small JSON request against 530 with this transport at the
+time. The maintained alternative, httpx-aiohttp 0.2.0 on aiohttp 3.14.5, measured in the same run
+as this transport (same gateway otherwise): 592 against 369 us per request at concurrency 1, 395
+against 213 at 16. The gateway's needs are narrow: one or a few upstream origins, HTTP/1.1, keep-alive,
 bodies streamed both ways. This transport does exactly that, under httpx's `transport=` seam, so
 the client API stays httpx's and every other module is unchanged:
 
