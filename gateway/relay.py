@@ -97,6 +97,7 @@ class Upstream:
         self.config = config
         self.header_deadline = config.connect_timeout + config.response_timeout
         self.url = httpx.URL(config.url)  # parsed once, not per request
+        self._netloc = self.url.netloc
         self._json_timeout = httpx.Timeout(
             connect=config.connect_timeout, read=config.response_timeout, write=config.response_timeout, pool=None
         ).as_dict()
@@ -242,8 +243,8 @@ class Upstream:
     def release_stream(self) -> None:
         self._open_streams -= 1
 
-    @staticmethod
     async def _open(
+        self,
         client: httpx.AsyncClient,
         method: str,
         url: str | httpx.URL,
@@ -251,7 +252,22 @@ class Upstream:
         content: bytes | AsyncIterable[bytes],
         extensions: dict[str, object],
     ) -> httpx.Response:
-        request = _request(method, url, headers, content, extensions)
+        # The request is made directly rather than by `client.build_request`: no client defaults to
+        # merge, so the backend gets exactly the headers the gateway chose. A body in hand (every
+        # ChatKit JSON request) gets its `Host` and `Content-Length` here and goes as a `ByteStream`,
+        # which skips httpx's header-defaults pass (measured: ~10 us per request); a streamed body
+        # (uploads) is framed by httpx.
+        if isinstance(content, bytes):
+            target = url if isinstance(url, httpx.URL) else httpx.URL(url)
+            framed = [(b"host", self._netloc if target is self.url else target.netloc), *headers]
+            if content or method in ("POST", "PUT", "PATCH"):
+                framed.append((b"content-length", b"%d" % len(content)))
+            request = httpx.Request(
+                method, target, headers=framed, stream=httpx.ByteStream(content), extensions=extensions
+            )
+            request.read()  # `request.content` readable, as for any request httpx builds with a body
+        else:
+            request = httpx.Request(method, url, headers=headers, content=content, extensions=extensions)
         try:
             return await client.send(request, stream=True, auth=NO_AUTH)
         except httpx.PoolTimeout:
@@ -269,30 +285,6 @@ class Upstream:
 
 # Passed to `send`: no credentials of the client's own (it would otherwise look for some in the URL).
 NO_AUTH = httpx.Auth()
-
-
-def _request(
-    method: str,
-    url: str | httpx.URL,
-    headers: Headers,
-    content: bytes | AsyncIterable[bytes],
-    extensions: dict[str, object],
-) -> httpx.Request:
-    """The upstream request, made directly rather than by `client.build_request`: no client
-    defaults to merge, so the backend gets exactly the headers the gateway chose.
-
-    A body already in hand (every ChatKit JSON request) gets its `Host` and `Content-Length` here
-    and goes as a `ByteStream`, which skips httpx's header-defaults pass (measured: ~10 us per
-    request). A streamed body (uploads) is framed by httpx."""
-    if not isinstance(content, bytes):
-        return httpx.Request(method, url, headers=headers, content=content, extensions=extensions)
-    target = url if isinstance(url, httpx.URL) else httpx.URL(url)
-    framed = [(b"host", target.netloc), *headers]
-    if content or method in ("POST", "PUT", "PATCH"):
-        framed.append((b"content-length", b"%d" % len(content)))
-    request = httpx.Request(method, target, headers=framed, stream=httpx.ByteStream(content), extensions=extensions)
-    request.read()  # `request.content` readable, as for any request httpx builds with a body
-    return request
 
 
 def _is_small_json(response: httpx.Response) -> bool:
