@@ -8,20 +8,22 @@ headers set by the gateway's answer, replacing the client's own, and stop everyt
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.support.chatkit import deltas, open_stream_then_drop, saw_cancellation, sse_events, user_input
+from tests.support.chatkit import (
+    assert_streams_while_backend_produces,
+    open_stream_then_drop,
+    saw_cancellation,
+)
 from tests.support.fixtures import Backend
 from tests.support.gateway import RunningGateway, bearer, user_claims, user_token
 from tests.support.idp import LoopbackIdP
 from tests.support.nginx import EchoApp, RunningNginx, echo_app, start_nginx
 
-FULL_SLOW_REPLY = "slow reply streamed slow reply streamed"
 IDENTITY_HEADERS = ("X-User-Id", "X-User-Email", "X-Auth-Request-User", "X-Auth-Request-Email")
 
 
@@ -47,32 +49,10 @@ def proxied(proxy: RunningNginx, clean_backend: Backend, token: str) -> Iterator
 def test_stream_reaches_the_client_through_nginx_while_the_backend_is_still_producing(
     proxied: httpx.Client, clean_backend: Backend
 ) -> None:
-    body = {"type": "threads.create", "params": {"input": user_input("/slow 6")}}
     # httpx asks for gzip: the snippet must not compress (nor buffer) the stream.
-    with proxied.stream("POST", "/chatkit", json=body) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        assert "content-encoding" not in response.headers
-        assert "content-length" not in response.headers
-        thread_id = None
-        seen: list[dict[str, object]] = []
-        buffer = b""
-        chunks = response.iter_raw()
-        for chunk in chunks:
-            buffer += chunk
-            *frames, buffer = buffer.split(b"\n\n")
-            seen.extend(json.loads(f.removeprefix(b"data: ")) for f in frames if f.startswith(b"data: "))
-            thread_id = thread_id or next((e["thread"]["id"] for e in seen if e["type"] == "thread.created"), None)
-            if deltas(seen):
-                break
-        # The first word is here; the backend (0.5 s between words) has not finished the reply.
-        assert thread_id is not None
-        stored = clean_backend.thread(thread_id)["items"]
-        texts = [part["text"] for i in stored if i["type"] == "assistant_message" for part in i["content"]]
-        assert FULL_SLOW_REPLY not in texts
-        rest = sse_events(buffer + b"".join(chunks))
-    assert "".join(deltas(seen) + deltas(rest)) == FULL_SLOW_REPLY
-    assert rest[-1]["type"] == "thread.item.done"
+    headers = assert_streams_while_backend_produces(proxied, clean_backend)
+    assert "content-encoding" not in headers
+    assert "content-length" not in headers
 
 
 def test_client_disconnect_through_nginx_cancels_the_backend_stream(

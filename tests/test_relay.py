@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.chatkit import (
     REQUESTS,
+    assert_streams_while_backend_produces,
     create_thread,
     deltas,
     done_item,
@@ -45,35 +46,10 @@ def test_every_request_type_gets_the_same_answer_as_direct(
     assert answer == expected
 
 
-FULL_SLOW_REPLY = "slow reply streamed slow reply streamed"
-
-
 def test_stream_reaches_the_client_while_the_backend_is_still_producing(
     gw_client: httpx.Client, clean_backend: Backend
 ) -> None:
-    body = {"type": "threads.create", "params": {"input": user_input("/slow 6")}}
-    with gw_client.stream("POST", "/chatkit", json=body) as response:
-        assert response.headers["content-type"].startswith("text/event-stream")
-        thread_id = None
-        seen: list[dict[str, object]] = []
-        buffer = b""
-        chunks = response.iter_raw()
-        for chunk in chunks:
-            buffer += chunk
-            *frames, buffer = buffer.split(b"\n\n")
-            seen.extend(json.loads(f.removeprefix(b"data: ")) for f in frames if f.startswith(b"data: "))
-            thread_id = thread_id or next((e["thread"]["id"] for e in seen if e["type"] == "thread.created"), None)
-            if deltas(seen):
-                break
-        # The first word is here; the backend (0.5 s between words) has not finished the reply.
-        assert thread_id is not None
-        stored = clean_backend.thread(thread_id)["items"]
-        texts = [part["text"] for i in stored if i["type"] == "assistant_message" for part in i["content"]]
-        assert FULL_SLOW_REPLY not in texts
-        rest = sse_events(buffer + b"".join(chunks))
-    words = deltas(seen) + deltas(rest)
-    assert "".join(words) == FULL_SLOW_REPLY
-    assert rest[-1]["type"] == "thread.item.done"
+    assert_streams_while_backend_produces(gw_client, clean_backend)
 
 
 def test_sse_response_headers_are_set_for_unbuffered_delivery(gw_client: httpx.Client) -> None:

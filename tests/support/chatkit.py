@@ -166,3 +166,36 @@ def saw_cancellation(backend: Any, thread_id: str, timeout: float = 10.0) -> boo
             return True
         time.sleep(0.1)
     return False
+
+
+SLOW_STREAM_BODY = {"type": "threads.create", "params": {"input": user_input("/slow 6")}}
+FULL_SLOW_REPLY = "slow reply streamed slow reply streamed"
+
+
+def assert_streams_while_backend_produces(client: httpx.Client, backend: Any) -> httpx.Headers:
+    """POST a slow streaming op (the backend waits 0.5 s between words) and check that the first
+    word reaches the client before the backend has stored the whole reply, and that the rest then
+    arrives intact. The response headers, for the caller's own checks."""
+    with client.stream("POST", CHATKIT_PATH, json=SLOW_STREAM_BODY) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        thread_id = None
+        seen: list[dict[str, Any]] = []
+        buffer = b""
+        chunks = response.iter_raw()
+        for chunk in chunks:
+            buffer += chunk
+            *frames, buffer = buffer.split(b"\n\n")
+            seen.extend(json.loads(f.removeprefix(b"data: ")) for f in frames if f.startswith(b"data: "))
+            thread_id = thread_id or next((e["thread"]["id"] for e in seen if e["type"] == "thread.created"), None)
+            if deltas(seen):
+                break
+        # The first word is here; the backend has not finished the reply.
+        assert thread_id is not None
+        stored = backend.thread(thread_id)["items"]
+        texts = [part["text"] for i in stored if i["type"] == "assistant_message" for part in i["content"]]
+        assert FULL_SLOW_REPLY not in texts
+        rest = sse_events(buffer + b"".join(chunks))
+    assert "".join(deltas(seen) + deltas(rest)) == FULL_SLOW_REPLY
+    assert rest[-1]["type"] == "thread.item.done"
+    return response.headers
