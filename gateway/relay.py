@@ -90,6 +90,11 @@ class UpstreamClient(httpx.AsyncClient):
 _NO_COOKIES = _NoCookies()
 
 
+def _client(transport: httpx.AsyncBaseTransport) -> UpstreamClient:
+    # No proxy variables or .netrc from the environment; redirects are the client's to follow.
+    return UpstreamClient(transport=transport, trust_env=False, follow_redirects=False)
+
+
 class Upstream:
     """The clients to the ChatKit backend and the admission rules in front of them."""
 
@@ -107,38 +112,14 @@ class Upstream:
         self._stream_timeout = httpx.Timeout(connect=config.connect_timeout, read=idle, write=None, pool=None).as_dict()
         self._gate = asyncio.Semaphore(config.max_connections)
         self._open_streams = 0
-        json_transport = transport or HTTP11Transport(
-            max_keepalive=config.max_connections, keepalive_expiry=config.keepalive_expiry
+        # Pool sizes and timeouts live in the transports and in each request's extensions: with a
+        # `transport=`, httpx's own `limits=` and client timeouts would never be read.
+        self.json_client = _client(
+            transport or HTTP11Transport(max_keepalive=config.max_connections, keepalive_expiry=config.keepalive_expiry)
         )
-        stream_transport = transport or HTTP11Transport(
-            max_keepalive=config.stream_keepalive, keepalive_expiry=config.keepalive_expiry
-        )
-        self.json_client = UpstreamClient(
-            transport=json_transport,
-            limits=httpx.Limits(
-                max_connections=config.max_connections,
-                max_keepalive_connections=config.max_connections,
-                keepalive_expiry=config.keepalive_expiry,
-            ),
-            timeout=httpx.Timeout(
-                connect=config.connect_timeout,
-                read=config.response_timeout,
-                write=config.response_timeout,
-                pool=config.connect_timeout,
-            ),
-            trust_env=False,
-            follow_redirects=False,
-        )
-        self.stream_client = UpstreamClient(
-            transport=stream_transport,
-            limits=httpx.Limits(
-                max_connections=config.max_streams,
-                max_keepalive_connections=config.stream_keepalive,
-                keepalive_expiry=config.keepalive_expiry,
-            ),
-            timeout=httpx.Timeout(connect=config.connect_timeout, read=None, write=None, pool=config.connect_timeout),
-            trust_env=False,
-            follow_redirects=False,
+        self.stream_client = _client(
+            transport
+            or HTTP11Transport(max_keepalive=config.stream_keepalive, keepalive_expiry=config.keepalive_expiry)
         )
 
     @property
