@@ -415,9 +415,19 @@ def nested_body(levels: int, *, at: str = "extra") -> bytes:
     return b'{"type":"threads.list","params":{},"' + at.encode() + b'":' + inner + b"}"
 
 
+def reported_body(levels: int) -> bytes:
+    """The reported shape: arrays under `params`, and a surrogate pair that sends the parsed body
+    to a re-encode (which recursed once per level, a few frames deeper than the parse)."""
+    return b'{"type":"threads.list","e":"\\ud83d\\ude00","params":' + b"[" * levels + b"]" * levels + b"}"
+
+
+# Where the parse still fits the interpreter's recursion limit and the re-encode no longer does
+# depends on the stack below the app: the whole band around the limit is tried (972-976 levels
+# gave 500s before the bound).
+AROUND_THE_RECURSION_LIMIT = range(900, 1001)
+
 DEEP_BODIES: dict[str, bytes] = {
-    # The reported body: 979 levels under `params`, and a surrogate pair that sent it to a re-encode.
-    "reported-979-levels": b'{"type":"threads.list","e":"\\ud83d\\ude00","params":' + b"[" * 979 + b"]" * 979 + b"}",
+    "reported-979-levels": reported_body(979),
     "257-levels": nested_body(MAX_DEPTH + 1),
     "257-levels-in-metadata": nested_body(MAX_DEPTH + 1, at="metadata"),
     "100000-levels": nested_body(100_000),
@@ -433,6 +443,15 @@ def test_json_nested_deeper_than_256_levels_gets_400_invalid_json(
 
     assert response.status == 400, response
     assert response.error_code == "invalid_json"
+    assert clean_backend.requests() == []
+
+
+def test_the_reported_body_gets_400_at_every_depth_around_the_recursion_limit(
+    gateway: RunningGateway, clean_backend: Backend, token: str
+) -> None:
+    for levels in AROUND_THE_RECURSION_LIMIT:
+        response = send(gateway, post(b"/chatkit", auth(token), body=reported_body(levels)))
+        assert (response.status, response.error_code) == (400, "invalid_json"), (levels, response)
     assert clean_backend.requests() == []
 
 
@@ -530,14 +549,13 @@ def test_an_unauthenticated_body_is_read_to_64_kib_at_most_to_find_its_op(
     assert clean_backend.requests() == []
 
 
-@pytest.mark.parametrize("case", ["reported-979-levels", "100000-levels"])
 def test_deep_json_without_credentials_gets_the_plain_401(
-    debug_gateway: RunningGateway, clean_backend: Backend, case: str
+    debug_gateway: RunningGateway, clean_backend: Backend
 ) -> None:
-    response = send(debug_gateway, post(b"/chatkit", body=DEEP_BODIES[case]))
-
-    assert response.status == 401, response
-    assert response.error_code == "missing_credentials"
+    bodies = [reported_body(levels) for levels in AROUND_THE_RECURSION_LIMIT] + [DEEP_BODIES["100000-levels"]]
+    for body in bodies:
+        response = send(debug_gateway, post(b"/chatkit", body=body))
+        assert (response.status, response.error_code) == (401, "missing_credentials"), (len(body), response)
     assert clean_backend.requests() == []
 
 
