@@ -595,3 +595,17 @@ def test_no_credential_or_traceback_reaches_a_debug_log_whatever_is_sent(
         assert secret not in log
     for text in ("Bearer ey", "auth_token=ey", "Traceback", '"level":"error"', "No supported WebSocket library"):
         assert text not in log
+
+
+def test_bytes_after_an_upgrade_request_are_never_served_as_a_request(
+    gateway: RunningGateway, clean_backend: Backend, token: str
+) -> None:
+    # What follows an `Upgrade` head is the other protocol's, so uvicorn never parses it: a
+    # request hidden there (in what Content-Length calls the body) must not reach the backend.
+    hidden = post(b"/chatkit", auth(token))
+    head = [(b"host", b"gateway.test"), JSON_CT, *H2C, auth(token), length(hidden)]
+    response = send(gateway, request_bytes("POST", b"/chatkit", head, hidden), linger=1.0)
+
+    assert response.status == 400, response
+    assert response.trailing == b""
+    assert clean_backend.requests() == []
