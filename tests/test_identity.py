@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from gateway.auth.verify import Principal
-from gateway.backend import body_sha256, verify_identity
+from gateway.backend import InvalidIdentity, body_sha256, verify_identity
 from gateway.config import IdentityConfig, IssuerConfig
 from gateway.identity import identity_of, user_id_prefixes
 from tests.support.gateway import RunningGateway, bearer, gateway_config, issuer_entry, start_gateway, user_token
@@ -77,6 +77,24 @@ def test_the_same_sub_from_two_issuers_reaches_the_backend_as_two_users(
         assert signed["userInfo"] == metadata["userInfo"] and signed["bodySha256"] == body_sha256(body)
         seen.append(user_id)
     assert seen[0] != seen[1]
+
+
+def test_an_upload_carries_the_prefixed_user_signed_without_a_body_hash(
+    client: httpx.Client, two_issuers: RunningGateway, clean_backend: Backend, partner_idp: LoopbackIdP
+) -> None:
+    token = user_token(partner_idp, "dave")
+    files = {"file": ("notes.txt", b"hello", "text/plain")}
+    response = client.post(two_issuers.uploads_url + "files", files=files, headers=bearer(token))
+    assert response.status_code == 200, response.text
+
+    headers = dict(clean_backend.requests()[-1]["headers"])
+    assert headers["x-user-id"] == "partner:dave"
+    signed = verify_identity(headers["x-chatkit-identity"], SECRET)
+    assert signed["userId"] == signed["userInfo"]["id"] == "partner:dave" and signed["issuer"] == partner_idp.issuer
+    assert signed["bodySha256"] is None and signed["pageContext"] is None
+    # The body streamed past unread: this header can never vouch for a ChatKit body.
+    with pytest.raises(InvalidIdentity, match="without a body hash"):
+        verify_identity(headers["x-chatkit-identity"], SECRET, body=b'{"type":"threads.list","params":{}}')
 
 
 def test_forward_auth_answers_each_issuers_user_apart(
