@@ -17,6 +17,7 @@ from .auth.verify import Principal
 from .backend import IDENTITY_HEADER, sign_identity
 from .clock import Clock
 from .config import GatewayConfig
+from .errors import UnknownIssuer
 from .headers import (
     FORWARDED_REQUEST_HEADERS,
     Headers,
@@ -141,8 +142,11 @@ class Runtime:
         principal = await self.authenticator.authenticate(headers)
         if principal.source == "cookie":
             self.origin_policy.check(headers)
-        # The verifier only returns principals of configured issuers, so the lookup cannot miss.
-        return principal, identity_of(principal, self.config.identity, self.user_id_prefixes[principal.issuer])
+        prefix = self.user_id_prefixes.get(principal.issuer)
+        if prefix is None:
+            # Not one of `auth.issuers` (the verifier returns no other): never a user without a prefix.
+            raise UnknownIssuer()
+        return principal, identity_of(principal, self.config.identity, prefix)
 
     def base_headers(
         self, scope: Scope, request_id: str, *, allow: frozenset[bytes] = FORWARDED_REQUEST_HEADERS
