@@ -384,6 +384,7 @@ def describe_request(scope: Scope, body: bytes) -> dict[str, Any]:
     return {
         "method": scope["method"],
         "path": scope["path"],
+        "raw_path": scope.get("raw_path", scope["path"].encode()).decode("latin-1"),
         "query_string": scope["query_string"].decode("latin-1"),
         "headers": [[name.decode("latin-1"), value.decode("latin-1")] for name, value in scope["headers"]],
         "body": text,

@@ -40,7 +40,8 @@ class Backend:
         return f"{self.url}/uploads/"
 
     def requests(self) -> list[dict[str, Any]]:
-        """Every non-debug request received: method, path, query_string, headers, body, json, body_length."""
+        """Every non-debug request received: method, path, raw_path, query_string, headers, body, json,
+        body_length."""
         result: list[dict[str, Any]] = self._get("/_debug/requests")
         return result
 
