@@ -177,7 +177,7 @@ class UpstreamConfig(_Section):
         url = info.data.get("url")  # absent when `url` itself was refused
         if isinstance(url, str) and _reachable_under(url, value):
             # `{uploads_path}REST` would then deliver a raw client body to the ChatKit endpoint, past
-            # the metadata rewrite and every JSON check (docs/security.md, "Upload paths").
+            # the metadata rewrite and every JSON check (docs/security.md, "The uploads URL").
             raise ValueError(
                 "upstream.url can be reached under it (same origin, and upstream.url's path starts with "
                 "this path); give uploads a path of their own, e.g. '/uploads/'"
