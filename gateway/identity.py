@@ -32,7 +32,7 @@ RESERVED_USER_INFO = frozenset({"id", "name", "email", "issuer"})
 @dataclass(frozen=True, slots=True)
 class Identity:
     user_id: str
-    issuer: str = ""
+    issuer: str  # the token's `iss`
     name: str | None = None
     email: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -267,6 +267,15 @@ def test_chatkit_context_refuses_a_header_replayed_with_another_body(body: bytes
         asyncio.run(chatkit_context(request, secret=SECRET))
 
 
+@given(st.binary(max_size=256), st.binary(max_size=256))
+def test_a_header_vouches_for_its_own_body_and_no_other(signed_for: bytes, sent: bytes) -> None:
+    header = sign(body=signed_for)
+    assert verify_identity(header, SECRET, body=signed_for)["bodySha256"] == body_sha256(signed_for)
+    if sent != signed_for:
+        with pytest.raises(InvalidIdentity, match="another body"):
+            verify_identity(header, SECRET, body=sent)
+
+
 def test_an_uploads_header_has_no_body_hash_and_is_refused_wherever_a_body_is_checked() -> None:
     upload = sign(body=None, pageContext=None)
     assert verify_identity(upload, SECRET)["bodySha256"] is None  # an upload handler's check
