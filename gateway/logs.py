@@ -45,14 +45,17 @@ class CredentialRedactor:
 
     def __init__(self, cookie_names: Iterable[str] = ()) -> None:
         names = sorted({*cookie_names, *SECRET_PARAMETERS}, key=len, reverse=True)
-        triggers = {"eyj", "bearer", "basic", "authorization", "identity", "cookie"}
-        triggers.update(f"{name.lower()}=" for name in names)
-        # A trigger inside another ("token=" in "access_token=") is enough on its own.
-        minimal = sorted(t for t in triggers if not any(o != t and o in t for o in triggers))
-        self._trigger = re.compile("|".join(map(re.escape, minimal)))
         # "cookie" and "bearer" are in every access line of their kind (`"source":"cookie",`):
         # they count only when what their rule needs follows (a separator, a space).
         self._then = {"cookie": re.compile(_SEPARATOR), "bearer": _WHITESPACE, "basic": _WHITESPACE}
+        triggers = {"eyj", "authorization", "identity", *self._then}
+        triggers.update(f"{name.lower()}=" for name in names)
+        # A trigger inside another ("token=" in "access_token=") is enough on its own, unless it
+        # counts only on conditions ("cookie" in a cookie named "cookie_auth"). Longest first, so
+        # that the longer of two triggers at one place is the one found.
+        minimal = [t for t in triggers if not any(o != t and o in t and o not in self._then for o in triggers)]
+        minimal.sort(key=lambda trigger: (-len(trigger), trigger))
+        self._trigger = re.compile("|".join(map(re.escape, minimal)))
         pairs = "|".join(map(re.escape, names))
         self._rules = (
             (re.compile(rf"""(\b{_HEADER_NAMES}{_SEPARATOR})[^"'\r\n\\]+""", re.IGNORECASE), rf"\g<1>{REDACTED}"),

@@ -11,7 +11,7 @@ from gateway.logs import CredentialRedactor, JSONFormatter, TextFormatter
 
 JWT = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLW9mLWEtdG9rZW4"
 OPAQUE = "0paqu3-s3cr3t-v4lu3"
-redact = CredentialRedactor(["auth_token", "sid"])
+redact = CredentialRedactor(["auth_token", "sid", "cookie_auth", "bearer_session"])
 
 # How credentials show up in lines written by code other than the gateway's access log.
 LEAKS = [
@@ -27,6 +27,8 @@ LEAKS = [
     pytest.param(f"password={OPAQUE}", id="password-pair"),
     pytest.param(f"auth_token={OPAQUE}; sid={OPAQUE}", id="configured-cookie-pairs"),
     pytest.param(f"AUTH_TOKEN={OPAQUE}", id="cookie-name-in-other-case"),
+    pytest.param(f"cookie_auth={OPAQUE}", id="cookie-name-holding-the-word-cookie"),
+    pytest.param(f"bearer_session={OPAQUE}", id="cookie-name-holding-the-word-bearer"),
     pytest.param(f"token was {JWT}.", id="bare-jwt"),
     pytest.param(f"bearer\t{OPAQUE}", id="bearer-after-a-tab"),
 ]
