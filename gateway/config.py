@@ -50,6 +50,7 @@ __all__ = [
     "ServerConfig",
     "UpstreamConfig",
     "load_config",
+    "per_process_stores",
     "redacted",
 ]
 
@@ -119,6 +120,8 @@ class ServerConfig(_Section):
     trusted_proxies: tuple[Text, ...] = ()
     max_header_bytes: Bytes = 32 * 1024
     body_timeout_seconds: PositiveSeconds = 30.0
+    # Worker processes on one socket (gateway/workers.py); each serves one core.
+    workers: Annotated[int, Strict(), Field(ge=1, le=256)] = 1
 
     @field_validator("chatkit_path")
     @classmethod
@@ -351,6 +354,30 @@ class GatewayConfig(_Section):
         if self.server.uploads_path.rstrip("/") == self.server.chatkit_path:
             raise ValueError("server.uploads_path must differ from server.chatkit_path")
         return self
+
+    @model_validator(mode="after")
+    def _workers_share_state(self) -> GatewayConfig:
+        stores = per_process_stores(self)
+        if self.server.workers > 1 and stores:
+            raise ValueError(
+                f"server.workers = {self.server.workers}: each worker would keep its own "
+                + "; ".join(stores)
+                + ". Use a shared store, or server.workers = 1"
+            )
+        return self
+
+
+def per_process_stores(config: GatewayConfig) -> list[str]:
+    """The state kept in one process's memory where workers must share it: with several workers each
+    would hold a part (a user's budget counted per worker, a record another worker never sees).
+    Each entry names the key to change."""
+    found = []
+    limits = config.ratelimit
+    if limits.backend == "memory" and (
+        limits.requests_per_minute or limits.messages_per_minute or limits.max_concurrent_streams
+    ):
+        found.append('rate-limit budget (ratelimit.backend = "memory"; set it to "redis" with ratelimit.redis_url)')
+    return found
 
 
 def _parse_env_value(raw: str) -> Any:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -54,11 +56,20 @@ def uvicorn_config(config: GatewayConfig, app: Gateway | None = None) -> uvicorn
 
 
 class GatewayServer(uvicorn.Server):
-    def __init__(self, config: GatewayConfig) -> None:
+    """uvicorn's server with the drain on `SIGTERM`; `on_ready` runs once the lifespan start-up is
+    done and the server listens (a worker tells its supervisor so, `workers.py`)."""
+
+    def __init__(self, config: GatewayConfig, *, on_ready: Callable[[], object] | None = None) -> None:
         self.gateway = create_app(config)
         self.grace = config.server.shutdown_grace_seconds
         self._drain: asyncio.Future[None] | None = None
+        self._on_ready = on_ready
         super().__init__(uvicorn_config(config, self.gateway))
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._on_ready is not None:
+            self._on_ready()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig != signal.SIGTERM or self._drain is not None or not self.started:
@@ -82,6 +93,10 @@ class GatewayServer(uvicorn.Server):
 def run(config: GatewayConfig) -> int:
     configure_logging(config.logging, cookie_names=config.auth.cookie_names)
     logger.info("configuration", extra={"fields": {"config": redacted(config)}})
+    if config.server.workers > 1:
+        from .workers import run_workers
+
+        return run_workers(config)
     server = GatewayServer(config)
     server.run()
     logger.info("gateway stopped")
