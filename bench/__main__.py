@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from bench import run as bench_run
+from bench import workers as bench_workers
 
 IDLE_MS = int(bench_run.IDLE_BEFORE_REQUEST * 1000)
 
@@ -173,6 +174,8 @@ def render(results: bench_run.Results, quick: bool) -> str:
     out += ["## Many open streams", ""]
     out += ["Idle streams opened at once (at most 512 connects in flight), held, then dropped.", ""]
     out += [*storm_section(results), ""]
+    if results.workers:
+        out += ["## Several workers", "", *bench_workers.render(results.workers, os.cpu_count()), ""]
     first = results.first_request
     if first:
         out += ["## First request after start", ""]

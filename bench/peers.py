@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,12 +71,22 @@ class Peer:
         return pids
 
 
-def start(name: str, args: Sequence[str], url: str, ready_path: str, *, timeout: float = 30.0) -> Peer:
+def start(
+    name: str,
+    args: Sequence[str],
+    url: str,
+    ready_path: str,
+    *,
+    timeout: float = 30.0,
+    cwd: Path = ROOT,
+    env: Mapping[str, str] | None = None,
+) -> Peer:
     log = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
     with log.open("wb") as out:
         process = subprocess.Popen(
             list(args),
-            cwd=ROOT,
+            cwd=cwd,
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import load, measure, observe, peers, verify
+from bench import load, measure, observe, peers, verify, workers
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,13 @@ class Plan:
     verify_samples: int
     first_request_samples: int
     first_request_rounds: int
+    workers_concurrency: tuple[int, ...] = (16, 64)
+    workers_rounds: int = 3
 
 
 # The single stream runs long enough (1,000 events) for its CPU time to rise above /proc's 10 ms tick.
 FULL = Plan((1, 16, 64), 5.0, ((1, 1000, 5.0), (100, 100, 20.0), (300, 60, 50.0)), (1000, 5000), 2000, 10, 5)
-QUICK = Plan((1, 4), 1.0, ((1, 10, 10.0), (5, 10, 20.0)), (20,), 20, 3, 1)
+QUICK = Plan((1, 4), 1.0, ((1, 10, 10.0), (5, 10, 20.0)), (20,), 20, 3, 1, (4,), 1)
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Results:
     verify: verify.VerifyFigures | None = None
     observe: observe.ObserveFigures | None = None
     first_request: dict[str, float] = field(default_factory=dict)
+    workers: list[workers.WorkersFigure] = field(default_factory=list)
 
 
 def percentile(values: list[int], q: float) -> float:
@@ -172,7 +175,16 @@ def run(plan: Plan) -> Results:
         run_sse(plan, subjects, token, results)
         run_storms(plan, subjects, int(upstream.url.rsplit(":", 1)[1]), token, results)
         config = Path(gateway.process.args[-1])  # type: ignore[index]
-        run_first_request(plan, [sys.executable, "-m", "gateway", "serve", "--config", str(config)], signer, results)
+        config_args = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
+        results.workers = workers.measure_workers(
+            gateway,
+            config_args,
+            token,
+            connections=plan.workers_concurrency,
+            seconds=plan.json_seconds,
+            rounds=plan.workers_rounds,
+        )
+        run_first_request(plan, config_args, signer, results)
     results.verify = verify.run(plan.verify_samples)
     results.observe = observe.run(plan.verify_samples * 10)
     return results

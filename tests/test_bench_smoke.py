@@ -11,8 +11,15 @@ def test_bench_quick_run_measures_every_subject_and_writes_the_report(tmp_path: 
     output = tmp_path / "BENCHMARKS.md"
     assert main(["--quick", "--output", str(output)]) == 0
     report = output.read_text()
-    for section in ("## Summary", "## Small authenticated JSON POST", "## SSE", "## Many open streams"):
+    for section in (
+        "## Summary",
+        "## Small authenticated JSON POST",
+        "## SSE",
+        "## Many open streams",
+        "## Several workers",
+    ):
         assert section in report
     for subject in ("| direct |", "| nginx |", "| gateway |"):
         assert subject in report
+    assert "| 1 | 4 |" in report and "| 2 | 4 |" in report  # one worker, then two
     assert "| RS256 (2048-bit), cold |" in report and "## First request after start" in report

@@ -1,0 +1,157 @@
+"""`python -m bench.ab BEFORE AFTER`: two gateway source trees, one upstream, alternating runs, medians.
+
+On a shared machine a change worth 10 % is lost in the run-to-run noise of two separate bench
+runs. Here both gateways (each `python -m gateway serve` with its tree first on `sys.path`) sit
+behind the same upstream and JWKS, and the loads alternate between them round by round (A B, B A,
+...), so slow spells of the machine fall on both; each figure is the median over the rounds.
+
+Loads: `json1` and `json16` (wrk, small authenticated `threads.list`, 1 and 16 connections),
+`sse300` (300 streams, events 50 ms apart). CPU is the gateway process tree's user + system time
+from /proc over each run; `sys` is the system part (the kernel's share: socket calls, loopback TCP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import tomli_w
+
+from bench import load, measure, peers
+
+
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    user = system = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / measure.TICKS, system / measure.TICKS
+
+
+Load = Callable[[peers.Peer, str], tuple[int, tuple[float, float]]]
+
+
+def json_load(connections: int, seconds: float) -> Load:
+    def run(gateway: peers.Peer, token: str) -> tuple[int, tuple[float, float]]:
+        pids = gateway.pids
+        before = cpu_split(pids)
+        result = measure.wrk(f"{gateway.url}/chatkit", token, connections=connections, seconds=seconds, pids=pids)
+        after = cpu_split(pids)
+        assert result.errors == 0
+        return result.requests, (after[0] - before[0], after[1] - before[1])
+
+    return run
+
+
+def sse_load(streams: int, events: int) -> Load:
+    def run(gateway: peers.Peer, token: str) -> tuple[int, tuple[float, float]]:
+        pids = gateway.pids
+        port = int(gateway.url.rsplit(":", 1)[1])
+        before = cpu_split(pids)
+        stats = load.run_streams("127.0.0.1", port, token, streams=streams, events=events, interval_ms=50.0)
+        after = cpu_split(pids)
+        assert stats.failures == 0
+        return stats.events, (after[0] - before[0], after[1] - before[1])
+
+    return run
+
+
+def start_gateway(tree: Path, name: str, config: dict[str, object], folder: Path) -> peers.Peer:
+    port = peers.free_port()
+    path = folder / f"{name}.toml"
+    path.write_text(tomli_w.dumps({**config, "server": {**config["server"], "port": port}}))  # type: ignore[dict-item]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    args = [sys.executable, "-m", "gateway", "serve", "--config", str(path)]
+    return peers.start(name, args, f"http://127.0.0.1:{port}", "/readyz", cwd=tree, env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ab")
+    parser.add_argument("before", type=Path)
+    parser.add_argument("after", type=Path)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--load", action="append", choices=["json1", "json16", "sse300"])
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    loads: dict[str, Load] = {
+        "json1": json_load(1, args.seconds),
+        "json16": json_load(16, args.seconds),
+        "sse300": sse_load(300, int(args.seconds * 20)),
+    }
+    chosen = args.load or list(loads)
+    signer = peers.Signer()
+    with tempfile.TemporaryDirectory(prefix="chatkit-gateway-ab-") as name:
+        folder = Path(name)
+        (folder / "jwks.json").write_text(json.dumps(signer.jwks))
+        started: list[peers.Peer] = []
+        try:
+            jwks_port, up_port = peers.free_port(), peers.free_port()
+            jwks = peers.start(
+                "jwks",
+                [sys.executable, "-m", "http.server", str(jwks_port), "--bind", "127.0.0.1", "--directory", name],
+                f"http://127.0.0.1:{jwks_port}",
+                "/jwks.json",
+            )
+            started.append(jwks)
+            upstream = peers.start(
+                "upstream",
+                [sys.executable, "-m", "bench.upstream", "--port", str(up_port)],
+                f"http://127.0.0.1:{up_port}",
+                "/",
+            )
+            started.append(upstream)
+            config: dict[str, object] = {
+                "server": {"host": "127.0.0.1", "workers": args.workers},
+                "upstream": {"url": f"{upstream.url}/chatkit"},
+                "auth": {
+                    "issuers": [
+                        {"issuer": peers.ISSUER, "jwks_url": f"{jwks.url}/jwks.json", "audiences": [peers.AUDIENCE]}
+                    ]
+                },
+                "logging": {"level": "warning"},
+            }
+            gateways = {
+                "A": start_gateway(args.before.resolve(), "A", config, folder),
+                "B": start_gateway(args.after.resolve(), "B", config, folder),
+            }
+            started += gateways.values()
+            token = signer.token()
+            for gateway in gateways.values():
+                measure.wrk(f"{gateway.url}/chatkit", token, connections=4, seconds=1, pids=gateway.pids)
+            figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
+            for round_ in range(args.rounds):
+                order = ("A", "B") if round_ % 2 == 0 else ("B", "A")
+                for load_name in chosen:
+                    for side in order:
+                        time.sleep(0.3)
+                        count, (user, system) = loads[load_name](gateways[side], token)
+                        per = ((user + system) / count * 1e6, system / count * 1e6)
+                        figures.setdefault((load_name, side), []).append(per)
+                        print(f"round {round_} {load_name} {side}: {per[0]:.1f} us ({per[1]:.1f} sys)", flush=True)
+            print(f"\nmedians over {args.rounds} rounds (us CPU per request or event; sys part):")
+            for load_name in chosen:
+                a = figures[(load_name, "A")]
+                b = figures[(load_name, "B")]
+                ma, mb = statistics.median(x for x, _ in a), statistics.median(x for x, _ in b)
+                sa, sb = statistics.median(s for _, s in a), statistics.median(s for _, s in b)
+                print(f"{load_name}: A {ma:.1f} ({sa:.1f} sys)  B {mb:.1f} ({sb:.1f} sys)  B/A {mb / ma:.2f}")
+        finally:
+            for peer in reversed(started):
+                peers.stop(peer)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
