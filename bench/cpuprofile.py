@@ -1,4 +1,4 @@
-"""`python -m bench.cpuprofile OUT -- gateway serve ...`: the gateway, sampled on its own CPU time.
+"""`python -m bench.cpuprofile OUT -- serve ...`: the gateway, sampled on its own CPU time.
 
 py-spy samples on the wall clock and counts a thread as busy while it is runnable; on a machine
 whose cores are all taken (the load generator, the upstream and the gateway on 2 cores), a
@@ -10,21 +10,26 @@ time since the previous sample. Time in C (a syscall, a C extension) lands on th
 called it; time in the event loop's own C code, on the Python callback it runs next.
 
 The collapsed stacks (`frame;frame;... count`, as flamegraph.pl and speedscope read them) are
-written to OUT at exit and on `SIGUSR1` (counts since the previous write, then reset), so one
-process can be sampled under several loads in turn.
+written to OUT-0, OUT-1, ... on each `SIGUSR1` and at exit (what was sampled since the previous
+write), so one process can be sampled under several loads in turn. `python -m bench.cpuprofile svg
+STACKS OUT.svg TITLE` draws a flame graph of such a file.
 """
 
 from __future__ import annotations
 
 import collections
+import re
 import signal
 import sys
 import time
+import zlib
+from html import escape
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 INTERVAL = 0.001
-ROOT_PREFIXES = ("/work/", "/root/", "/usr/")
+LINE_NUMBER = re.compile(r":\d+\)$")
 
 
 class Sampler:
@@ -58,6 +63,50 @@ class Sampler:
         signal.setitimer(signal.ITIMER_PROF, INTERVAL, INTERVAL)
 
 
+def flamegraph_svg(collapsed: str, title: str, width: int = 1200) -> str:
+    """A flame graph (root at the bottom) of collapsed stacks, as a standalone SVG with a tooltip
+    (`<title>`) per frame: the shape flamegraph.pl draws, without needing it."""
+    tree: dict[str, Any] = {"": [0, {}]}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        weight = int(count)
+        total += weight
+        node = tree[""]
+        node[0] += weight
+        for frame in stack.split(";"):
+            node = node[1].setdefault(LINE_NUMBER.sub(")", frame), [0, {}])  # one box per function
+            node[0] += weight
+    rows: list[tuple[int, float, float, str, int]] = []  # depth, x, width, name, weight
+
+    def lay(children: dict[str, Any], depth: int, x: float) -> None:
+        for name, (weight, grandchildren) in sorted(children.items()):
+            w = weight / max(total, 1) * width
+            if w >= 0.5:
+                rows.append((depth, x, w, name, weight))
+                lay(grandchildren, depth + 1, x)
+            x += w
+
+    lay(tree[""][1], 0, 0.0)
+    height = (max((r[0] for r in rows), default=0) + 3) * 16
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="monospace" '
+        'font-size="11">',
+        f'<text x="4" y="13">{escape(title)} (hover a frame for its share)</text>',
+    ]
+    for depth, x, w, name, weight in rows:
+        y = height - (depth + 1) * 16
+        share = weight / total
+        hue = 20 + zlib.crc32(name.encode()) % 40
+        label = name if len(name) * 6.6 < w - 4 else name[: max(0, int((w - 4) / 6.6) - 2)] + ".." if w > 30 else ""
+        out.append(
+            f'<g><title>{escape(name)}: {share:.1%}</title><rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="15" '
+            f'fill="hsl({hue},90%,60%)"/><text x="{x + 2:.1f}" y="{y + 11}">{escape(label)}</text></g>'
+        )
+    out.append("</svg>")
+    return "\n".join(out)
+
+
 def _short(filename: str) -> str:
     for marker in ("site-packages/", "/gateway/", "/python3.11/"):
         if marker in filename:
@@ -67,6 +116,9 @@ def _short(filename: str) -> str:
 
 
 def main() -> int:
+    if sys.argv[1] == "svg":  # python -m bench.cpuprofile svg STACKS OUT.svg TITLE
+        Path(sys.argv[3]).write_text(flamegraph_svg(Path(sys.argv[2]).read_text(), sys.argv[4]))
+        return 0
     output = Path(sys.argv[1])
     sampler = Sampler(output)
     sampler.start()

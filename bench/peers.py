@@ -151,8 +151,12 @@ class Signer:
 
 
 @contextmanager
-def peers(with_nginx: bool = True) -> Iterator[tuple[Peer, Peer, Peer | None, Signer]]:
-    """Upstream, gateway and (optionally) nginx, started in that order and stopped in reverse."""
+def peers(
+    with_nginx: bool = True, gateway_command: Sequence[str] = (sys.executable, "-m", "gateway")
+) -> Iterator[tuple[Peer, Peer, Peer | None, Signer]]:
+    """Upstream, gateway and (optionally) nginx, started in that order and stopped in reverse.
+
+    `gateway_command` runs the gateway's CLI (a profiler may wrap it: bench/profile.py)."""
     signer = Signer()
     started: list[Peer] = []
     with tempfile.TemporaryDirectory(prefix="chatkit-gateway-bench-") as folder:
@@ -183,7 +187,7 @@ def peers(with_nginx: bool = True) -> Iterator[tuple[Peer, Peer, Peer | None, Si
             (root / "gateway.toml").write_text(tomli_w.dumps(config))
             gateway = start(
                 "gateway",
-                [sys.executable, "-m", "gateway", "serve", "--config", str(root / "gateway.toml")],
+                [*gateway_command, "serve", "--config", str(root / "gateway.toml")],
                 f"http://127.0.0.1:{gw_port}",
                 "/readyz",
             )

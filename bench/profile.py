@@ -1,100 +1,136 @@
-"""`python -m bench.profile`: where the gateway's CPU goes, as py-spy sees it under benchmark load.
+"""`python -m bench.profile`: where the gateway's CPU goes under benchmark load.
 
-Starts the benchmark's peers (upstream, JWKS, gateway; no nginx), warms the gateway, then for each
-load records the gateway process with `py-spy record` for a bounded time while the load runs:
+Starts the benchmark's peers (upstream, JWKS, gateway; no nginx), warms the gateway, then applies
+each load in turn for a bounded time:
 
-- `json`: wrk, small authenticated `threads.list` POSTs at 16 connections;
-- `sse`: 300 concurrent streams of events 50 ms apart (the benchmark's busiest SSE row).
+- `json16` / `json1`: wrk, small authenticated `threads.list` POSTs at 16 connections / 1;
+- `sse300`: 300 concurrent streams of events 50 ms apart (the benchmark's busiest SSE row).
 
-Writes `docs/flamegraph-{load}.svg` and, with `--raw DIR`, py-spy's collapsed stacks, which
-`summarize()` folds into the share of samples per function (self and inclusive) for the docs.
+Two samplers, chosen with `--sampler`:
+
+- `py-spy` (default): `py-spy record` on the gateway process while the load runs; writes
+  `docs/flamegraph-{load}.svg`. py-spy samples on the wall clock and counts a runnable thread as
+  busy, so on a machine with no idle core it over-weighs the calls after which the gateway is
+  preempted (socket writes that wake the peer): read its shares as wall time, not CPU;
+- `cpu`: the gateway runs under `bench.cpuprofile`, sampled on its own CPU time; writes
+  `docs/cpu-profile-{load}.svg` and the collapsed stacks next to them (`--stacks DIR`), and prints
+  the functions with the largest inclusive and own shares.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import os
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from bench import load, measure, peers
+from bench import cpuprofile, load, measure, peers
 
 ROOT = Path(__file__).resolve().parents[1]
 PY_SPY = Path(sys.executable).with_name("py-spy")
+SSE_INTERVAL_MS = 50.0
+
+Load = Callable[[peers.Peer, str, float], None]
 
 
-def record(pid: int, seconds: float, output: Path, fmt: str, rate: int) -> subprocess.Popen[bytes]:
-    args = [str(PY_SPY), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(rate)]
-    args += ["--format", fmt, "--output", str(output), "--nonblocking"]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def json_load(connections: int) -> Load:
+    def run(gateway: peers.Peer, token: str, seconds: float) -> None:
+        url = f"{gateway.url}/chatkit"
+        result = measure.wrk(url, token, connections=connections, seconds=seconds, pids=gateway.pids)
+        print(f"  {result.requests_per_second:,.0f} requests/s, {result.cpu_us_per_request:.0f} us CPU per request")
+
+    return run
 
 
-def under_json_load(gateway: peers.Peer, token: str, seconds: float, output: Path, fmt: str, rate: int) -> None:
-    spy = record(gateway.process.pid, seconds, output, fmt, rate)
-    measure.wrk(f"{gateway.url}/chatkit", token, connections=16, seconds=seconds + 1, pids=gateway.pids)
-    _wait(spy)
+def sse_load(streams: int) -> Load:
+    def run(gateway: peers.Peer, token: str, seconds: float) -> None:
+        port = int(gateway.url.rsplit(":", 1)[1])
+        before = measure.cpu_seconds(gateway.pids)
+        events = int(seconds * 1000 / SSE_INTERVAL_MS)
+        stats = load.run_streams("127.0.0.1", port, token, streams=streams, events=events, interval_ms=SSE_INTERVAL_MS)
+        cpu = measure.cpu_seconds(gateway.pids) - before
+        print(f"  {stats.events:,} events, {cpu / max(stats.events, 1) * 1e6:.1f} us CPU per event")
+
+    return run
 
 
-def under_sse_load(gateway: peers.Peer, token: str, seconds: float, output: Path, fmt: str, rate: int) -> None:
-    port = int(gateway.url.rsplit(":", 1)[1])
-    events = int((seconds + 2) * 1000 / 50)
-    loader = threading.Thread(
-        target=load.run_streams,
-        args=("127.0.0.1", port, token),
-        kwargs={"streams": 300, "events": events, "interval_ms": 50.0},
-    )
+LOADS: dict[str, Load] = {"json16": json_load(16), "json1": json_load(1), "sse300": sse_load(300)}
+
+
+def with_py_spy(gateway: peers.Peer, token: str, name: str, seconds: float, output: Path, rate: int) -> None:
+    args = [str(PY_SPY), "record", "--pid", str(gateway.process.pid), "--duration", str(int(seconds))]
+    args += ["--rate", str(rate), "--nonblocking", "--output", str(output / f"flamegraph-{name}.svg")]
+    spy = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The load runs a little longer than the recording, so every sample is under load.
+    loader = threading.Thread(target=LOADS[name], args=(gateway, token, seconds + 2))
     loader.start()
-    spy = record(gateway.process.pid, seconds, output, fmt, rate)
-    _wait(spy)
-    loader.join(seconds + 60)
-
-
-def _wait(spy: subprocess.Popen[bytes]) -> None:
-    _, err = spy.communicate(timeout=120)
+    _, err = spy.communicate(timeout=seconds + 120)
+    loader.join(seconds + 120)
     if spy.returncode != 0:
         raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')}")
 
 
-def summarize(raw: Path, top: int = 25) -> list[tuple[str, float, float]]:
-    """(function, self share, inclusive share) from py-spy's collapsed stacks, by self share."""
+def summarize(collapsed: str, top: int = 30) -> list[str]:
+    """The functions (line numbers folded) with the largest inclusive share, and their own share."""
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in raw.read_text().splitlines():
+    for line in collapsed.splitlines():
         stack, _, count = line.rpartition(" ")
-        samples = int(count)
-        frames = stack.split(";")
-        total += samples
-        own[frames[-1]] += samples
+        weight = int(count)
+        total += weight
+        frames = [cpuprofile.LINE_NUMBER.sub(")", frame) for frame in stack.split(";")]
+        own[frames[-1]] += weight
         for frame in set(frames):
-            inclusive[frame] += samples
-    return [(frame, n / total, inclusive[frame] / total) for frame, n in own.most_common(top)]
+            inclusive[frame] += weight
+    return [f"{n / total:6.1%} {own[frame] / total:6.1%}  {frame}" for frame, n in inclusive.most_common(top)]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
+    parser.add_argument("--sampler", choices=["py-spy", "cpu"], default="py-spy")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
-    parser.add_argument("--load", choices=["json", "sse"], action="append")
-    parser.add_argument("--raw", type=Path, help="also write collapsed stacks here, and print a summary")
+    parser.add_argument("--load", choices=list(LOADS), action="append")
     parser.add_argument("--output", type=Path, default=ROOT / "docs")
+    parser.add_argument("--stacks", type=Path, help="with --sampler cpu: where to keep the collapsed stacks")
     args = parser.parse_args(argv)
-    loads = {"json": under_json_load, "sse": under_sse_load}
-    with peers.peers(with_nginx=False) as (_, gateway, _, signer):
-        token = signer.token()
-        measure.wrk(f"{gateway.url}/chatkit", token, connections=4, seconds=1, pids=gateway.pids)  # warm-up
-        for name in args.load or list(loads):
-            run = loads[name]
-            run(gateway, token, args.seconds, args.output / f"flamegraph-{name}.svg", "flamegraph", args.rate)
-            if args.raw is not None:
-                args.raw.mkdir(parents=True, exist_ok=True)
-                raw = args.raw / f"{name}.txt"
-                run(gateway, token, args.seconds, raw, "raw", args.rate)
-                print(f"== {name}: self, inclusive")
-                for frame, self_share, inclusive_share in summarize(raw):
-                    print(f"{self_share:6.1%} {inclusive_share:6.1%}  {frame}")
+    names = args.load or ["json16", "sse300"]
+    with tempfile.TemporaryDirectory(prefix="chatkit-gateway-profile-") as folder:
+        stacks = args.stacks or Path(folder)
+        stacks.mkdir(parents=True, exist_ok=True)
+        command: tuple[str, ...] = (sys.executable, "-m", "gateway")
+        if args.sampler == "cpu":
+            command = (sys.executable, "-m", "bench.cpuprofile", str(stacks / "stacks.txt"), "--")
+        with peers.peers(with_nginx=False, gateway_command=command) as (_, gateway, _, signer):
+            token = signer.token()
+            json_load(4)(gateway, token, 1)  # warm-up
+            if args.sampler == "cpu":
+                os.kill(gateway.process.pid, signal.SIGUSR1)  # part 0: start-up and warm-up
+            for part, name in enumerate(names, start=1):
+                print(f"{name}:")
+                if args.sampler == "py-spy":
+                    with_py_spy(gateway, token, name, args.seconds, args.output, args.rate)
+                    continue
+                LOADS[name](gateway, token, args.seconds)
+                os.kill(gateway.process.pid, signal.SIGUSR1)
+                path = stacks / f"stacks-{part}.txt"
+                deadline = time.monotonic() + 10
+                while not path.exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(0.2)  # written whole by then: a few hundred stacks
+                collapsed = path.read_text()
+                title = f"chatkit-gateway CPU time, {name}"
+                (args.output / f"cpu-profile-{name}.svg").write_text(cpuprofile.flamegraph_svg(collapsed, title))
+                print("inclusive  own  function\n" + "\n".join(summarize(collapsed)))
+                path.rename(stacks / f"stacks-{name}.txt")
     return 0
 
 
