@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from itertools import chain
+from typing import NamedTuple
 
 import httpx
 from starlette.routing import BaseRoute, Route, Router
@@ -33,14 +34,16 @@ from .clock import SYSTEM_CLOCK, Clock
 from .config import GatewayConfig
 from .cors import CrossOrigin
 from .errors import AuthError, GatewayError, HeadersTooLarge, MethodNotAllowed, NotFound
+from .forward_auth import ForwardAuthEndpoint
 from .headers import FORWARDED_BODY_HEADERS, Headers, request_id_from
 from .identity import Identity
 from .observe import Exchange
-from .probes import ForwardAuthEndpoint, browser_helper_endpoint, healthz, metrics_endpoint, readyz_endpoint
+from .probes import browser_helper_endpoint, healthz, metrics_endpoint, readyz_endpoint
 from .relay import RelayOutcome, relay_response, stream_error_event
 from .responses import send_error
 from .runtime import Runtime
 from .uploads import UploadEndpoint
+from .upstream import UpstreamAnswer
 
 __all__ = ["Gateway", "create_app"]
 
@@ -52,6 +55,14 @@ SSE_ERROR_HEADERS: Headers = [
     (b"cache-control", b"no-store"),
     (b"x-accel-buffering", b"no"),
 ]
+
+
+class RewrittenRequest(NamedTuple):
+    """The ChatKit request as it goes upstream: its body rewritten, and what its op implies."""
+
+    streaming: bool
+    read_only: bool
+    body: bytes
 
 
 class ChatKitEndpoint:
@@ -82,7 +93,8 @@ class ChatKitEndpoint:
                 await self._refuse(error, scope, receive, send, request_id)
                 return
             exchange.user_id, exchange.source = identity.user_id, principal.source
-            streaming, read_only, upstream_body = await self._rewrite(receive, headers, identity, exchange)
+            rewritten = await self._rewrite(receive, headers, identity, exchange)
+            streaming = rewritten.streaming
             # The body was re-encoded: it goes upstream as what it now is, whatever the client said
             # (a charset, a second Content-Type, one named in Connection).
             upstream_headers = self.runtime.base_headers(scope, request_id, allow=FORWARDED_BODY_HEADERS)
@@ -91,10 +103,10 @@ class ChatKitEndpoint:
             limiter = self.runtime.limiter_or_fail()
             slot = await limiter.open_stream(identity.user_id) if streaming else None
             try:
-                response = await self._open(streaming, read_only, upstream_body, upstream_headers)
+                answer = await self._open(rewritten, upstream_headers)
                 # Nothing of the request is needed while the answer streams back: let it go.
-                del upstream_body, upstream_headers, principal, identity
-                await self._relay(response, receive, send, streaming, exchange)
+                del rewritten, upstream_headers, principal, identity
+                await self._relay(answer, receive, send, streaming, exchange)
             finally:
                 if slot is not None:
                     await slot.close()
@@ -114,7 +126,7 @@ class ChatKitEndpoint:
 
     async def _rewrite(
         self, receive: Receive, headers: Headers, identity: Identity, exchange: Exchange
-    ) -> tuple[bool, bool, bytes]:
+    ) -> RewrittenRequest:
         """Steps 4 to 6: read and check the body, apply the user's limits (which depend on the op),
         write the gateway's metadata into the body.
 
@@ -127,7 +139,7 @@ class ChatKitEndpoint:
         exchange.set_op(request.op)
         await self.runtime.limiter_or_fail().admit(identity.user_id, message=request.streaming)
         injected = self.runtime.injected_metadata(headers, request.body.get("metadata"), identity, exchange.request_id)
-        return request.streaming, request.read_only, rewrite_body(request, injected)
+        return RewrittenRequest(request.streaming, request.read_only, rewrite_body(request, injected))
 
     async def _refuse(self, error: AuthError, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         """A 401, or with `auth.stream_errors` an in-chat error event for streaming ops."""
@@ -150,25 +162,23 @@ class ChatKitEndpoint:
                     return
         await send_error(send, error, request_id)
 
-    async def _open(
-        self, streaming: bool, read_only: bool, body: bytes, headers: Headers
-    ) -> tuple[httpx.Response, bytes | None]:
+    async def _open(self, request: RewrittenRequest, headers: Headers) -> UpstreamAnswer:
         """Step 7a: send upstream; a small JSON answer comes back read whole."""
         upstream = self.runtime.upstream_or_fail()
-        if not streaming:
-            return await upstream.send_json(upstream.url, headers, body, replayable=read_only)
-        return await upstream.send_stream(upstream.url, headers, body), None
+        if not request.streaming:
+            return await upstream.send_json(upstream.url, headers, request.body, replayable=request.read_only)
+        return UpstreamAnswer(await upstream.send_stream(upstream.url, headers, request.body), None)
 
     async def _relay(
         self,
-        opened: tuple[httpx.Response, bytes | None],
+        answer: UpstreamAnswer,
         receive: Receive,
         send: Send,
         streaming: bool,
         exchange: Exchange,
     ) -> None:
         """Step 7b: relay the answer (small JSON whole, anything else as it arrives)."""
-        response, small_body = opened
+        response, small_body = answer
         extra = [(b"x-request-id", exchange.request_id.encode("ascii"))]
         outcome = RelayOutcome()
         runtime = self.runtime

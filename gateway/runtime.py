@@ -29,7 +29,7 @@ from .identity import Identity, identity_of
 from .observe import Observer
 from .pagecontext import PageContextPolicy
 from .ratelimit import RateLimiter
-from .relay import Upstream
+from .upstream import Upstream
 
 __all__ = ["Runtime"]
 
