@@ -63,7 +63,6 @@ READ_ONLY_TYPES = frozenset({"threads.get_by_id", "threads.list", "items.list"})
 class ChatKitRequest:
     op: str
     body: dict[str, Any]
-    raw: bytes
 
     @property
     def streaming(self) -> bool:
@@ -127,7 +126,7 @@ def parse_chatkit_request(raw: bytes) -> ChatKitRequest:
     op = body.get("type")
     if not isinstance(op, str) or not op:
         raise InvalidChatKitRequest("The request body must have a string 'type'.")
-    return ChatKitRequest(op=op, body=body, raw=raw)
+    return ChatKitRequest(op=op, body=body)
 
 
 GATEWAY_METADATA_KEYS = ("userId", "userInfo", "pageContext", "requestId")

@@ -227,24 +227,3 @@ def _thumbprint(required: Mapping[str, str]) -> str:
 
 def _member_int(jwk: Mapping[str, Any], name: str) -> int:
     return int.from_bytes(_member_bytes(jwk, name), "big")
-
-
-def sample_key_and_token(alg: Literal["RS256", "ES256"], claims: Mapping[str, Any]) -> tuple[PublicKey, str]:
-    """A throwaway key pair and a token it signs: for the start-up warm-up, never for trust."""
-    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-    if alg == "RS256":
-        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        signer = CryptographyRSAKey(private, alg)
-    else:
-        private = ec.generate_private_key(ec.SECP256R1())
-        signer = CryptographyECKey(private, alg)
-    jwk = {**signer.public_key().to_dict(), "kid": f"warmup-{alg}"}
-    jwk.pop("alg", None)
-    header = {"alg": alg, "typ": "JWT", "kid": jwk["kid"]}
-    signing_input = b".".join(_b64(json.dumps(part).encode()) for part in (header, claims))
-    token = signing_input + b"." + _b64(signer.sign(signing_input))
-    return build_key(jwk), token.decode("ascii")
-
-
-def _b64(data: bytes) -> bytes:
-    return base64.urlsafe_b64encode(data).rstrip(b"=")

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+from cachetools import LRUCache
 
 from gateway.auth.jose import PublicKey, key_fits, verify_signature
 from gateway.auth.jws import CompactJWS, ParsedToken, check_token_size, parse_compact_jws
@@ -177,24 +178,25 @@ def _check_audience(aud: object, audiences: tuple[str, ...]) -> None:
 
 
 class _TokenCache:
-    """Verified principals by token digest: LRU-bounded, each entry living until the earlier of
-    `lifetime` seconds and the token's `exp` (security-anchors.md G-CACHE-1).
+    """Verified principals by token digest: LRU-bounded (`cachetools.LRUCache`), each entry living
+    until the earlier of `lifetime` seconds and the token's `exp`, which is re-checked on every hit.
 
     Keyed by digest so the cache holds no bearer credential; only successes are stored, so
-    garbage tokens cannot grow it.
+    garbage tokens cannot grow it. (Not `cachetools.TLRUCache`: its expiry runs on one timer,
+    while here the bound is monotonic and `exp` is wall-clock time, both from the swappable clock.)
     """
 
     def __init__(self, maxsize: int, lifetime: float, clock: Clock) -> None:
         self._maxsize = maxsize
         self._lifetime = lifetime
         self._clock = clock
-        self._entries: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        self._entries: LRUCache[bytes, tuple[Principal, float]] = LRUCache(max(maxsize, 1))
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, digest: bytes) -> Principal | None:
-        entry = self._entries.get(digest)
+        entry = self._entries.get(digest)  # a hit becomes the most recently used
         if entry is None:
             return None
         principal, deadline = entry
@@ -202,14 +204,11 @@ class _TokenCache:
         if self._clock.monotonic() >= deadline or self._clock.time() >= principal.expires_at:
             del self._entries[digest]
             return None  # a full verification decides, with the issuer's leeway
-        self._entries.move_to_end(digest)
         return principal
 
     def put(self, digest: bytes, principal: Principal) -> None:
         remaining = min(self._lifetime, principal.expires_at - self._clock.time())
         if self._maxsize <= 0 or remaining <= 0:
             return
+        # Beyond `maxsize`, the least recently used entry goes.
         self._entries[digest] = (principal, self._clock.monotonic() + remaining)
-        self._entries.move_to_end(digest)
-        while len(self._entries) > self._maxsize:
-            self._entries.popitem(last=False)
