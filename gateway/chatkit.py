@@ -3,7 +3,7 @@
 A ChatKit request is a JSON object `{"type": "<op>", "params": {...}, "metadata": {...}}` POSTed to
 one endpoint. The gateway does not validate `params` (the backend does, and new ops appear between
 releases); it checks what it relies on: an object, a string `type`, and JSON that every later step
-(rewrite, re-serialisation) can handle without surprise. The research notes list the ops of
+(rewrite, re-serialisation) can handle without surprise. The op lists below are those of
 openai-chatkit 1.6.5; whether a response streams is decided by its `Content-Type`, not by this list.
 """
 

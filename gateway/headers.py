@@ -1,6 +1,6 @@
 """Which headers cross the gateway, in each direction.
 
-Requests go upstream through an allowlist (SPEC 6): nothing the client sends reaches the backend
+Requests go upstream through an allowlist (docs/security.md): nothing the client sends reaches the backend
 unless it is named here, so hop-by-hop headers, cookies, `Authorization` and any identity header a
 client might forge are dropped by construction. The gateway then adds its own `X-Request-Id`,
 `X-Forwarded-*` and identity headers. Responses come back with everything except hop-by-hop headers
@@ -80,7 +80,7 @@ def connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
 
 
 def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
-    """The client's `X-Request-Id` when well formed (SPEC 10), else a new one."""
+    """The client's `X-Request-Id` when well formed (docs/metadata.md), else a new one."""
     value = header_value(headers, b"x-request-id")
     if value is not None and REQUEST_ID_PATTERN.fullmatch(value):
         return value.decode("ascii")

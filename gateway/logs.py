@@ -45,7 +45,7 @@ class JSONFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         try:
-            # orjson: measured ~9x faster than `json` on an access line (0.4 against 3.9 us).
+            # orjson: several times faster than `json` (docs/BENCHMARKS.md, "Measured design choices").
             return orjson.dumps(entry, default=str).decode()
         except orjson.JSONEncodeError:
             return self._fallback(entry)
@@ -68,7 +68,7 @@ class TextFormatter(logging.Formatter):
 
 def configure_logging(config: LoggingConfig) -> None:
     # The logging HOWTO's "Optimization" switches: no line carries thread or process names, so
-    # don't compute them for every record (measured: a third of an access line's cost).
+    # don't compute them for every record (docs/BENCHMARKS.md, "Measured design choices").
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

@@ -128,7 +128,7 @@ class _Pump:
     `stop`, ends the pump by cancelling that task; `finished` keeps a late callback from cancelling
     it once it is done, and `uncancel()` tells that cancellation apart from one coming from outside
     (which propagates). Plain asyncio rather than an anyio task group: the group cost memory and
-    CPU per stream (docs/BENCHMARKS.md, "Streams").
+    CPU per stream (docs/BENCHMARKS.md, "Measured design choices").
     """
 
     __slots__ = (

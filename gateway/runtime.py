@@ -160,7 +160,7 @@ class Runtime:
     def injected_metadata(
         self, headers: Sequence[tuple[bytes, bytes]], client_metadata: object, identity: Identity, request_id: str
     ) -> dict[str, object]:
-        """Step 6: what the gateway writes into `metadata` (SPEC 5)."""
+        """Step 6: what the gateway writes into `metadata` (docs/metadata.md)."""
         client_page_context = client_metadata.get("pageContext") if isinstance(client_metadata, dict) else None
         page_context = self.page_context.from_request(
             header_value(headers, self.page_context.header_name), client_page_context, header_value(headers, b"referer")
@@ -172,7 +172,7 @@ class Runtime:
         return injected
 
     def identity_headers(self, principal: Principal, identity: Identity, request_id: str) -> Headers:
-        """`X-User-Id`, `X-User-Email`, the signed `X-ChatKit-Identity`, the forwarded token (SPEC 6)."""
+        """`X-User-Id`, `X-User-Email`, the signed `X-ChatKit-Identity`, the forwarded token (docs/security.md)."""
         result = identity.headers()
         secret = self.config.upstream.identity_secret
         if secret is not None:

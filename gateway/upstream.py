@@ -37,8 +37,8 @@ __all__ = ["Upstream", "UpstreamAnswer", "UpstreamClient"]
 
 logger = logging.getLogger("chatkit_gateway.relay")  # the name operators filter on
 
-# A JSON answer up to this size is read whole and sent in one message: measured cheaper than
-# streaming it (no chunked encoding, no per-response task group).
+# A JSON answer up to this size is read whole and sent in one message: cheaper than streaming it
+# (docs/BENCHMARKS.md, "Measured design choices").
 SMALL_BODY_BYTES = 1024 * 1024
 WARM_ROUNDS = 10
 
@@ -65,8 +65,8 @@ class UpstreamClient(httpx.AsyncClient):
     """An `httpx.AsyncClient` without a cookie jar.
 
     One client serves every user, so a jar would keep a `Set-Cookie` the backend sent while
-    answering one user and send it with the next user's request. (Measured, too: extracting
-    cookies was a tenth of a proxied request's CPU.)
+    answering one user and send it with the next user's request. (It was also a tenth of a proxied
+    request's CPU: docs/BENCHMARKS.md, "Measured design choices".)
     """
 
     @property
@@ -221,8 +221,8 @@ class Upstream:
         # The request is made directly rather than by `client.build_request`: no client defaults to
         # merge, so the backend gets exactly the headers the gateway chose. A body in hand (every
         # ChatKit JSON request) gets its `Host` and `Content-Length` here and goes as a `ByteStream`,
-        # which skips httpx's header-defaults pass (measured: ~10 us per request); a streamed body
-        # (uploads) is framed by httpx.
+        # which skips httpx's header-defaults pass (docs/BENCHMARKS.md, "Measured design choices");
+        # a streamed body (uploads) is framed by httpx.
         if isinstance(content, bytes):
             target = url if isinstance(url, httpx.URL) else httpx.URL(url)
             framed = [(b"host", self._netloc if target is self.url else target.netloc), *headers]

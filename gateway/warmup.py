@@ -1,8 +1,9 @@
 """Before ready, run a request's gateway-side steps once on made-up data.
 
-Measured: the first request after start cost 2.5× a steady one, from first-run costs (the first
-signature check through python-jose and OpenSSL, Python's adaptive interpreter specialising each
-function on first use, first-time object layouts). Running the same code on a throwaway token
+A first request after start used to cost well over a steady one (docs/BENCHMARKS.md, "First
+request after start"), from first-run costs: the first signature check through python-jose and
+OpenSSL, Python's adaptive interpreter specialising each function on first use, first-time object
+layouts. Running the same code on a throwaway token
 and a made-up ChatKit body at start-up moves that cost out of the first user's request. Nothing
 here touches the issuers' keys, the caches, the metrics or the log.
 """

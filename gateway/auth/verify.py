@@ -99,14 +99,14 @@ class TokenVerifier:
             raise
         except Exception:
             # python-jose, a key source or a bug of ours: a 401 with a fixed message, never a
-            # 500, and no chained text that could quote the token (security-anchors.md §0.2).
+            # 500, and no chained text that could quote the token (docs/jwt-attacks.md, "python-jose 3.5.0").
             raise InvalidToken() from None
 
     async def _verify_uncached(self, token: str) -> Principal:
         parsed = parse_compact_jws(token, max_bytes=self._max_bytes)
         issuer = self._issuer_of(parsed)
         if parsed.alg not in issuer.algorithms:
-            # Never `none`, never HMAC: the allowlist is the issuer's, not the header's (J01-J05).
+            # Never `none`, never HMAC: the allowlist is the issuer's, not the header's (jwt-attacks.md J01-J05).
             raise InvalidToken("The token's algorithm is not allowed.")
         key = await self._key_sources[issuer.issuer].get_key(parsed.kid)
         if key is None:
@@ -131,7 +131,7 @@ class TokenVerifier:
         nbf = _numeric_date(claims, "nbf")
         iat = _numeric_date(claims, "iat")
         if exp is None:
-            # python-jose treats exp as optional; a token without one would never expire (J15).
+            # python-jose treats exp as optional; a token without one would never expire (jwt-attacks.md J15).
             raise InvalidClaims("The token has no expiry.")
         _check_audience(claims.get("aud"), issuer.audiences)
         subject = claims.get("sub")
@@ -143,14 +143,14 @@ class TokenVerifier:
         if nbf is not None and nbf > now + leeway:
             raise TokenNotYetValid()
         if iat is not None and iat > now + leeway:
-            # python-jose only type-checks iat; a token from the future is not one we issued (J14).
+            # python-jose only type-checks iat; a token from the future is not one we issued (jwt-attacks.md J14).
             raise InvalidClaims("The token was issued in the future.")
         return Principal(subject=subject, issuer=issuer.issuer, claims=claims, expires_at=exp, token=token)
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
     # RFC 7519 §2 NumericDate: a JSON number. Not a numeric string, not a bool (an int subclass),
-    # and finite: python-jose took "9999999999" and raised OverflowError on 1e400 (J16-J17).
+    # and finite: python-jose took "9999999999" and raised OverflowError on 1e400 (jwt-attacks.md J16-J17).
     if name not in claims:
         return None
     value = claims[name]
