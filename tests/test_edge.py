@@ -32,7 +32,9 @@ def length(body: bytes) -> tuple[bytes, bytes]:
     return (b"content-length", str(len(body)).encode())
 
 
-def post(target: bytes, *headers: tuple[bytes, bytes], body: bytes = BODY, host: bytes = b"gateway.test") -> bytes:
+def post_bytes(
+    target: bytes, *headers: tuple[bytes, bytes], body: bytes = BODY, host: bytes = b"gateway.test"
+) -> bytes:
     """`POST target` with Host, JSON content type, the given headers and a Content-Length."""
     return request_bytes("POST", target, [(b"host", host), JSON_CT, *headers, length(body)], body)
 
@@ -63,7 +65,7 @@ def assert_only_configured_upstream(backend: Backend) -> list[dict[str, Any]]:
 
 def smuggled(token: str) -> bytes:
     """A complete authenticated request: if a framing trick smuggles it, the backend records it."""
-    return post(b"/chatkit", auth(token))
+    return post_bytes(b"/chatkit", auth(token))
 
 
 def smuggling_cases(token: str) -> dict[str, bytes]:
@@ -168,7 +170,7 @@ PATH_TRICKS: dict[bytes, tuple[int, int]] = {
 def test_path_tricks_without_credentials_never_pass(
     gateway: RunningGateway, clean_backend: Backend, target: bytes
 ) -> None:
-    response = send(gateway, post(target))
+    response = send(gateway, post_bytes(target))
 
     assert response.status == PATH_TRICKS[target][0], response
     assert response.status != 200
@@ -181,7 +183,7 @@ def test_path_tricks_without_credentials_never_pass(
 def test_path_tricks_with_credentials_never_change_the_upstream_path_or_host(
     gateway: RunningGateway, clean_backend: Backend, token: str, target: bytes
 ) -> None:
-    response = send(gateway, post(target, auth(token)))
+    response = send(gateway, post_bytes(target, auth(token)))
 
     assert response.status == PATH_TRICKS[target][1], response
     received = assert_only_configured_upstream(clean_backend)
@@ -202,7 +204,7 @@ def the_one_upstream_request(backend: Backend) -> dict[str, str]:
 
 
 def test_host_header_cannot_redirect_the_upstream(gateway: RunningGateway, clean_backend: Backend, token: str) -> None:
-    response = send(gateway, post(b"/chatkit", auth(token), host=b"evil.example"))
+    response = send(gateway, post_bytes(b"/chatkit", auth(token), host=b"evil.example"))
 
     assert response.status == 200, response
     headers = the_one_upstream_request(clean_backend)
@@ -221,7 +223,7 @@ def test_x_forwarded_host_and_forwarded_cannot_redirect_the_upstream(
         (b"x-rewrite-url", b"/_debug/reset"),
         (b"x-http-method-override", b"GET"),
     ]
-    response = send(gateway, post(b"/chatkit", auth(token), *spoofed))
+    response = send(gateway, post_bytes(b"/chatkit", auth(token), *spoofed))
 
     assert response.status == 200, response
     headers = the_one_upstream_request(clean_backend)
@@ -258,7 +260,7 @@ def assert_headers_too_large(response: RawResponse) -> None:
 
 
 def test_one_40_kib_header_gets_431(gateway: RunningGateway, clean_backend: Backend, token: str) -> None:
-    response = send(gateway, post(b"/chatkit", auth(token), (b"x-big", b"a" * 40 * 1024)))
+    response = send(gateway, post_bytes(b"/chatkit", auth(token), (b"x-big", b"a" * 40 * 1024)))
 
     assert_headers_too_large(response)
     assert clean_backend.requests() == []
@@ -266,7 +268,7 @@ def test_one_40_kib_header_gets_431(gateway: RunningGateway, clean_backend: Back
 
 def test_many_small_headers_over_32_kib_get_431(gateway: RunningGateway, clean_backend: Backend, token: str) -> None:
     many = [(b"x-h%04d" % n, b"v" * 90) for n in range(400)]  # 400 headers, 38 KB in all
-    response = send(gateway, post(b"/chatkit", auth(token), *many))
+    response = send(gateway, post_bytes(b"/chatkit", auth(token), *many))
 
     assert_headers_too_large(response)
     assert clean_backend.requests() == []
@@ -275,7 +277,7 @@ def test_many_small_headers_over_32_kib_get_431(gateway: RunningGateway, clean_b
 def test_a_40_kib_authorization_header_gets_431_before_any_token_work(
     gateway: RunningGateway, clean_backend: Backend
 ) -> None:
-    response = send(gateway, post(b"/chatkit", (b"authorization", b"Bearer " + b"a" * 40 * 1024)))
+    response = send(gateway, post_bytes(b"/chatkit", (b"authorization", b"Bearer " + b"a" * 40 * 1024)))
 
     assert_headers_too_large(response)
     assert clean_backend.requests() == []
@@ -301,7 +303,7 @@ def test_a_cookie_header_over_16_kib_gets_401_even_with_a_valid_token(
 ) -> None:
     cookie = b"auth_token=" + token.encode() + b"; pad=" + b"c" * MAX_COOKIE_BYTES
     assert MAX_COOKIE_BYTES < len(cookie) < MAX_HEADER_BYTES - 1024  # under the 431 bound: the cookie rule decides
-    response = send(gateway, post(b"/chatkit", (b"cookie", cookie), (b"origin", b"http://gateway.test")))
+    response = send(gateway, post_bytes(b"/chatkit", (b"cookie", cookie), (b"origin", b"http://gateway.test")))
 
     assert response.status == 401, response
     assert response.error_code == "invalid_token"
@@ -313,7 +315,7 @@ def test_cookie_headers_split_in_two_count_together(
 ) -> None:
     half = b"c" * (MAX_COOKIE_BYTES // 2 + 16)
     cookies = [(b"cookie", b"auth_token=" + token.encode()), (b"cookie", b"a=" + half), (b"cookie", b"b=" + half)]
-    response = send(gateway, post(b"/chatkit", *cookies, (b"origin", b"http://gateway.test")))
+    response = send(gateway, post_bytes(b"/chatkit", *cookies, (b"origin", b"http://gateway.test")))
 
     assert response.status == 401, response
     assert response.error_code == "invalid_token"
@@ -321,7 +323,7 @@ def test_cookie_headers_split_in_two_count_together(
 
 
 def test_a_bearer_token_over_max_token_bytes_gets_401(gateway: RunningGateway, clean_backend: Backend) -> None:
-    response = send(gateway, post(b"/chatkit", (b"authorization", b"Bearer " + b"e" * 9000)))
+    response = send(gateway, post_bytes(b"/chatkit", (b"authorization", b"Bearer " + b"e" * 9000)))
 
     assert response.status == 401, response
     assert response.error_code == "invalid_token"

@@ -22,6 +22,7 @@ import tomli_w
 
 from gateway.logs import JSONFormatter
 from tests.support.chatkit import sse_events, user_input
+from tests.support.checks import wait_for
 from tests.support.gateway import RunningGateway, bearer, gateway_config, start_gateway, user_token
 from tests.support.procs import free_port, process_log, start_process, stop_process
 
@@ -45,15 +46,6 @@ def log_lines(gateway: RunningGateway) -> list[dict[str, Any]]:
 
 def access_lines(gateway: RunningGateway) -> list[dict[str, Any]]:
     return [line for line in log_lines(gateway) if line["logger"] == "chatkit_gateway.access"]
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail("condition not reached in time")
 
 
 # -- logs --------------------------------------------------------------------------------------
