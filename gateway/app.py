@@ -63,6 +63,7 @@ class RewrittenRequest(NamedTuple):
     streaming: bool
     read_only: bool
     body: bytes
+    injected: dict[str, object]  # what the gateway wrote into `metadata` (the signed identity covers it)
 
 
 class ChatKitEndpoint:
@@ -99,7 +100,11 @@ class ChatKitEndpoint:
             # (a charset, a second Content-Type, one named in Connection).
             upstream_headers = self.runtime.base_headers(scope, request_id, allow=FORWARDED_BODY_HEADERS)
             upstream_headers.append(JSON_CONTENT_TYPE)
-            upstream_headers.extend(self.runtime.identity_headers(principal, identity, request_id))
+            upstream_headers.extend(
+                self.runtime.identity_headers(
+                    principal, identity, request_id, metadata=rewritten.injected, body=rewritten.body
+                )
+            )
             limiter = self.runtime.limiter_or_fail()
             slot = await limiter.open_stream(identity.user_id) if streaming else None
             try:
@@ -128,7 +133,7 @@ class ChatKitEndpoint:
         self, receive: Receive, headers: Headers, identity: Identity, exchange: Exchange
     ) -> RewrittenRequest:
         """Steps 4 to 6: read and check the body, apply the user's limits (which depend on the op),
-        write the gateway's metadata into the body.
+        write the gateway's metadata into the body (returned too: the signed identity covers it).
 
         (A function of its own, so the parsed body is freed before a long stream starts.)"""
         raw = await read_body(
@@ -139,7 +144,7 @@ class ChatKitEndpoint:
         exchange.set_op(request.op)
         await self.runtime.limiter_or_fail().admit(identity.user_id, message=request.streaming)
         injected = self.runtime.injected_metadata(headers, request.body.get("metadata"), identity, exchange.request_id)
-        return RewrittenRequest(request.streaming, request.read_only, rewrite_body(request, injected))
+        return RewrittenRequest(request.streaming, request.read_only, rewrite_body(request, injected), injected)
 
     async def _refuse(self, error: AuthError, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         """A 401, or with `auth.stream_errors` an in-chat error event for streaming ops."""

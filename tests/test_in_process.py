@@ -47,7 +47,7 @@ async def test_the_backend_gets_the_gateways_metadata_and_the_clients_other_keys
     assert response.status_code == 200, response.text
     metadata = seen["json"]["metadata"]
     assert metadata["userId"] == "user-1"
-    assert metadata["userInfo"] == {"id": "user-1"}
+    assert metadata["userInfo"] == {"id": "user-1", "issuer": in_process_idp.issuer}
     assert metadata["requestId"] == response.headers["x-request-id"] != "forged"
     assert metadata["theme"] == "dark"
 
