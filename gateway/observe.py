@@ -112,7 +112,7 @@ class Observer:
             buckets=TTFB_BUCKETS,
             registry=r,
         )
-        self.open_streams = Gauge("chatkit_gateway_open_streams", "Streams being relayed now.", registry=r)
+        self.open_streams = Gauge("chatkit_gateway_open_streams", "Streams and uploads open now.", registry=r)
         self.auth_failures = Counter(
             "chatkit_gateway_auth_failures", "Refused credentials, by error code.", ["code"], registry=r
         )

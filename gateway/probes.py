@@ -29,19 +29,17 @@ async def healthz(request: Request) -> Response:
 
 def readyz_endpoint(runtime: Runtime) -> Callable[[Request], Awaitable[Response]]:
     async def readyz(request: Request) -> Response:
-        issuers = []
-        if runtime.authenticator is not None:
-            for status in runtime.authenticator.status():
-                issuers.append(
-                    {
-                        "issuer": status.issuer,
-                        "ready": status.ready,
-                        "keys": status.key_count,
-                        "stale": status.stale,
-                        "last_success_age_seconds": status.last_success_age,
-                        "last_error": status.last_error,
-                    }
-                )
+        issuers = [
+            {
+                "issuer": status.issuer,
+                "ready": status.ready,
+                "keys": status.key_count,
+                "stale": status.stale,
+                "last_success_age_seconds": status.last_success_age,
+                "last_error": status.last_error,
+            }
+            for status in runtime.authenticator.status()
+        ]
         if runtime.draining:
             state, reason = "draining", "the gateway is shutting down"
         elif not runtime.started:

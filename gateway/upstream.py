@@ -7,8 +7,8 @@ Two httpx clients over the gateway's own transport (`transport.py`), made once i
   for it counts against the response deadline. A small answer is read whole and sent to the
   client in one message;
 - the **stream client** serves ops that stream, and uploads. A stream may be quiet for minutes
-  while a tool runs, so its silence bound is its own (`upstream.stream_idle_timeout`), and
-  `upstream.max_streams` caps how many are open (503 beyond it).
+  while a tool runs, so its silence bound is its own (`upstream.stream_idle_timeout`);
+  `upstream.max_streams` caps how many are open (503 beyond it: `streams.py`).
 
 Both: response headers due within `connect_timeout` + `response_timeout` (the transport's head
 deadline), `trust_env=False` (no proxy variables or .netrc from the environment), no redirects
@@ -28,8 +28,9 @@ import httpx
 from starlette.types import Message
 
 from .config import UpstreamConfig
-from .errors import GatewayError, Overloaded, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+from .errors import GatewayError, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
 from .headers import Headers
+from .outbound import framed_request
 from .relay import relay_response
 from .transport import HTTP11Transport, InvalidResponse
 
@@ -100,7 +101,6 @@ class Upstream:
         # stream forever; ChatKit streams can be quiet for minutes (tools), so the bound is long.
         self._stream_timeout = {"connect": config.connect_timeout, "read": config.stream_idle_timeout or None}
         self._gate = asyncio.Semaphore(config.max_connections)
-        self._open_streams = 0
         # Pool sizes and timeouts live in the transports and in each request's extensions: with a
         # `transport=`, httpx's own `limits=` and client timeouts would never be read.
         self.json_client = _client(
@@ -134,10 +134,7 @@ class Upstream:
                 await relay_response(response, discard, never, body=body)
                 async with asyncio.timeout(self.config.connect_timeout):
                     response = await self.send_stream(self.url, [], b"", method="OPTIONS")
-                    try:
-                        await relay_response(response, discard, never)
-                    finally:
-                        self.release_stream()
+                    await relay_response(response, discard, never)
             except (GatewayError, TimeoutError) as exc:
                 logger.warning("upstream warm-up failed: %s", type(exc).__name__)
                 return
@@ -194,20 +191,11 @@ class Upstream:
     async def send_stream(
         self, url: str | httpx.URL, headers: Headers, content: bytes | AsyncIterable[bytes], *, method: str = "POST"
     ) -> httpx.Response:
-        """Send through the stream client; the caller relays the body and closes the response."""
-        if self._open_streams >= self.config.max_streams:
-            raise Overloaded()
-        self._open_streams += 1
+        """Send through the stream client; the caller relays the body and closes the response.
+        (`upstream.max_streams` is admitted by the caller's `OpenStreams`, streams.py.)"""
         deadline = asyncio.get_running_loop().time() + self.header_deadline
-        try:
-            extensions = {"timeout": self._stream_timeout, "head_deadline": deadline}
-            return await self._open(self.stream_client, method, url, headers, content, extensions)
-        except BaseException:
-            self._open_streams -= 1
-            raise
-
-    def release_stream(self) -> None:
-        self._open_streams -= 1
+        extensions = {"timeout": self._stream_timeout, "head_deadline": deadline}
+        return await self._open(self.stream_client, method, url, headers, content, extensions)
 
     async def _open(
         self,
@@ -218,22 +206,9 @@ class Upstream:
         content: bytes | AsyncIterable[bytes],
         extensions: dict[str, object],
     ) -> httpx.Response:
-        # The request is made directly rather than by `client.build_request`: no client defaults to
-        # merge, so the backend gets exactly the headers the gateway chose. A body in hand (every
-        # ChatKit JSON request) gets its `Host` and `Content-Length` here and goes as a `ByteStream`,
-        # which skips httpx's header-defaults pass (docs/BENCHMARKS.md, "Measured design choices");
-        # a streamed body (uploads) is framed by httpx.
-        if isinstance(content, bytes):
-            target = url if isinstance(url, httpx.URL) else httpx.URL(url)
-            framed = [(b"host", self._netloc if target is self.url else target.netloc), *headers]
-            if content or method in ("POST", "PUT", "PATCH"):
-                framed.append((b"content-length", b"%d" % len(content)))
-            request = httpx.Request(
-                method, target, headers=framed, stream=httpx.ByteStream(content), extensions=extensions
-            )
-            request.read()  # `request.content` readable, as for any request httpx builds with a body
-        else:
-            request = httpx.Request(method, url, headers=headers, content=content, extensions=extensions)
+        target = url if isinstance(url, httpx.URL) else httpx.URL(url)
+        host = self._netloc if target is self.url else target.netloc  # the backend's Host made once
+        request = framed_request(method, target, headers, content, extensions, host=host)
         try:
             return await client.send(request, stream=True, auth=NO_AUTH)
         except InvalidResponse:

@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from .auth.jose import PublicKey, build_key
 from .auth.verify import TokenVerifier
 from .chatkit import parse_chatkit_request, rewrite_body
-from .config import AuthConfig, IssuerConfig
+from .config import AuthConfig, GatewayConfig, IssuerConfig
 from .identity import identity_of
-from .runtime import Runtime
+from .outbound import Outbound
 
 __all__ = ["warm_request_path"]
 
@@ -79,7 +79,7 @@ class _Keys:
         return self._keys.get(kid)
 
 
-async def warm_request_path(runtime: Runtime) -> None:
+async def warm_request_path(config: GatewayConfig, outbound: Outbound) -> None:
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": "warmup", "sub": "warmup", "iat": now, "exp": now + 60, "email": "w@invalid"}
     rsa_key, rsa_token = sample_key_and_token("RS256", claims)
@@ -91,9 +91,8 @@ async def warm_request_path(runtime: Runtime) -> None:
     for _ in range(ROUNDS):
         for token in (rsa_token, ec_token):
             principal = (await verifier.verify(token)).with_source("bearer")
-        identity = identity_of(principal, runtime.config.identity, "warmup:")
+        identity = identity_of(principal, config.identity, "warmup:")
         request = parse_chatkit_request(SAMPLE_BODY)
-        injected = runtime.injected_metadata(SAMPLE_HEADERS, request.body.get("metadata"), identity, "warmup")
+        injected = outbound.injected_metadata(SAMPLE_HEADERS, request.body.get("metadata"), identity, "warmup")
         body = rewrite_body(request, injected)
-        runtime.base_headers(scope, "warmup")
-        runtime.identity_headers(principal, identity, "warmup", metadata=injected, body=body)
+        outbound.chatkit_headers(scope, "warmup", principal, identity, metadata=injected, body=body)

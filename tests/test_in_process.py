@@ -4,16 +4,18 @@ seams (`transport=`, `jwks_transport=`, `clock=`) given the real backend and ide
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tests.support.checks import assert_error
+from tests.support.checks import assert_error, metric
 from tests.support.clock import NOW, FakeClock
 from tests.support.gateway import bearer, user_token
 from tests.support.idp import LoopbackIdP
-from tests.support.inprocess import GATEWAY_URL, in_process_gateway
+from tests.support.inprocess import GATEWAY_URL, InProcessGateway, in_process_gateway
 
 pytestmark = pytest.mark.anyio
 
@@ -137,3 +139,28 @@ async def test_an_upload_path_that_could_leave_the_uploads_url_gets_400(in_proce
         )
         assert await gw.backend_requests() == []
     assert_error(response, 400, "invalid_upload_path")
+
+
+async def test_an_upload_in_progress_counts_among_the_open_streams(in_process_idp: LoopbackIdP) -> None:
+    """Uploads share the streams' one count: the gauge, `upstream.max_streams` and the drain."""
+    more = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b"first part;"
+        await more.wait()
+        yield b"last part"
+
+    async def open_streams(gw: InProcessGateway) -> float:
+        return metric((await gw.client.get("/metrics")).text, "chatkit_gateway_open_streams")
+
+    headers = {**bearer(user_token(in_process_idp)), "content-type": "application/octet-stream"}
+    async with in_process_gateway(in_process_idp) as gw:
+        upload = asyncio.ensure_future(gw.client.post("/chatkit/uploads/files", content=slow_body(), headers=headers))
+        async with asyncio.timeout(10):
+            while await open_streams(gw) != 1:
+                await asyncio.sleep(0.01)
+        more.set()
+        response = await upload
+        after = await open_streams(gw)
+    assert response.status_code == 400, response.text  # the backend's answer: no multipart file field
+    assert after == 0

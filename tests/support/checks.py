@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
 import httpx
 import pytest
 
-__all__ = ["assert_error", "wait_for"]
+__all__ = ["assert_error", "metric", "wait_for"]
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:
@@ -29,3 +30,14 @@ def wait_for(predicate: Callable[[], object], timeout: float = 15.0, interval: f
             return
         time.sleep(interval)
     pytest.fail("condition not reached in time")
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """A sample's value in the Prometheus text format of `/metrics` (0 when absent)."""
+    selector = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    pattern = rf"^{re.escape(name)}(\{{{re.escape(selector)}\}})? (\S+)$" if labels else rf"^{re.escape(name)} (\S+)$"
+    for line in text.splitlines():
+        match = re.match(pattern, line)
+        if match:
+            return float(match.groups()[-1])
+    return 0.0
