@@ -14,7 +14,16 @@ If the response has already started when an error comes, a second start is refus
 server (uvicorn raises `RuntimeError`): the error is then only logged and counted, and the client
 sees the response end early.
 
-Subclasses set `route` (and `op` when the route has one) and implement `handle`.
+Subclasses set `route` (and `op` when the route has one) and implement `handle`; a new endpoint
+is one class and one line in `create_app`'s routes:
+
+    class RevocationsEndpoint(Endpoint):
+        route = "admin_revocations"
+
+        async def handle(self, scope, receive, send, exchange):
+            ...  # raise a GatewayError to refuse; send the answer otherwise
+
+    Route("/admin/revocations", RevocationsEndpoint(runtime.observer), methods=["POST", "DELETE"])
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -164,3 +165,30 @@ async def test_an_upload_in_progress_counts_among_the_open_streams(in_process_id
         after = await open_streams(gw)
     assert response.status_code == 400, response.text  # the backend's answer: no multipart file field
     assert after == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [("/chatkit", "chatkit"), ("/chatkit/uploads/files", "uploads"), ("/auth/verify", "auth_verify")],
+    ids=["chatkit", "upload", "forward-auth"],
+)
+async def test_an_unexpected_error_in_any_endpoint_gets_a_json_500_and_an_access_line_saying_so(
+    in_process_idp: LoopbackIdP,
+    path: str,
+    route: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def broken(headers: object) -> None:
+        raise ValueError("a bug, not anything the client sent")
+
+    async with in_process_gateway(in_process_idp) as gw:
+        monkeypatch.setattr(gw.app.runtime, "authenticate", broken)
+        with caplog.at_level(logging.INFO, logger="chatkit_gateway"):
+            response = await gw.client.post(path, json=LIST, headers=bearer(user_token(in_process_idp)))
+        assert await gw.backend_requests() == []
+    assert_error(response, 500, "internal_error")
+    [access] = [r for r in caplog.records if r.name == "chatkit_gateway.access"]
+    assert access.fields["route"] == route  # type: ignore[attr-defined]
+    assert (access.fields["status"], access.fields["error"]) == (500, "internal_error")  # type: ignore[attr-defined]
+    assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)

@@ -26,7 +26,7 @@ import httpx
 import pytest
 from starlette.types import ASGIApp, Message
 
-from gateway.app import create_app
+from gateway.app import Gateway, create_app
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.config import build_config
 from tests.support.backend import create_backend_app
@@ -74,6 +74,7 @@ async def _next_message(queue: asyncio.Queue[Message], task: asyncio.Future[None
 
 @dataclass
 class InProcessGateway:
+    app: Gateway
     client: httpx.AsyncClient  # to the gateway, at GATEWAY_URL
     backend: httpx.AsyncClient  # to the backend app directly, for its `/_debug` views
 
@@ -104,7 +105,7 @@ async def in_process_gateway(
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=GATEWAY_URL) as client,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=backend_app), base_url=BACKEND_URL) as backend,
     ):
-        yield InProcessGateway(client=client, backend=backend)
+        yield InProcessGateway(app=app, client=client, backend=backend)
 
 
 @pytest.fixture(scope="module")
