@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import anyio
 import httpx
@@ -197,15 +198,19 @@ class _Pump:
 
     async def _forward(self) -> None:
         send, outcome, sse = self.send, self.outcome, self.sse
+        # The transport's own stream, not `aiter_raw()`: chunks as they came off the socket, without
+        # two layers of async generators and httpx's re-chunker per chunk (docs/performance.md).
+        stream = cast(httpx.AsyncByteStream, self.response.stream)
         try:
-            async for chunk in self.response.aiter_raw():
+            async for chunk in stream:
                 if not chunk:
                     continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 outcome.bytes_out += len(chunk)
                 if sse:
                     outcome.events += chunk.count(FRAME_END)
-                    self.tail = (self.tail + chunk)[-2:]
+                    # No copy of the chunk (an event may be hundreds of KB) to keep its last 2 bytes.
+                    self.tail = chunk[-2:] if len(chunk) > 1 else (self.tail + chunk)[-2:]
                     self.last_write = self.loop.time()
         except httpx.HTTPError as exc:
             # The backend broke after its headers went out: the status cannot change any more. An

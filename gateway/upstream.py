@@ -1,20 +1,23 @@
-"""The clients to the ChatKit backend, and the admission rules in front of them.
+"""The exchanges with the ChatKit backend, and the admission rules in front of them.
 
-Two httpx clients over the gateway's own transport (`transport.py`), made once in the lifespan:
+Requests go straight to two httpx transports (the gateway's own, `transport.py`, unless the app
+was given another), made once with the app:
 
-- the **JSON client** serves ops that answer one JSON object. An `asyncio.Semaphore` of
+- the **JSON transport** serves ops that answer one JSON object. An `asyncio.Semaphore` of
   `upstream.max_connections` admits them, which bounds the backend connections they hold; a wait
   for it counts against the response deadline. A small answer is read whole and sent to the
   client in one message;
-- the **stream client** serves ops that stream, and uploads. A stream may be quiet for minutes
+- the **stream transport** serves ops that stream, and uploads. A stream may be quiet for minutes
   while a tool runs, so its silence bound is its own (`upstream.stream_idle_timeout`);
   `upstream.max_streams` caps how many are open (503 beyond it: `streams.py`).
 
 Both: response headers due within `connect_timeout` + `response_timeout` (the transport's head
-deadline), `trust_env=False` (no proxy variables or .netrc from the environment), no redirects
-followed, no cookie jar. Every httpx exception is translated here, in `Upstream._open` (and, for
-a small JSON body, in `send_json`), into a `GatewayError`. The answer goes back to the client
-through `relay.py`.
+deadline). The request goes to `transport.handle_async_request` itself, without an
+`httpx.AsyncClient` around it: the gateway used none of what a client adds (redirects are not
+followed, there is no auth flow, no cookie jar, no proxy or `.netrc` from the environment,
+`trust_env` is moot) and its layers were a tenth of a request's CPU (docs/performance.md). Every
+httpx exception is translated here, in `Upstream._open` (and, for a small JSON body, in
+`send_json`), into a `GatewayError`. The answer goes back to the client through `relay.py`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from .outbound import framed_request
 from .relay import relay_response
 from .transport import HTTP11Transport, InvalidResponse
 
-__all__ = ["Upstream", "UpstreamAnswer", "UpstreamClient"]
+__all__ = ["Upstream", "UpstreamAnswer"]
 
 logger = logging.getLogger("chatkit_gateway.relay")  # the name operators filter on
 
@@ -52,41 +55,6 @@ class UpstreamAnswer(NamedTuple):
     body: bytes | None
 
 
-class _NoCookies(httpx.Cookies):
-    """A cookie jar that keeps nothing."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-    def set_cookie_header(self, request: httpx.Request) -> None:
-        return None
-
-
-class UpstreamClient(httpx.AsyncClient):
-    """An `httpx.AsyncClient` without a cookie jar.
-
-    One client serves every user, so a jar would keep a `Set-Cookie` the backend sent while
-    answering one user and send it with the next user's request. (It was also a tenth of a proxied
-    request's CPU: docs/BENCHMARKS.md, "Measured design choices".)
-    """
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return _NO_COOKIES
-
-    @cookies.setter
-    def cookies(self, value: object) -> None:
-        return None
-
-
-_NO_COOKIES = _NoCookies()
-
-
-def _client(transport: httpx.AsyncBaseTransport) -> UpstreamClient:
-    # No proxy variables or .netrc from the environment; redirects are the client's to follow.
-    return UpstreamClient(transport=transport, trust_env=False, follow_redirects=False)
-
-
 class Upstream:
     """The clients to the ChatKit backend and the admission rules in front of them."""
 
@@ -101,19 +69,18 @@ class Upstream:
         # stream forever; ChatKit streams can be quiet for minutes (tools), so the bound is long.
         self._stream_timeout = {"connect": config.connect_timeout, "read": config.stream_idle_timeout or None}
         self._gate = asyncio.Semaphore(config.max_connections)
-        # Pool sizes and timeouts live in the transports and in each request's extensions: with a
-        # `transport=`, httpx's own `limits=` and client timeouts would never be read.
-        self.json_client = _client(
-            transport or HTTP11Transport(max_keepalive=config.max_connections, keepalive_expiry=config.keepalive_expiry)
+        # Pool sizes live in the transports, timeouts in each request's extensions.
+        self.json_transport = transport or HTTP11Transport(
+            max_keepalive=config.max_connections, keepalive_expiry=config.keepalive_expiry
         )
-        self.stream_client = _client(
-            transport
-            or HTTP11Transport(max_keepalive=config.stream_keepalive, keepalive_expiry=config.keepalive_expiry)
+        self.stream_transport = transport or HTTP11Transport(
+            max_keepalive=config.stream_keepalive, keepalive_expiry=config.keepalive_expiry
         )
 
     async def aclose(self) -> None:
-        await self.json_client.aclose()
-        await self.stream_client.aclose()
+        await self.json_transport.aclose()
+        if self.stream_transport is not self.json_transport:
+            await self.stream_transport.aclose()
 
     async def warm(self) -> None:
         """Before ready: open one connection per client, through the same code a request runs
@@ -160,7 +127,7 @@ class Upstream:
         if replayable:
             extensions["replayable"] = True
         try:
-            response = await self._open(self.json_client, method, url, headers, content, extensions)
+            response = await self._open(self.json_transport, method, url, headers, content, extensions)
             if not _is_small_json(response):
                 return UpstreamAnswer(response, None)
             try:
@@ -195,11 +162,11 @@ class Upstream:
         (`upstream.max_streams` is admitted by the caller's `OpenStreams`, streams.py.)"""
         deadline = asyncio.get_running_loop().time() + self.header_deadline
         extensions = {"timeout": self._stream_timeout, "head_deadline": deadline}
-        return await self._open(self.stream_client, method, url, headers, content, extensions)
+        return await self._open(self.stream_transport, method, url, headers, content, extensions)
 
     async def _open(
         self,
-        client: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         method: str,
         url: str | httpx.URL,
         headers: Headers,
@@ -210,7 +177,7 @@ class Upstream:
         host = self._netloc if target is self.url else target.netloc  # the backend's Host made once
         request = framed_request(method, target, headers, content, extensions, host=host)
         try:
-            return await client.send(request, stream=True, auth=NO_AUTH)
+            return await transport.handle_async_request(request)
         except InvalidResponse:
             logger.warning("upstream answered with invalid HTTP")
             raise UpstreamBadResponse() from None
@@ -220,10 +187,6 @@ class Upstream:
             raise UpstreamUnavailable() from None
         except httpx.HTTPError:
             raise UpstreamBadResponse() from None
-
-
-# Passed to `send`: no credentials of the client's own (it would otherwise look for some in the URL).
-NO_AUTH = httpx.Auth()
 
 
 def _is_small_json(response: httpx.Response) -> bool:
