@@ -17,11 +17,13 @@ JSON_HEADERS: Headers = [(b"content-type", b"application/json"), (b"cache-contro
 
 async def send_error(send: Send, error: GatewayError, request_id: str | None = None) -> None:
     """Send `error` as `{"error": {"code", "message"}}` with its status and headers."""
-    headers = list(JSON_HEADERS)
+    body = error_body(error)
+    # Its length known, the answer is not chunked (and leaves with its head in one write: protocol.py).
+    headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(body))]
     headers.extend((key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in error.headers.items())
     if request_id:
         headers.append((b"x-request-id", request_id.encode("ascii")))
     if error.status in CLOSE_AFTER:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": error_body(error)})
+    await send({"type": "http.response.body", "body": body})

@@ -20,6 +20,7 @@ import uvicorn
 from .app import Gateway, create_app
 from .config import GatewayConfig, redacted
 from .logs import configure_logging
+from .protocol import GatewayHttpProtocol
 
 __all__ = ["GatewayServer", "run", "uvicorn_config"]
 
@@ -38,7 +39,8 @@ def uvicorn_config(config: GatewayConfig, app: Gateway | None = None) -> uvicorn
         # design choices"), and httptools refuses the CL+TE request smuggling that h11 accepts
         # (docs/hardening.md).
         loop="uvloop",
-        http="httptools",
+        # uvicorn's httptools protocol, writing a response's head with its body (`protocol.py`).
+        http=GatewayHttpProtocol,
         lifespan="on",
         # ChatKit is plain HTTP. With a WebSocket library installed uvicorn would take upgrades
         # itself: a websocket scope the gateway has no use for, and (websockets at debug level)

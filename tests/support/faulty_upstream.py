@@ -7,6 +7,7 @@ so a test switches it between requests:
 - `ok`: a small JSON answer with `Content-Length`, connection kept alive;
 - `hang`: read the request, never answer;
 - `sse_then_hang`: SSE headers and one event, then silence;
+- `sse_head_then_hang`: SSE headers, then silence (no event);
 - `json_then_hang`: JSON headers with a small `Content-Length`, part of the body, then silence;
 - `big_json_then_hang`: the same with a `Content-Length` of 2 MiB (too big to be read whole);
 - `json_die`: JSON headers with `Content-Length`, part of the body, then close;
@@ -40,6 +41,7 @@ Behaviour = Literal[
     "ok",
     "hang",
     "sse_then_hang",
+    "sse_head_then_hang",
     "json_then_hang",
     "big_json_then_hang",
     "json_die",
@@ -266,6 +268,9 @@ class FaultyUpstream:
         elif behaviour == "sse_then_hang":
             self._send(conn, _sse_head() + _chunk(FIRST_EVENT))
             record.events_sent += 1
+            self._hold(conn)
+        elif behaviour == "sse_head_then_hang":
+            self._send(conn, _sse_head())
             self._hold(conn)
         elif behaviour == "json_then_hang":
             self._send(conn, _json_head(len(OK_BODY) * 4) + OK_BODY)
