@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import socket
 from collections.abc import Iterator
 
 import httpx
@@ -18,6 +17,7 @@ from tests.support.fixtures import Backend, start_backend
 from tests.support.gateway import RunningGateway, bearer, gateway_config, start_gateway
 from tests.support.idp import LoopbackIdP
 from tests.support.procs import free_port
+from tests.support.rawhttp import exchange
 
 UPLOAD_LIMIT = 2 * 1024 * 1024
 
@@ -169,16 +169,11 @@ def test_a_refused_upload_path_gets_400_over_http(upload_setup: tuple[Backend, R
     backend.reset()
     # httpx would normalise the path; send it raw.
     host, port = gateway.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(
-            b"PUT /chatkit/uploads/%2e%2e/_debug/reset HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
-            + f"Authorization: Bearer {token}\r\n\r\n".encode()
-        )
-        answer = b""
-        while not answer.endswith(b"0\r\n\r\n"):
-            chunk = sock.recv(65536)
-            assert chunk
-            answer += chunk
-    assert answer.startswith(b"HTTP/1.1 400 ")
-    assert b"invalid_upload_path" in answer
+    answer = exchange(
+        (host, int(port)),
+        b"PUT /chatkit/uploads/%2e%2e/_debug/reset HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+        + f"Authorization: Bearer {token}\r\n\r\n".encode(),
+    )
+    assert answer.status == 400 and answer.complete
+    assert answer.error_code == "invalid_upload_path"
     assert backend.requests() == []
