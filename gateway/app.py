@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from itertools import chain
+from typing import TYPE_CHECKING
 
 import httpx
 from starlette.routing import BaseRoute, Route, Router
@@ -42,6 +43,9 @@ from .responses import send_error
 from .runtime import Runtime
 from .uploads import UploadEndpoint
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
 __all__ = ["Gateway", "create_app"]
 
 logger = logging.getLogger("chatkit_gateway")
@@ -60,10 +64,16 @@ class ChatKitEndpoint:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.config = runtime.config
+        self.chatkit_path = runtime.config.server.chatkit_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: Headers = scope["headers"]
         exchange = Exchange(request_id_from(headers), "chatkit", time.monotonic(), scope["method"])
+        tracing = self.runtime.tracing
+        if tracing is not None:
+            exchange.trace = tracing.start(
+                headers, method=scope["method"], path=scope["path"], scheme=scope["scheme"], route=self.chatkit_path
+            )
         try:
             await self._handle(scope, receive, send, headers, exchange)
         finally:
@@ -76,7 +86,7 @@ class ChatKitEndpoint:
                 raise MethodNotAllowed(headers={"Allow": "POST, OPTIONS"})
             require_json_content_type(headers)
             try:
-                principal, identity = await self.runtime.authenticate(headers)
+                principal, identity = await self.runtime.authenticate(headers, exchange.trace)
             except AuthError as error:
                 exchange.status, exchange.error = error.status, error.code
                 await self._refuse(error, scope, receive, send, request_id)
@@ -88,6 +98,9 @@ class ChatKitEndpoint:
             upstream_headers = self.runtime.base_headers(scope, request_id, allow=FORWARDED_BODY_HEADERS)
             upstream_headers.append(JSON_CONTENT_TYPE)
             upstream_headers.extend(self.runtime.identity_headers(principal, identity, request_id))
+            if exchange.trace is not None:
+                upstream = self.runtime.upstream_or_fail()
+                upstream_headers.extend(exchange.trace.upstream_headers("POST", *upstream.endpoint))
             limiter = self.runtime.limiter_or_fail()
             slot = await limiter.open_stream(identity.user_id) if streaming else None
             try:
@@ -125,6 +138,10 @@ class ChatKitEndpoint:
         exchange.bytes_in = len(raw)
         request = parse_chatkit_request(raw)
         exchange.set_op(request.op)
+        if exchange.trace is not None:
+            params = request.body.get("params")
+            thread_id = params.get("thread_id") if isinstance(params, dict) else None
+            exchange.trace.identify(request.op, identity.user_id, thread_id)
         await self.runtime.limiter_or_fail().admit(identity.user_id, message=request.streaming)
         injected = self.runtime.injected_metadata(headers, request.body.get("metadata"), identity, exchange.request_id)
         return request.streaming, request.read_only, rewrite_body(request, injected)
@@ -169,6 +186,8 @@ class ChatKitEndpoint:
     ) -> None:
         """Step 7b: relay the answer (small JSON whole, anything else as it arrives)."""
         response, small_body = opened
+        if exchange.trace is not None:
+            exchange.trace.upstream_answered(response.status_code)
         extra = [(b"x-request-id", exchange.request_id.encode("ascii"))]
         outcome = RelayOutcome()
         runtime = self.runtime
@@ -245,10 +264,14 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
     jwks_transport: httpx.AsyncBaseTransport | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    span_exporter: SpanExporter | None = None,
 ) -> Gateway:
     """Build the gateway. `transport` replaces the network to the backend (and `jwks_transport` to
-    the identity providers); `clock` replaces time."""
-    runtime = Runtime(config=config, clock=clock, transport=transport, jwks_transport=jwks_transport)
+    the identity providers); `clock` replaces time; `span_exporter` receives the spans when
+    `tracing.enabled` (instead of OTLP)."""
+    runtime = Runtime(
+        config=config, clock=clock, transport=transport, jwks_transport=jwks_transport, span_exporter=span_exporter
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:

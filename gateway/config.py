@@ -39,6 +39,7 @@ __all__ = [
     "RateLimitConfig",
     "SecurityConfig",
     "ServerConfig",
+    "TracingConfig",
     "UpstreamConfig",
     "load_config",
     "redacted",
@@ -283,6 +284,26 @@ class LoggingConfig(_Section):
     format: Literal["json", "text"] = "json"
 
 
+class TracingConfig(_Section):
+    enabled: Flag = False
+    # The collector's base URL, as OTEL_EXPORTER_OTLP_ENDPOINT: spans go to `{otlp_endpoint}/v1/traces`.
+    otlp_endpoint: Text | None = None
+    service_name: Text = "chatkit-gateway"
+    sample_ratio: Annotated[float, Strict(), Field(ge=0, le=1)] = 1.0
+    include_user_id: Flag = False
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+    @model_validator(mode="after")
+    def _endpoint_when_enabled(self) -> TracingConfig:
+        if self.enabled and self.otlp_endpoint is None:
+            raise ValueError("otlp_endpoint is required when enabled = true")
+        return self
+
+
 class GatewayConfig(_Section):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig
@@ -293,6 +314,7 @@ class GatewayConfig(_Section):
     metadata: MetadataConfig = MetadataConfig()
     ratelimit: RateLimitConfig = RateLimitConfig()
     logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @model_validator(mode="after")
     def _uploads_path_distinct(self) -> GatewayConfig:

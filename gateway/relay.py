@@ -102,6 +102,8 @@ class Upstream:
         self.config = config
         self.header_deadline = config.connect_timeout + config.response_timeout
         self.url = httpx.URL(config.url)  # parsed once, not per request
+        # (host, port, URL) of the ChatKit endpoint, as a trace's upstream span names them.
+        self.endpoint = (self.url.host, self.url.port or (443 if self.url.scheme == "https" else 80), str(self.url))
         self._netloc = self.url.netloc
         self._json_timeout = httpx.Timeout(
             connect=config.connect_timeout, read=config.response_timeout, write=config.response_timeout, pool=None
@@ -302,7 +304,23 @@ class RelayOutcome:
     upstream_broke: bool = False
     client_disconnected: bool = False
     stopped: bool = False
+    idle_timeout: bool = False
+    sse: bool = False
     first_byte_at: float | None = None
+    first_event_at: float | None = None
+
+    @property
+    def end_reason(self) -> str:
+        """Why a stream ended, as `chatkit_gateway_streams_ended_total{reason}` counts it."""
+        if self.client_disconnected:
+            return "client_disconnect"
+        if self.stopped:
+            return "drain"
+        if self.idle_timeout:
+            return "idle_timeout"
+        if self.upstream_broke:
+            return "upstream_error"
+        return "complete"
 
 
 async def relay_response(
@@ -328,6 +346,7 @@ async def relay_response(
     try:
         sse = await _send_start(response, send, extra_headers)
         outcome.first_byte_at = time.monotonic()
+        outcome.sse = sse
         if body is not None:
             await send({"type": "http.response.body", "body": body})
             outcome.bytes_out = len(body)
@@ -417,6 +436,8 @@ async def _pump(
                 outcome.bytes_out += len(chunk)
                 if sse:
                     outcome.events += chunk.count(FRAME_END)
+                    if outcome.first_event_at is None and outcome.events:
+                        outcome.first_event_at = time.monotonic()
                     tail = (tail + chunk)[-2:]
                     last_write = loop.time()
         except httpx.HTTPError as exc:
@@ -424,6 +445,7 @@ async def _pump(
             # SSE stream is closed cleanly with an in-band error event the chat can show; any other
             # body is left incomplete, so the client sees a broken response, not a short one.
             outcome.upstream_broke = True
+            outcome.idle_timeout = isinstance(exc, httpx.ReadTimeout)
             logger.warning("upstream stream broke: %s", type(exc).__name__)
             if not sse:
                 return

@@ -7,6 +7,7 @@ import gc
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 from starlette.types import Scope
@@ -17,7 +18,9 @@ from .auth.verify import Principal
 from .backend import IDENTITY_HEADER, sign_identity
 from .clock import Clock
 from .config import GatewayConfig
+from .errors import AuthError
 from .headers import (
+    FORWARDED_BODY_HEADERS,
     FORWARDED_REQUEST_HEADERS,
     Headers,
     TrustedProxies,
@@ -30,6 +33,10 @@ from .observe import Observer
 from .pagecontext import PageContextPolicy
 from .ratelimit import RateLimiter
 from .relay import Upstream
+from .tracing import TRACE_CONTEXT_HEADERS, RequestTrace, Tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["Runtime"]
 
@@ -42,6 +49,7 @@ class Runtime:
     clock: Clock
     transport: httpx.AsyncBaseTransport | None = None
     jwks_transport: httpx.AsyncBaseTransport | None = None
+    span_exporter: SpanExporter | None = None
     trusted_proxies: TrustedProxies = field(init=False)
     origin_policy: OriginPolicy = field(init=False)
     page_context: PageContextPolicy = field(init=False)
@@ -49,6 +57,8 @@ class Runtime:
     authenticator: Authenticator | None = None
     limiter: RateLimiter | None = None
     observer: Observer = field(init=False)
+    tracing: Tracing | None = None
+    _traced_allow: dict[frozenset[bytes], frozenset[bytes]] = field(default_factory=dict)
     started: bool = False
     draining: bool = False
     open_streams: int = 0
@@ -59,6 +69,11 @@ class Runtime:
         self.trusted_proxies = TrustedProxies(self.config.server.trusted_proxies)
         self.origin_policy = OriginPolicy(self.config)
         self.page_context = PageContextPolicy(self.config.metadata, frozenset(self.config.security.allowed_origins))
+        if self.config.tracing.enabled:
+            self.tracing = Tracing(self.config.tracing, exporter=self.span_exporter)
+            self._traced_allow = {
+                allow: allow - TRACE_CONTEXT_HEADERS for allow in (FORWARDED_REQUEST_HEADERS, FORWARDED_BODY_HEADERS)
+            }
 
     async def start(self) -> None:
         self._stop = asyncio.get_running_loop().create_future()
@@ -122,6 +137,9 @@ class Runtime:
             await self.authenticator.aclose()
         if self.upstream is not None:
             await self.upstream.aclose()
+        if self.tracing is not None:
+            # Exports what is pending: blocking, so off the event loop.
+            await asyncio.to_thread(self.tracing.shutdown)
 
     @property
     def ready(self) -> bool:
@@ -132,14 +150,37 @@ class Runtime:
             raise RuntimeError("the gateway's lifespan has not started")
         return self.upstream
 
-    async def authenticate(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[Principal, Identity]:
+    async def authenticate(
+        self, headers: Sequence[tuple[bytes, bytes]], trace: RequestTrace | None = None
+    ) -> tuple[Principal, Identity]:
         """Steps 2 and 3 of every request: a verified principal, and the origin check for cookies."""
         if self.authenticator is None:
             raise RuntimeError("the gateway's lifespan has not started")
-        principal = await self.authenticator.authenticate(headers)
+        if trace is None:
+            principal = await self.authenticator.authenticate(headers)
+        else:
+            principal = await self._authenticate_traced(headers, trace)
         if principal.source == "cookie":
             self.origin_policy.check(headers)
         return principal, identity_of(principal, self.config.identity)
+
+    async def _authenticate_traced(self, headers: Sequence[tuple[bytes, bytes]], trace: RequestTrace) -> Principal:
+        """`authenticate` inside a "verify token" span that says whether the cache answered."""
+        assert self.authenticator is not None
+        verifier = self.authenticator.verifier
+        span = trace.verify_span()
+        misses = verifier.misses
+        try:
+            principal = await self.authenticator.authenticate(headers)
+        except AuthError as error:
+            span.set_attribute("error.type", error.code)
+            raise
+        finally:
+            # A cache hit never suspends, so no other request can count a miss in between; a
+            # miss counts itself before its first await.
+            span.set_attribute("chatkit.token_cache_hit", verifier.misses == misses)
+            span.end()
+        return principal
 
     def base_headers(
         self, scope: Scope, request_id: str, *, allow: frozenset[bytes] = FORWARDED_REQUEST_HEADERS
@@ -147,6 +188,9 @@ class Runtime:
         """Headers every upstream request carries: the allowlisted client headers plus the gateway's."""
         headers: Headers = scope["headers"]
         client = scope.get("client")
+        if self.tracing is not None:
+            # The gateway's own trace context replaces the client's (the caller adds it).
+            allow = self._traced_allow[allow]
         result = upstream_request_headers(headers, allow=allow)
         result.append((b"x-request-id", request_id.encode("ascii")))
         result.append((b"accept-encoding", b"identity"))
