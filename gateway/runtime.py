@@ -22,6 +22,7 @@ from .errors import AuthError, UnknownIssuer
 from .headers import (
     FORWARDED_BODY_HEADERS,
     FORWARDED_REQUEST_HEADERS,
+    FORWARDED_UPLOAD_HEADERS,
     Headers,
     TrustedProxies,
     forwarded_headers,
@@ -74,7 +75,8 @@ class Runtime:
         if self.config.tracing.enabled:
             self.tracing = Tracing(self.config.tracing, exporter=self.span_exporter)
             self._traced_allow = {
-                allow: allow - TRACE_CONTEXT_HEADERS for allow in (FORWARDED_REQUEST_HEADERS, FORWARDED_BODY_HEADERS)
+                allow: allow - TRACE_CONTEXT_HEADERS
+                for allow in (FORWARDED_REQUEST_HEADERS, FORWARDED_BODY_HEADERS, FORWARDED_UPLOAD_HEADERS)
             }
 
     async def start(self) -> None:
