@@ -3,7 +3,7 @@
 A ChatKit request is a JSON object `{"type": "<op>", "params": {...}, "metadata": {...}}` POSTed to
 one endpoint. The gateway does not validate `params` (the backend does, and new ops appear between
 releases); it checks what it relies on: an object, a string `type`, and JSON that every later step
-(rewrite, re-serialisation) can handle without surprise. The research notes list the ops of
+(rewrite, re-serialisation) can handle without surprise. The op lists below are those of
 openai-chatkit 1.6.5; whether a response streams is decided by its `Content-Type`, not by this list.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import InvalidChatKitRequest, InvalidJSON, UnsupportedMediaType
 from .headers import header_value
+from .jsondepth import nesting_exceeds
 
 __all__ = [
     "GATEWAY_METADATA_KEYS",
@@ -30,6 +31,9 @@ __all__ = [
 ]
 
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abAB]")
+# Levels of nesting a body may have (the top-level object is level 1). ChatKit bodies nest well
+# under 20; parsing, the lone-surrogate check and re-serialising all recurse once per level.
+MAX_JSON_DEPTH = 256
 STREAMING_TYPES = frozenset(
     {
         "threads.create",
@@ -63,7 +67,6 @@ READ_ONLY_TYPES = frozenset({"threads.get_by_id", "threads.list", "items.list"})
 class ChatKitRequest:
     op: str
     body: dict[str, Any]
-    raw: bytes
 
     @property
     def streaming(self) -> bool:
@@ -111,6 +114,8 @@ def parse_chatkit_request(raw: bytes) -> ChatKitRequest:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidJSON("The request body is not valid UTF-8.") from None
+    if nesting_exceeds(text, MAX_JSON_DEPTH):
+        raise InvalidJSON("The request body is nested too deeply.")
     try:
         body = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_object_without_duplicates)
     except InvalidJSON:
@@ -127,7 +132,7 @@ def parse_chatkit_request(raw: bytes) -> ChatKitRequest:
     op = body.get("type")
     if not isinstance(op, str) or not op:
         raise InvalidChatKitRequest("The request body must have a string 'type'.")
-    return ChatKitRequest(op=op, body=body, raw=raw)
+    return ChatKitRequest(op=op, body=body)
 
 
 GATEWAY_METADATA_KEYS = ("userId", "userInfo", "pageContext", "requestId")

@@ -32,11 +32,16 @@ def uvicorn_config(config: GatewayConfig, app: Gateway | None = None) -> uvicorn
         app or create_app(config),
         host=config.server.host,
         port=config.server.port,
-        # uvloop + httptools: +20-40 % throughput over asyncio + h11, and httptools refuses the
-        # CL+TE request smuggling that h11 accepts (measured).
+        # uvloop + httptools: more throughput than asyncio + h11 (docs/BENCHMARKS.md, "Measured
+        # design choices"), and httptools refuses the CL+TE request smuggling that h11 accepts
+        # (docs/hardening.md).
         loop="uvloop",
         http="httptools",
         lifespan="on",
+        # ChatKit is plain HTTP. With a WebSocket library installed uvicorn would take upgrades
+        # itself: a websocket scope the gateway has no use for, and (websockets at debug level)
+        # the handshake headers, credentials included, in the log.
+        ws="none",
         # The gateway applies `server.trusted_proxies` itself; uvicorn's own proxy-header handling
         # would trust X-Forwarded-For from any loopback peer and rewrite the client address.
         proxy_headers=False,
@@ -76,7 +81,7 @@ class GatewayServer(uvicorn.Server):
 
 
 def run(config: GatewayConfig) -> int:
-    configure_logging(config.logging)
+    configure_logging(config.logging, cookie_names=config.auth.cookie_names)
     logger.info("configuration", extra={"fields": {"config": redacted(config)}})
     server = GatewayServer(config)
     server.run()

@@ -32,11 +32,10 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from . import __version__
 from .config import TracingConfig
+from .outbound import TRACE_CONTEXT_HEADERS
 
-__all__ = ["RequestTrace", "Tracing", "TRACE_CONTEXT_HEADERS"]
+__all__ = ["RequestTrace", "Tracing"]
 
-# The W3C trace-context headers: with tracing on, the gateway's replace the client's upstream.
-TRACE_CONTEXT_HEADERS = frozenset({b"traceparent", b"tracestate"})
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 

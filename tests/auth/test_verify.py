@@ -31,12 +31,12 @@ from gateway.errors import (
     UnknownIssuer,
     UnknownKey,
 )
-from tests.auth.keys import (
+from tests.support.clock import FakeClock
+from tests.support.keys import (
     AUDIENCE,
     DROP,
     ISSUER,
     NOW,
-    FakeClock,
     StaticKeySource,
     auth_config,
     b64url,
@@ -61,11 +61,6 @@ ATTACKER_RSA, ATTACKER_EC = rsa_private("attacker"), ec_private("attacker")
 # EC first: python-jose with a raw JWKS dict rejects valid RS256 tokens against this order (J43).
 JWKS = [public_jwk(EC_1, "ec-1"), public_jwk(RSA_A, "rsa-a"), public_jwk(RSA_B, "rsa-b")]
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @dataclass
@@ -519,7 +514,7 @@ async def test_required_claims_from_config_are_enforced() -> None:
 async def test_each_issuer_uses_only_its_own_keys() -> None:
     other = "https://other.example.com"
     mine, theirs = StaticKeySource(JWKS), StaticKeySource([public_jwk(ATTACKER_EC, "their-ec")])
-    auth = auth_config(issuer_config(), issuer_config(other, algorithms=("ES256",)))
+    auth = auth_config(issuer_config(), issuer_config(other, algorithms=("ES256",), user_id_prefix="other:"))
     verifier = TokenVerifier(auth, {ISSUER: mine, other: theirs}, clock=FakeClock())
     theirs_token = make_token(header(alg="ES256", kid="their-ec"), claims(iss=other), ATTACKER_EC)
     assert (await verifier.verify(theirs_token)).issuer == other
