@@ -131,6 +131,21 @@ async def test_an_incoming_traceparent_is_continued_and_replaced_upstream(
 
 
 @pytest.mark.anyio
+async def test_an_upload_is_traced_like_a_chatkit_request(clean_backend: Backend, session_idp: LoopbackIdP) -> None:
+    async with traced_gateway(clean_backend, session_idp) as (client, exporter, _):
+        files = {"file": ("photo.png", b"\x89PNG" + bytes(100), "image/png")}
+        response = await client.post("/chatkit/uploads/files", files=files, headers=bearer(user_token(session_idp)))
+        assert response.status_code == 200
+        sent_trace, sent_parent = upstream_traceparent(clean_backend)
+    spans = exporter.get_finished_spans()
+    (server,) = by_name(spans, "chatkit upload")
+    assert server.attributes is not None and server.attributes["http.route"] == "/chatkit/uploads/{path}"
+    (upstream,) = [span for span in spans if span.kind is SpanKind.CLIENT]
+    assert upstream.parent is not None and upstream.parent.span_id == server.context.span_id
+    assert (sent_trace, sent_parent) == (f"{server.context.trace_id:032x}", f"{upstream.context.span_id:016x}")
+
+
+@pytest.mark.anyio
 async def test_spans_carry_no_user_id_token_or_text_unless_the_user_id_is_asked_for(
     clean_backend: Backend, session_idp: LoopbackIdP
 ) -> None:
