@@ -40,6 +40,7 @@ from .probes import ForwardAuthEndpoint, browser_helper_endpoint, healthz, metri
 from .relay import RelayOutcome, relay_response, stream_error_event
 from .responses import send_error
 from .runtime import Runtime
+from .tokens.wellknown import DISCOVERY_PATH, JWKS_PATH, well_known_documents
 from .uploads import UploadEndpoint
 
 __all__ = ["Gateway", "create_app"]
@@ -88,6 +89,10 @@ class ChatKitEndpoint:
             upstream_headers = self.runtime.base_headers(scope, request_id, allow=FORWARDED_BODY_HEADERS)
             upstream_headers.append(JSON_CONTENT_TYPE)
             upstream_headers.extend(self.runtime.identity_headers(principal, identity, request_id))
+            if self.runtime.tokens is not None:
+                upstream_headers += await self.runtime.tokens.chatkit_headers(
+                    principal, identity, request_id, upstream_body
+                )
             limiter = self.runtime.limiter_or_fail()
             slot = await limiter.open_stream(identity.user_id) if streaming else None
             try:
@@ -266,5 +271,9 @@ def create_app(
         Route("/chatkit-gateway.js", browser_helper_endpoint(), methods=["GET", "HEAD"]),
         Route("/metrics", metrics_endpoint(runtime), methods=["GET"]),
     ]
+    jwks, discovery = well_known_documents(
+        config.tokens.issuer, runtime.tokens.published if runtime.tokens is not None else None
+    )
+    routes += [Route(JWKS_PATH, jwks), Route(DISCOVERY_PATH, discovery)]
     router = Router(routes, redirect_slashes=False, default=not_found, lifespan=lifespan)
     return Gateway(runtime, router, ChatKitEndpoint(runtime), UploadEndpoint(runtime))

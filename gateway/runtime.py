@@ -30,6 +30,7 @@ from .observe import Observer
 from .pagecontext import PageContextPolicy
 from .ratelimit import RateLimiter
 from .relay import Upstream
+from .tokens.headers import TokenHeaders
 
 __all__ = ["Runtime"]
 
@@ -49,6 +50,8 @@ class Runtime:
     authenticator: Authenticator | None = None
     limiter: RateLimiter | None = None
     observer: Observer = field(init=False)
+    # `[tokens]`: None without a signing key (nothing minted, the /.well-known/ documents 404).
+    tokens: TokenHeaders | None = field(init=False)
     started: bool = False
     draining: bool = False
     open_streams: int = 0
@@ -59,6 +62,8 @@ class Runtime:
         self.trusted_proxies = TrustedProxies(self.config.server.trusted_proxies)
         self.origin_policy = OriginPolicy(self.config)
         self.page_context = PageContextPolicy(self.config.metadata, frozenset(self.config.security.allowed_origins))
+        tokens = self.config.tokens
+        self.tokens = TokenHeaders(tokens, self.clock) if tokens.signing_key_file is not None else None
 
     async def start(self) -> None:
         self._stop = asyncio.get_running_loop().create_future()
@@ -122,6 +127,8 @@ class Runtime:
             await self.authenticator.aclose()
         if self.upstream is not None:
             await self.upstream.aclose()
+        if self.tokens is not None:
+            await self.tokens.aclose()
 
     @property
     def ready(self) -> bool:

@@ -81,6 +81,8 @@ class UploadEndpoint:
             exchange.user_id, exchange.source = identity.user_id, principal.source
             await self.runtime.limiter_or_fail().admit(identity.user_id, message=False)
             identity_headers = self.runtime.identity_headers(principal, identity, request_id)
+            if self.runtime.tokens is not None:
+                identity_headers += self.runtime.tokens.upload_headers(principal, identity, request_id)
             await self._forward(scope, receive, send, target, exchange, identity_headers)
         except GatewayError as error:
             exchange.status, exchange.error = error.status, error.code
