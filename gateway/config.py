@@ -21,9 +21,18 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ENV_PREFIX",
@@ -88,6 +97,20 @@ def _check_origin(value: str) -> str:
     return value.rstrip("/").lower()
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _reachable_under(url: str, base: str) -> bool:
+    """Whether `url` is `base` followed by some path: same scheme, host and port as written (no name
+    resolution; an omitted port is the scheme's default), and `url`'s path starts with `base`'s."""
+    target, prefix = urlsplit(url), urlsplit(base)  # both lower-case the scheme and the host
+    if (target.scheme, target.hostname) != (prefix.scheme, prefix.hostname):
+        return False
+    if (target.port or DEFAULT_PORTS[target.scheme]) != (prefix.port or DEFAULT_PORTS[prefix.scheme]):
+        return False
+    return unquote(target.path or "/").startswith(unquote(prefix.path))
+
+
 class ServerConfig(_Section):
     host: Text = "127.0.0.1"
     port: Annotated[int, Strict(), Field(ge=0, le=65535)] = 8080
@@ -150,8 +173,19 @@ class UpstreamConfig(_Section):
 
     @field_validator("uploads_url")
     @classmethod
-    def _uploads_url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value, trailing_slash=True)
+    def _uploads_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        _check_http_url(value, trailing_slash=True)
+        url = info.data.get("url")  # absent when `url` itself was refused
+        if isinstance(url, str) and _reachable_under(url, value):
+            # `{uploads_path}REST` would then deliver a raw client body to the ChatKit endpoint, past
+            # the metadata rewrite and every JSON check (docs/security.md, "The uploads URL").
+            raise ValueError(
+                "upstream.url can be reached under it (same origin, and upstream.url's path starts with "
+                "this path); give uploads a path of their own, e.g. '/uploads/'"
+            )
+        return value
 
     @field_validator("identity_secret")
     @classmethod
