@@ -21,6 +21,7 @@ from gateway.backend import IDENTITY_HEADER, sign_identity
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "backend" / "app.py"
 SECRET = "example-secret-" + "x" * 32
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.user-token.signature"
+CRM_TOKEN = "eyJhbGciOiJFUzI1NiJ9.crm-tool-token.signature"
 IDENTITY: dict[str, Any] = {
     "userId": "user-ada",
     "userInfo": {"id": "user-ada", "name": "Ada Lovelace", "email": "ada@example.com"},
@@ -49,11 +50,13 @@ def create_message(text: str, identity: dict[str, Any] = IDENTITY) -> dict[str, 
 
 
 def gateway_headers(identity: dict[str, Any] = IDENTITY) -> dict[str, str]:
-    """What the gateway sends with `upstream.identity_secret` and `forward_access_token` set."""
+    """What the gateway sends with `upstream.identity_secret`, `forward_access_token` and a
+    `[[tokens.resources]]` entry named "crm" set."""
     return {
         IDENTITY_HEADER: sign_identity(identity, SECRET),
         "X-User-Id": identity["userId"],
         "Authorization": f"Bearer {TOKEN}",
+        "X-ChatKit-Token-crm": CRM_TOKEN,
     }
 
 
@@ -63,20 +66,23 @@ def assistant_texts(stream: str) -> list[str]:
     return [part["text"] for item in items if item["type"] == "assistant_message" for part in item["content"]]
 
 
-def test_reply_names_the_user_and_the_token_reaches_only_the_tool_headers(example: ModuleType) -> None:
+def test_reply_names_the_user_and_the_tool_token_reaches_only_the_tool_headers(example: ModuleType) -> None:
     model = example.OfflineModel()
     with TestClient(example.create_app(SECRET, model)) as client:
         response = client.post("/chatkit", json=create_message("hi"), headers=gateway_headers())
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     assert assistant_texts(response.text) == ["Hello, Ada Lovelace! You said: hi"]
-    assert TOKEN not in response.text
+    assert TOKEN not in response.text and CRM_TOKEN not in response.text
 
     (call,) = model.calls
     assert "Ada Lovelace" in call.instructions and "Pricing" in call.instructions
-    assert TOKEN not in call.instructions and TOKEN not in call.user_text
+    for secret in (TOKEN, CRM_TOKEN):
+        assert secret not in call.instructions and secret not in call.user_text
     (tool,) = call.tools
-    assert tool.headers == {"Authorization": f"Bearer {TOKEN}", "X-User-Id": "user-ada"}
+    assert tool.url == example.CRM_MCP_URL
+    # The crm server gets its own token, not the user's (which is valid everywhere the user's is).
+    assert tool.headers == {"Authorization": f"Bearer {CRM_TOKEN}"}
 
 
 def test_request_without_the_signed_identity_is_refused(example: ModuleType) -> None:
@@ -116,4 +122,4 @@ def test_trusted_network_mode_reads_the_identity_from_metadata(example: ModuleTy
     with TestClient(example.create_app(None, model)) as client:
         response = client.post("/chatkit", json=create_message("hello"), headers={"X-User-Id": "user-ada"})
     assert assistant_texts(response.text) == ["Hello, Ada Lovelace! You said: hello"]
-    assert model.calls[0].tools[0].headers == {"X-User-Id": "user-ada"}  # no token was forwarded
+    assert model.calls[0].tools == []  # no tool token was sent: no tool is offered
