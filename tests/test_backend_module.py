@@ -24,8 +24,8 @@ from gateway.backend import (
     context_from,
     header_value_of,
     mcp_headers,
-    tool_token,
     sign_identity,
+    tool_token,
     verify_identity,
 )
 from gateway.identity import header_value_of as gateway_header_value_of
