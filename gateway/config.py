@@ -223,6 +223,8 @@ class IssuerConfig(_Section):
     algorithms: tuple[Text, ...] = ("RS256",)
     leeway_seconds: Seconds = 30.0
     required_claims: tuple[Text, ...] = ("exp", "iat", "sub")
+    # Written before the user id claim, so the same `sub` from two issuers names two users.
+    user_id_prefix: Text = ""
 
     @field_validator("issuer")
     @classmethod
@@ -246,6 +248,20 @@ class IssuerConfig(_Section):
         return value
 
 
+def _check_distinct_prefixes(issuers: tuple[IssuerConfig, ...]) -> None:
+    # Two issuers may each have a user whose `sub` is "alice"; a backend keyed by user id would
+    # hand one the other's threads. Distinct prefixes keep their ids apart.
+    first: dict[str, int] = {}
+    for index, item in enumerate(issuers):
+        if item.user_id_prefix in first:
+            other = first[item.user_id_prefix]
+            raise ValueError(
+                f"entries {other} ({issuers[other].issuer}) and {index} ({item.issuer}) have the same "
+                f"user_id_prefix {item.user_id_prefix!r}; with several issuers each needs its own"
+            )
+        first[item.user_id_prefix] = index
+
+
 class AuthConfig(_Section):
     bearer: Flag = True
     cookie_names: tuple[Text, ...] = ("auth_token",)
@@ -262,6 +278,8 @@ class AuthConfig(_Section):
         names = [item.issuer for item in value]
         if len(names) != len(set(names)):
             raise ValueError("each issuer may appear once")
+        if len(value) > 1:
+            _check_distinct_prefixes(value)
         return value
 
 

@@ -76,7 +76,7 @@ def test_the_example_shows_every_default() -> None:
     compare(defaults, example, "")
     issuer = example["auth"]["issuers"][0]
     issuer_defaults = load_config(EXAMPLE, environ={}).auth.issuers[0]
-    for key in ("algorithms", "leeway_seconds", "required_claims"):
+    for key in ("algorithms", "leeway_seconds", "required_claims", "user_id_prefix"):
         shown = issuer[key]
         assert shown == (
             list(getattr(issuer_defaults, key)) if isinstance(shown, list) else getattr(issuer_defaults, key)
@@ -292,3 +292,49 @@ def test_serve_refuses_to_start_on_a_bad_config(tmp_path: Path) -> None:
     bad.write_text('[upstream]\nurl = "nope"\n')
     result = run_cli("serve", "--config", str(bad), env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 2 and "upstream.url" in result.stderr
+
+
+def with_issuers(*prefixes: str | None) -> dict[str, str]:
+    """MINIMAL with one issuer per item, each with that `user_id_prefix` (None: left at its default)."""
+    entries = [
+        f'{{issuer = "https://idp{index}.example.com", audiences = ["chatkit"]'
+        + ("" if prefix is None else f', user_id_prefix = "{prefix}"')
+        + "}"
+        for index, prefix in enumerate(prefixes)
+    ]
+    return {**MINIMAL, "CHATKIT_GATEWAY__AUTH__ISSUERS": f"[{', '.join(entries)}]"}
+
+
+@pytest.mark.parametrize(
+    ("prefixes", "named"),
+    [
+        ((None, None), r"entries 0 \(https://idp0\.example\.com\) and 1 \(https://idp1\.example\.com\)"),
+        (("", None), r"entries 0 \(https://idp0\.example\.com\) and 1 \(https://idp1\.example\.com\)"),
+        (("a:", "b:", "a:"), r"entries 0 \(https://idp0\.example\.com\) and 2 \(https://idp2\.example\.com\)"),
+    ],
+    ids=["both-default", "default-and-empty", "first-and-third"],
+)
+def test_several_issuers_with_one_user_id_prefix_are_refused_naming_the_entries(
+    prefixes: tuple[str | None, ...], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"auth\.issuers: {named} have the same user_id_prefix"):
+        load_config(environ=with_issuers(*prefixes))
+
+
+def test_distinct_user_id_prefixes_are_accepted_and_one_issuer_needs_none() -> None:
+    config = load_config(environ=with_issuers("corp:", "partner:"))
+    assert [issuer.user_id_prefix for issuer in config.auth.issuers] == ["corp:", "partner:"]
+    assert load_config(environ=MINIMAL).auth.issuers[0].user_id_prefix == ""
+
+
+def test_serve_refuses_to_start_with_two_issuers_and_one_prefix(tmp_path: Path) -> None:
+    config = tmp_path / "two.toml"
+    config.write_text(
+        '[upstream]\nurl = "http://127.0.0.1:8001/chatkit"\n'
+        '[[auth.issuers]]\nissuer = "https://a.example.com"\naudiences = ["chatkit"]\n'
+        '[[auth.issuers]]\nissuer = "https://b.example.com"\naudiences = ["chatkit"]\n'
+    )
+    result = run_cli("serve", "--config", str(config), env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert "https://a.example.com" in result.stderr and "https://b.example.com" in result.stderr
+    assert "user_id_prefix" in result.stderr

@@ -4,8 +4,10 @@ name "crm") in the MCP client's HTTP headers, never to the model, a log or `meta
 
     CHATKIT_IDENTITY_SECRET=<upstream.identity_secret> uvicorn app:app --app-dir examples/backend --port 8001
 
-Without `CHATKIT_IDENTITY_SECRET` it runs in "trusted network" mode and believes the body's
-metadata as it stands: only do that when nothing but the gateway can reach it.
+With the secret, it believes only identities the gateway signed for exactly the body that arrived
+(a signed header copied onto another request is refused). Without `CHATKIT_IDENTITY_SECRET` it
+runs in "trusted network" mode and believes the body's metadata when `X-User-Id` and
+`X-User-Email` agree with it: only do that when nothing but the gateway can reach it.
 """
 
 from __future__ import annotations
@@ -212,6 +214,7 @@ def create_app(secret: str | None, model: OfflineModel | None = None) -> Starlet
 
     async def chatkit_endpoint(request: Request) -> Response:
         try:
+            # Reads the body and checks it against the signed hash; `process` below gets the same bytes.
             # "tools" lives as long as this request: never stored, never shown to the model.
             context = {**await chatkit_context(request, secret=secret), "tools": tool_servers(request)}
         except InvalidIdentity:

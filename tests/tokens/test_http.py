@@ -133,7 +133,7 @@ def test_uploads_carry_the_assertion_without_body_hash_and_no_tool_tokens(
         trust_env=False,
     )
     assert response.status_code == 200, response.text
-    [upload] = [r for r in clean_backend.requests() if r["path"] == "/files"]
+    [upload] = [r for r in clean_backend.requests() if r["path"] == "/uploads/files"]
     claims = verify(gateway_with_tokens, one_header(upload, "x-chatkit-assertion"), ASSERTION_AUDIENCE)
     assert claims["sub"] == "alice" and set(claims["chatkit"]) == {"requestId"}  # type: ignore[arg-type]
     assert not [name for name, _ in upload["headers"] if name.startswith("x-chatkit-token-")]
