@@ -12,25 +12,25 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Sequence
 from typing import Any
 
 from cachetools import TTLCache
 
+from ..backend import body_sha256
 from ..clock import Clock
 from ..config import TokenResourceConfig, TokensConfig
-from .signing import SigningKey, b64url
+from .signing import SigningKey
 
 __all__ = ["ASSERTION_SECONDS", "Minter", "body_digest"]
 
 ASSERTION_SECONDS = 60
 
 
-def body_digest(body: bytes) -> str:
-    """`chatkit.bodySha256`: the unpadded base64url SHA-256 of the exact bytes sent upstream."""
-    return b64url(hashlib.sha256(body).digest()).decode("ascii")
+# `chatkit.bodySha256`: the unpadded base64url SHA-256 of the exact bytes sent upstream, as the
+# signed `X-ChatKit-Identity` has it.
+body_digest = body_sha256
 
 
 def _jti() -> str:

@@ -14,6 +14,7 @@ import jwt
 import pytest
 import tomli_w
 
+from gateway.headers import FORWARDED_BODY_HEADERS, FORWARDED_REQUEST_HEADERS, upstream_request_headers
 from tests.support.fixtures import Backend
 from tests.support.gateway import RunningGateway, bearer, gateway_config
 from tests.support.idp import LoopbackIdP
@@ -218,3 +219,10 @@ def test_rotation_old_tokens_verify_while_their_key_is_published_new_ones_use_th
     with tokens_gateway(backend, session_idp, new_key, port=port) as retired:
         with pytest.raises(jwt.PyJWKClientError):
             verify(retired, old_token, CRM_AUDIENCE)
+
+
+@pytest.mark.parametrize("allow", [FORWARDED_REQUEST_HEADERS, FORWARDED_BODY_HEADERS], ids=["uploads", "chatkit"])
+def test_the_upstream_allowlist_names_none_of_the_gateways_token_headers(allow: frozenset[bytes]) -> None:
+    client = [(name.lower().encode(), value.encode()) for name, value in FORGED.items()]
+    assert upstream_request_headers(client, allow=allow) == []
+    assert not [name for name in allow if name.startswith((b"x-chatkit-token", b"x-chatkit-assertion"))]
