@@ -39,12 +39,19 @@ def tokens_section(issuer: str, key_file: str, **settings: Any) -> dict[str, Any
 
 @contextmanager
 def tokens_gateway(
-    backend: Backend, idp: LoopbackIdP, key_file: str, *, port: int | None = None, **settings: Any
+    backend: Backend,
+    idp: LoopbackIdP,
+    key_file: str,
+    *,
+    port: int | None = None,
+    log_level: str = "info",
+    **settings: Any,
 ) -> Iterator[RunningGateway]:
     """A gateway whose `tokens.issuer` is its own URL (so discovery points back at it)."""
     port = port or free_port()
     issuer = f"http://127.0.0.1:{port}"
-    config = gateway_config(backend.url, idp, {"tokens": tokens_section(issuer, key_file, **settings)})
+    overrides = {"tokens": tokens_section(issuer, key_file, **settings), "logging": {"level": log_level}}
+    config = gateway_config(backend.url, idp, overrides)
     with start_gateway(config, port=port) as running:
         yield running
 

@@ -12,6 +12,9 @@ import httpx
 import jwt
 import pytest
 
+from gateway.clock import SYSTEM_CLOCK
+from gateway.config import ConfigError, TokensConfig
+from gateway.tokens.headers import TokenHeaders
 from tests.support.fixtures import Backend
 from tests.support.gateway import AUDIENCE, RunningGateway, bearer
 from tests.support.idp import LoopbackIdP
@@ -64,7 +67,8 @@ def exchange_gateway(
 ) -> Iterator[RunningGateway]:
     folder = tmp_path_factory.mktemp("exchange")
     resource = exchanged_resource(authorization_server.token_endpoint, secret_file(folder, CLIENT_SECRET))
-    with tokens_gateway(backend, session_idp, new_key_file(folder), resources=[resource]) as gateway:
+    # At debug level: no line at any level may carry a token (the exchange client's included).
+    with tokens_gateway(backend, session_idp, new_key_file(folder), resources=[resource], log_level="debug") as gateway:
         yield gateway
 
 
@@ -146,3 +150,12 @@ def test_a_failed_exchange_is_502_and_nothing_is_forwarded(
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert any("token exchange for resource crm failed" in line.get("message", "") for line in lines)
     assert not any(secret in line for line in log.splitlines())
+
+
+def test_an_unreadable_client_secret_stops_start_up_naming_the_key(tmp_path: Path) -> None:
+    resource = exchanged_resource("https://idp.test/token", str(tmp_path / "absent"))
+    config = TokensConfig.model_validate(
+        {"issuer": "https://chat.test", "signing_key_file": new_key_file(tmp_path), "resources": [resource]}
+    )
+    with pytest.raises(ConfigError, match=r"tokens.resources.crm.client_secret_file: cannot read .*absent"):
+        TokenHeaders(config, SYSTEM_CLOCK)

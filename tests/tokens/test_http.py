@@ -45,7 +45,8 @@ def gateway_with_tokens(
     backend: Backend, session_idp: LoopbackIdP, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningGateway]:
     key_file = new_key_file(tmp_path_factory.mktemp("keys"))
-    with tokens_gateway(backend, session_idp, key_file) as running:
+    # At debug level: no line at any level may carry a token.
+    with tokens_gateway(backend, session_idp, key_file, log_level="debug") as running:
         yield running
 
 
