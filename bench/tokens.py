@@ -26,7 +26,7 @@ Three gateways in the same run, in front of the same upstream, each measured wit
 load (a small authenticated JSON request, c=16), rounds interleaved so the machine's drift falls
 on all three alike:
 
-- **off**: the run's own gateway (no `[tokens]`);
+- **off**: the run's gateway configuration without `[tokens]`;
 - **cached**: an ES256 key, `assertion_audience` and two minted resources: every request signs one
   assertion (it is bound to the request's body) and finds its two tool tokens in the cache;
 - **uncached**: the same with `tokens.cache_size = 1`, so both tool tokens are signed on every
@@ -46,9 +46,11 @@ def _write_key(folder: Path, name: str, key: ec.EllipticCurvePrivateKey | rsa.RS
     return str(path)
 
 
-def _start(folder: Path, base: dict[str, Any], name: str, tokens: dict[str, Any]) -> peers.Peer:
+def _start(folder: Path, base: dict[str, Any], name: str, tokens: dict[str, Any] | None) -> peers.Peer:
     port = peers.free_port()
-    config = {**base, "server": {**base["server"], "port": port}, "tokens": tokens}
+    config = {**base, "server": {**base["server"], "port": port}}
+    if tokens is not None:
+        config["tokens"] = tokens
     path = folder / f"{name}.toml"
     path.write_text(tomli_w.dumps(config))
     args = [sys.executable, "-m", "gateway", "serve", "--config", str(path)]
@@ -93,11 +95,13 @@ def run(gateway: peers.Peer, token: str, seconds: float) -> list[str]:
             "assertion_audience": "chatkit-backend",
             "resources": RESOURCES,
         }
+        # Three fresh gateways started alike (the run's own has served every other benchmark).
+        off = _start(folder, base, "gateway-tokens-off", None)
         cached = _start(folder, base, "gateway-tokens-cached", tokens)
         try:
             uncached = _start(folder, base, "gateway-tokens-uncached", {**tokens, "cache_size": 1})
             try:
-                subjects = {"off": gateway, "cached": cached, "uncached": uncached}
+                subjects = {"off": off, "cached": cached, "uncached": uncached}
                 cpu: dict[str, list[float]] = {label: [] for label in subjects}
                 for _ in range(ROUNDS):
                     for label, peer in subjects.items():
@@ -111,8 +115,9 @@ def run(gateway: peers.Peer, token: str, seconds: float) -> list[str]:
                 peers.stop(uncached)
         finally:
             peers.stop(cached)
+            peers.stop(off)
         signing = signing_us(folder)
-    off = statistics.median(cpu["off"])
+    baseline = statistics.median(cpu["off"])
     lines = [
         "| gateway | CPU µs per request (c=16, median of rounds) | added | × off |",
         "| --- | --- | --- | --- |",
@@ -124,7 +129,7 @@ def run(gateway: peers.Peer, token: str, seconds: float) -> list[str]:
     }
     for label, text in labels.items():
         value = statistics.median(cpu[label])
-        lines.append(f"| {text} | {value:,.0f} | {value - off:+,.0f} | {value / off:.2f}× |")
+        lines.append(f"| {text} | {value:,.0f} | {value - baseline:+,.0f} | {value / baseline:.2f}× |")
     lines += [
         "",
         "| key | µs to sign one assertion (in-process, median) |",
