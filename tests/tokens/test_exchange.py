@@ -3,6 +3,7 @@ RFC 8693 grant registered): the token the backend receives, its cache, and failu
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +14,10 @@ import jwt
 import pytest
 
 from gateway.clock import SYSTEM_CLOCK
-from gateway.config import ConfigError, TokensConfig
+from gateway.config import ConfigError, TokenResourceConfig, TokensConfig
+from gateway.tokens.exchange import TokenExchange
 from gateway.tokens.headers import TokenHeaders
+from tests.auth.keys import NOW, FakeClock
 from tests.support.fixtures import Backend
 from tests.support.gateway import AUDIENCE, RunningGateway, bearer
 from tests.support.idp import LoopbackIdP
@@ -113,6 +116,27 @@ def test_an_exchanged_token_is_reused_for_the_same_user_token_only(
     assert verify_exchanged(authorization_server, received[2])["sub"] == "erin"
 
 
+def test_concurrent_requests_of_one_user_share_one_exchange(
+    exchange_gateway: RunningGateway,
+    clean_backend: Backend,
+    session_idp: LoopbackIdP,
+    authorization_server: AuthorizationServer,
+) -> None:
+    before = authorization_server.exchanges()
+    token = user(session_idp, "grace")
+    body = {"type": "threads.list", "params": {}}
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(headers=bearer(token), trust_env=False, timeout=30) as client:
+            responses = await asyncio.gather(*(client.post(exchange_gateway.chatkit_url, json=body) for _ in range(8)))
+        return [response.status_code for response in responses]
+
+    assert asyncio.run(burst()) == [200] * 8
+    assert authorization_server.exchanges() == before + 1
+    received = {one_header(request, "x-chatkit-token-crm") for request in clean_backend.requests()}
+    assert len(received) == 1
+
+
 def test_no_exchanged_or_user_token_in_the_log_or_the_body(
     exchange_gateway: RunningGateway, clean_backend: Backend, session_idp: LoopbackIdP
 ) -> None:
@@ -159,3 +183,23 @@ def test_an_unreadable_client_secret_stops_start_up_naming_the_key(tmp_path: Pat
     )
     with pytest.raises(ConfigError, match=r"tokens.resources.crm.client_secret_file: cannot read .*absent"):
         TokenHeaders(config, SYSTEM_CLOCK)
+
+
+@pytest.mark.parametrize(
+    ("answer", "refresh_at"),
+    [
+        ({"expires_in": 600}, NOW + 600 - 30),
+        ({}, NOW + 900 - 30),  # no expires_in: the JWT's exp
+        ({"expires_in": 20}, NOW - 10),  # under 30 s: not kept at all
+    ],
+    ids=["expires_in", "jwt-exp", "too-short"],
+)
+def test_an_exchanged_token_is_kept_until_30_seconds_before_it_expires(
+    tmp_path: Path, answer: dict[str, Any], refresh_at: float
+) -> None:
+    resource = TokenResourceConfig.model_validate(
+        exchanged_resource("https://idp.test/token", secret_file(tmp_path, "s"))
+    )
+    exchange = TokenExchange(resource, httpx.AsyncClient(), FakeClock(NOW), cache_size=4)
+    token = jwt.encode({"exp": NOW + 900}, "k" * 32, algorithm="HS256")
+    assert exchange._refresh_at(answer, token) == refresh_at
