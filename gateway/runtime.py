@@ -66,7 +66,11 @@ class Runtime:
         self.page_context = PageContextPolicy(self.config.metadata, frozenset(self.config.security.allowed_origins))
         self.user_id_prefixes = user_id_prefixes(self.config.auth.issuers)
         tokens = self.config.tokens
-        self.tokens = TokenHeaders(tokens, self.clock) if tokens.signing_key_file is not None else None
+        self.tokens = (
+            TokenHeaders(tokens, self.clock, on_exchange=self.observer.token_exchanged)
+            if tokens.signing_key_file is not None
+            else None
+        )
 
     async def start(self) -> None:
         self._stop = asyncio.get_running_loop().create_future()

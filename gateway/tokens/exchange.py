@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -73,12 +74,20 @@ def _jwt_exp(token: str) -> float | None:
 class TokenExchange:
     """RFC 8693 exchanges for one `[[tokens.resources]]` entry, with their cache."""
 
-    def __init__(self, resource: TokenResourceConfig, client: httpx.AsyncClient, clock: Clock, cache_size: int) -> None:
+    def __init__(
+        self,
+        resource: TokenResourceConfig,
+        client: httpx.AsyncClient,
+        clock: Clock,
+        cache_size: int,
+        on_result: Callable[[str, str], None] | None = None,
+    ) -> None:
         assert resource.token_endpoint and resource.client_id and resource.client_secret_file
         self.name = resource.name
         self.endpoint = resource.token_endpoint
         self.client = client
         self.clock = clock
+        self._on_result = on_result or (lambda resource, result: None)
         try:
             secret = Path(resource.client_secret_file).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
@@ -112,6 +121,7 @@ class TokenExchange:
         self._pending[key] = future
         try:
             answer = await self._exchange(subject_token)
+            self._on_result(self.name, "ok")
         except BaseException as exc:
             future.set_exception(exc if isinstance(exc, TokenExchangeFailed) else TokenExchangeFailed())
             future.exception()  # retrieved: nobody else may be waiting
@@ -165,4 +175,5 @@ class TokenExchange:
     def _fail(self, reason: str) -> NoReturn:
         # The reason names a status, an OAuth error code or an exception type: never a token or body.
         logger.warning("token exchange for resource %s failed: %s", self.name, reason)
+        self._on_result(self.name, "failed")
         raise TokenExchangeFailed()

@@ -10,6 +10,8 @@ The client can never send these itself: upstream request headers pass an allowli
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 
 from ..auth.verify import Principal
@@ -32,7 +34,12 @@ class TokenHeaders:
     start-up for a key or secret that cannot be used."""
 
     def __init__(
-        self, config: TokensConfig, clock: Clock, *, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        config: TokensConfig,
+        clock: Clock,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        on_exchange: Callable[[str, str], None] | None = None,
     ) -> None:
         assert config.signing_key_file is not None and config.issuer is not None
         try:
@@ -52,7 +59,10 @@ class TokenHeaders:
         exchanged = [r for r in config.resources if r.mode == "exchange"]
         self.client = exchange_client(transport) if exchanged else None
         self._exchanges: list[tuple[bytes, TokenExchange]] = [
-            (TOOL_TOKEN_HEADER_PREFIX + r.name.encode("ascii"), TokenExchange(r, self.client, clock, config.cache_size))
+            (
+                TOOL_TOKEN_HEADER_PREFIX + r.name.encode("ascii"),
+                TokenExchange(r, self.client, clock, config.cache_size, on_exchange),
+            )
             for r in exchanged
             if self.client is not None
         ]

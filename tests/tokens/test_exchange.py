@@ -75,6 +75,12 @@ def exchange_gateway(
         yield gateway
 
 
+def exchanges_ok(gateway: RunningGateway) -> float:
+    metrics = httpx.get(f"{gateway.url}/metrics", trust_env=False).text
+    prefix = 'chatkit_gateway_token_exchanges_total{resource="crm",result="ok"} '
+    return next((float(line.removeprefix(prefix)) for line in metrics.splitlines() if line.startswith(prefix)), 0.0)
+
+
 def verify_exchanged(server: AuthorizationServer, token: str) -> dict[str, Any]:
     key = jwt.PyJWKClient(server.jwks_url).get_signing_key_from_jwt(token)
     claims: dict[str, Any] = jwt.decode(token, key, algorithms=["ES256"], audience=CRM_AUDIENCE, issuer=server.url)
@@ -131,8 +137,10 @@ def test_concurrent_requests_of_one_user_share_one_exchange(
             responses = await asyncio.gather(*(client.post(exchange_gateway.chatkit_url, json=body) for _ in range(8)))
         return [response.status_code for response in responses]
 
+    metrics_before = exchanges_ok(exchange_gateway)
     assert asyncio.run(burst()) == [200] * 8
     assert authorization_server.exchanges() == before + 1
+    assert exchanges_ok(exchange_gateway) == metrics_before + 1
     received = {one_header(request, "x-chatkit-token-crm") for request in clean_backend.requests()}
     assert len(received) == 1
 
@@ -170,6 +178,8 @@ def test_a_failed_exchange_is_502_and_nothing_is_forwarded(
         assert response.status_code == 502
         assert response.json()["error"]["code"] == "token_exchange_failed"
         assert backend.requests() == []
+        metrics = httpx.get(f"{gateway.url}/metrics", trust_env=False).text
+        assert 'chatkit_gateway_token_exchanges_total{resource="crm",result="failed"} 1.0' in metrics
         log = gateway.log()
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert any("token exchange for resource crm failed" in line.get("message", "") for line in lines)
