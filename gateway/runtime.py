@@ -80,6 +80,8 @@ class Runtime:
         authenticator = self.authenticator
         self.observer.watch_key_ages(lambda: [(s.issuer, s.last_success_age) for s in authenticator.status()])
         self.upstream = Upstream(self.config.upstream, transport=self.transport)
+        if self.tokens is not None:
+            self.tokens.start()
         self.limiter = RateLimiter.create(
             self.config.ratelimit, clock=self.clock, on_backend_error=self._rate_limit_backend_failed
         )

@@ -77,7 +77,6 @@ class TokenExchange:
     def __init__(
         self,
         resource: TokenResourceConfig,
-        client: httpx.AsyncClient,
         clock: Clock,
         cache_size: int,
         on_result: Callable[[str, str], None] | None = None,
@@ -85,7 +84,6 @@ class TokenExchange:
         assert resource.token_endpoint and resource.client_id and resource.client_secret_file
         self.name = resource.name
         self.endpoint = resource.token_endpoint
-        self.client = client
         self.clock = clock
         self._on_result = on_result or (lambda resource, result: None)
         try:
@@ -108,8 +106,8 @@ class TokenExchange:
         # One exchange at a time per user token: concurrent requests wait for the same answer.
         self._pending: dict[bytes, asyncio.Future[tuple[str, float]]] = {}
 
-    async def token_for(self, subject_token: str) -> str:
-        """The tool token for the user whose verified token is `subject_token`."""
+    async def token_for(self, client: httpx.AsyncClient, subject_token: str) -> str:
+        """The tool token for the user whose verified token is `subject_token`, by `client`."""
         key = hashlib.sha256(subject_token.encode()).digest()
         cached = self._cache.get(key)
         if cached is not None and self.clock.time() < cached[1]:
@@ -120,7 +118,7 @@ class TokenExchange:
         future: asyncio.Future[tuple[str, float]] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
         try:
-            answer = await self._exchange(subject_token)
+            answer = await self._exchange(client, subject_token)
             self._on_result(self.name, "ok")
         except BaseException as exc:
             future.set_exception(exc if isinstance(exc, TokenExchangeFailed) else TokenExchangeFailed())
@@ -133,10 +131,10 @@ class TokenExchange:
             self._cache[key] = answer
         return answer[0]
 
-    async def _exchange(self, subject_token: str) -> tuple[str, float]:
+    async def _exchange(self, client: httpx.AsyncClient, subject_token: str) -> tuple[str, float]:
         form = {**self._form, "subject_token": subject_token}
         try:
-            async with self.client.stream("POST", self.endpoint, data=form, headers=self._headers) as response:
+            async with client.stream("POST", self.endpoint, data=form, headers=self._headers) as response:
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
                     body += chunk

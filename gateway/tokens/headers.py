@@ -56,20 +56,23 @@ class TokenHeaders:
         self.assertions = config.assertion_audience is not None
         self._minted = [r for r in config.resources if r.mode == "mint"]
         self._minted_names = [TOOL_TOKEN_HEADER_PREFIX + r.name.encode("ascii") for r in self._minted]
-        exchanged = [r for r in config.resources if r.mode == "exchange"]
-        self.client = exchange_client(transport) if exchanged else None
-        self._exchanges: list[tuple[bytes, TokenExchange]] = [
-            (
-                TOOL_TOKEN_HEADER_PREFIX + r.name.encode("ascii"),
-                TokenExchange(r, self.client, clock, config.cache_size, on_exchange),
-            )
-            for r in exchanged
-            if self.client is not None
+        self._exchanges = [
+            (TOOL_TOKEN_HEADER_PREFIX + r.name.encode("ascii"), TokenExchange(r, clock, config.cache_size, on_exchange))
+            for r in config.resources
+            if r.mode == "exchange"
         ]
+        self._transport = transport
+        self.client: httpx.AsyncClient | None = None
+
+    def start(self) -> None:
+        """In the lifespan: the exchanges' one HTTP client (none without exchanged resources)."""
+        if self._exchanges:
+            self.client = exchange_client(self._transport)
 
     async def aclose(self) -> None:
         if self.client is not None:
             await self.client.aclose()
+            self.client = None
 
     def _assertion(
         self, principal: Principal, identity: Identity, request_id: str, body: bytes | None
@@ -90,8 +93,12 @@ class TokenHeaders:
         minter, user_id = self.minter, identity.user_id
         for header, resource in zip(self._minted_names, self._minted, strict=True):
             result.append((header, minter.tool_token(user_id, resource).encode("ascii")))
-        for header, exchange in self._exchanges:
-            result.append((header, (await exchange.token_for(principal.token)).encode("ascii")))
+        if self._exchanges:
+            client = self.client
+            if client is None:
+                raise RuntimeError("the gateway's lifespan has not started")
+            for header, exchange in self._exchanges:
+                result.append((header, (await exchange.token_for(client, principal.token)).encode("ascii")))
         return result
 
     def upload_headers(self, principal: Principal, identity: Identity, request_id: str) -> Headers:

@@ -210,6 +210,6 @@ def test_an_exchanged_token_is_kept_until_30_seconds_before_it_expires(
     resource = TokenResourceConfig.model_validate(
         exchanged_resource("https://idp.test/token", secret_file(tmp_path, "s"))
     )
-    exchange = TokenExchange(resource, httpx.AsyncClient(), FakeClock(NOW), cache_size=4)
+    exchange = TokenExchange(resource, FakeClock(NOW), cache_size=4)
     token = jwt.encode({"exp": NOW + 900}, "k" * 32, algorithm="HS256")
     assert exchange._refresh_at(answer, token) == refresh_at
