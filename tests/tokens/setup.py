@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import jwt
 
-from tests.support.chatkit import user_input
+from tests.support.chatkit import post, user_input
 from tests.support.fixtures import Backend
 from tests.support.gateway import RunningGateway, bearer, gateway_config, start_gateway, user_token
 from tests.support.idp import LoopbackIdP
@@ -61,8 +61,9 @@ def new_key_file(folder: Path, name: str = "signing.pem", kind: str = "ec") -> s
 
 
 def chat(gateway: RunningGateway, token: str, text: str = "hello", **headers: str) -> httpx.Response:
-    body = {"type": "threads.create", "params": {"input": user_input(text)}}
-    response = httpx.post(gateway.chatkit_url, json=body, headers={**bearer(token), **headers}, trust_env=False)
+    """One `threads.create` through the gateway as the user whose token is `token`."""
+    with httpx.Client(base_url=gateway.url, headers={**bearer(token), **headers}, trust_env=False) as client:
+        response = post(client, "threads.create", {"input": user_input(text)})
     assert response.status_code == 200, response.text
     return response
 
