@@ -379,8 +379,8 @@ class TokensConfig(_Section):
     previous_key_files: tuple[Text, ...] = ()
     assertion_audience: Text | None = None
     resources: tuple[TokenResourceConfig, ...] = ()
-    # Tool tokens kept for reuse, per resource (by user; by user token when exchanged); the least
-    # recently used go first beyond it.
+    # Tool tokens kept for reuse: this many minted ones (one per user and resource), and this many
+    # per exchanged resource (one per user token); the least recently used go first beyond it.
     cache_size: Annotated[int, Strict(), Field(ge=1)] = 10_000
 
     @field_validator("issuer")
