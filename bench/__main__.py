@@ -16,6 +16,7 @@ from bench import tokens as bench_tokens
 IDLE_MS = int(bench_run.IDLE_BEFORE_REQUEST * 1000)
 
 ROOT = Path(__file__).resolve().parents[1]
+DESIGN_CHOICES = Path(__file__).with_name("design_choices.md")
 
 
 def machine() -> str:
@@ -217,6 +218,8 @@ def render(results: bench_run.Results, quick: bool) -> str:
         out += [row("cached (any algorithm)", f"{figures.cached_us:.2f}"), ""]
     if results.tokens:
         out += ["## Minted tokens (`[tokens]`)", "", bench_tokens.DESCRIPTION, "", *results.tokens, ""]
+    # Not measured by this run: the figures behind design choices the code cites.
+    out += [DESIGN_CHOICES.read_text(encoding="utf-8")]
     return "\n".join(out)
 
 

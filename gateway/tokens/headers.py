@@ -5,7 +5,7 @@
   `[[tokens.resources]]` entry, minted or exchanged.
 
 The client can never send these itself: upstream request headers pass an allowlist
-(`gateway/headers.py`) that names none of them. They never go into `metadata` or a log line.
+(`gateway/outbound.py`) that names none of them. They never go into `metadata` or a log line.
 """
 
 from __future__ import annotations
@@ -61,13 +61,8 @@ class TokenHeaders:
             for r in config.resources
             if r.mode == "exchange"
         ]
-        self._transport = transport
-        self.client: httpx.AsyncClient | None = None
-
-    def start(self) -> None:
-        """In the lifespan: the exchanges' one HTTP client (none without exchanged resources)."""
-        if self._exchanges:
-            self.client = exchange_client(self._transport)
+        # The exchanges' one HTTP client, made with the app and closed by its lifespan.
+        self.client = exchange_client(transport) if self._exchanges else None
 
     async def aclose(self) -> None:
         if self.client is not None:

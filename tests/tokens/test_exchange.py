@@ -17,7 +17,7 @@ from gateway.clock import SYSTEM_CLOCK
 from gateway.config import ConfigError, TokenResourceConfig, TokensConfig
 from gateway.tokens.exchange import TokenExchange
 from gateway.tokens.headers import TokenHeaders
-from tests.auth.keys import NOW, FakeClock
+from tests.support.clock import NOW, FakeClock
 from tests.support.fixtures import Backend
 from tests.support.gateway import AUDIENCE, RunningGateway, bearer
 from tests.support.idp import LoopbackIdP

@@ -14,7 +14,7 @@ import jwt
 import pytest
 import tomli_w
 
-from gateway.headers import FORWARDED_BODY_HEADERS, FORWARDED_REQUEST_HEADERS, upstream_request_headers
+from gateway.outbound import FORWARDED_BODY_HEADERS, FORWARDED_UPLOAD_HEADERS, upstream_request_headers
 from tests.support.fixtures import Backend
 from tests.support.gateway import RunningGateway, bearer, gateway_config
 from tests.support.idp import LoopbackIdP
@@ -222,7 +222,7 @@ def test_rotation_old_tokens_verify_while_their_key_is_published_new_ones_use_th
             verify(retired, old_token, CRM_AUDIENCE)
 
 
-@pytest.mark.parametrize("allow", [FORWARDED_REQUEST_HEADERS, FORWARDED_BODY_HEADERS], ids=["uploads", "chatkit"])
+@pytest.mark.parametrize("allow", [FORWARDED_UPLOAD_HEADERS, FORWARDED_BODY_HEADERS], ids=["uploads", "chatkit"])
 def test_the_upstream_allowlist_names_none_of_the_gateways_token_headers(allow: frozenset[bytes]) -> None:
     client = [(name.lower().encode(), value.encode()) for name, value in FORGED.items()]
     assert upstream_request_headers(client, allow=allow) == []

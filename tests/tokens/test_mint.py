@@ -12,7 +12,7 @@ import pytest
 from gateway.config import TokenResourceConfig, TokensConfig
 from gateway.tokens.mint import ASSERTION_SECONDS, Minter, body_digest
 from gateway.tokens.signing import SigningKey, load_signing_key
-from tests.auth.keys import FakeClock
+from tests.support.clock import FakeClock
 from tests.tokens.keyfiles import new_key, write_key
 
 ISSUER = "https://chat.example.com"
