@@ -392,7 +392,7 @@ class TokensConfig(_Section):
     def _consistent(self) -> TokensConfig:
         names = [resource.name for resource in self.resources]
         if len(names) != len(set(names)):
-            raise ValueError("each resources name may appear once")
+            raise ValueError("each resource name may appear once")
         if self.signing_key_file is None:
             # Without a key nothing here is active: a setting that would silently do nothing stops start-up.
             if self.assertion_audience is not None or self.resources or self.previous_key_files:

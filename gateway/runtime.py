@@ -48,6 +48,13 @@ class Runtime:
         self.config = config
         self.clock = clock
         self.observer = Observer()
+        # `[tokens]`: None without a signing key (nothing minted, the /.well-known/ documents 404).
+        # First: a key or secret that cannot be used stops start-up before any client is made.
+        self.tokens = (
+            TokenHeaders(config.tokens, clock, on_exchange=self.observer.token_exchanged)
+            if config.tokens.signing_key_file is not None
+            else None
+        )
         self.outbound = Outbound(config)
         self.origin_policy = OriginPolicy(config)
         self.user_id_prefixes: Mapping[str, str] = user_id_prefixes(config.auth.issuers)
@@ -59,12 +66,6 @@ class Runtime:
         self.upstream = Upstream(config.upstream, transport=transport)
         self.limiter = RateLimiter.create(config.ratelimit, clock=clock, on_backend_error=self._rate_limit_failed)
         self.streams = OpenStreams(self.observer.open_streams, max_streams=config.upstream.max_streams)
-        # `[tokens]`: None without a signing key (nothing minted, the /.well-known/ documents 404).
-        self.tokens = (
-            TokenHeaders(config.tokens, clock, on_exchange=self.observer.token_exchanged)
-            if config.tokens.signing_key_file is not None
-            else None
-        )
         self.started = False
         self.draining = False
 
