@@ -50,7 +50,6 @@ class TokenHeaders:
             ]
         except KeyRefused as exc:
             raise ConfigError(str(exc)) from None
-        self.issuer = config.issuer
         self.published = PublishedKeys.of(key, previous)
         self.minter = Minter(config, key, clock)
         self.assertions = config.assertion_audience is not None
