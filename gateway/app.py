@@ -60,6 +60,7 @@ from .probes import browser_helper_endpoint, healthz, metrics_endpoint, readyz_e
 from .relay import RelayOutcome, relay_response, stream_error_event
 from .responses import send_error
 from .runtime import Runtime
+from .tokens.wellknown import DISCOVERY_PATH, JWKS_PATH, well_known_documents
 from .uploads import UploadEndpoint
 from .upstream import UpstreamAnswer
 
@@ -125,6 +126,11 @@ class ChatKitEndpoint(Endpoint):
         )
         if exchange.trace is not None:
             upstream_headers.extend(exchange.trace.upstream_headers("POST", *self.runtime.upstream.endpoint))
+        if self.runtime.tokens is not None:
+            # The assertion and tool tokens (`tokens/`); an exchange at the IdP may fail (502) here.
+            upstream_headers += await self.runtime.tokens.chatkit_headers(
+                principal, identity, exchange.request_id, rewritten.body
+            )
         # Step 6.
         if not rewritten.streaming:
             answer = await self._open(rewritten, upstream_headers)
@@ -324,5 +330,9 @@ def create_app(
         Route("/chatkit-gateway.js", browser_helper_endpoint(), methods=["GET", "HEAD"]),
         Route("/metrics", metrics_endpoint(runtime), methods=["GET"]),
     ]
+    jwks, discovery = well_known_documents(
+        config.tokens.issuer, runtime.tokens.published if runtime.tokens is not None else None
+    )
+    routes += [Route(JWKS_PATH, jwks), Route(DISCOVERY_PATH, discovery)]
     router = Router(routes, redirect_slashes=False, default=not_found, lifespan=lifespan)
     return Gateway(runtime, router, ChatKitEndpoint(runtime), UploadEndpoint(runtime))

@@ -162,6 +162,12 @@ class Observer:
         self.ratelimit_backend_errors = Counter(
             "chatkit_gateway_rate_limit_backend_errors", "Rate-limit backend (Redis) failures.", registry=r
         )
+        self.token_exchanges = Counter(
+            "chatkit_gateway_token_exchanges",
+            "RFC 8693 token exchanges at the IdP (tokens.resources, mode exchange), by resource and result.",
+            ["resource", "result"],
+            registry=r,
+        )
 
     def prepare(self) -> None:
         """Make each op's series at start-up: they read 0 rather than missing until first used, and
@@ -180,6 +186,9 @@ class Observer:
 
     def jwks_fetched(self, issuer: str, result: str) -> None:
         self.jwks_fetches.labels(issuer, result).inc()
+
+    def token_exchanged(self, resource: str, result: str) -> None:
+        self.token_exchanges.labels(resource, result).inc()
 
     def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
         # prometheus-client's `labels()` validates and locks on every call; the children are

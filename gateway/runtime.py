@@ -1,6 +1,6 @@
 """The resources every request shares, made once with the app and started and closed by its
 lifespan: the authenticator (and its key caches), the clients to the backend, the rate limiter,
-the open streams, the metrics; and the drain on `SIGTERM`.
+the open streams, the metrics, the gateway's own tokens (`tokens/`); and the drain on `SIGTERM`.
 
 What goes upstream is built by `outbound.py`; the request path itself is in `app.py`.
 """
@@ -26,6 +26,7 @@ from .observe import Observer
 from .outbound import Outbound
 from .ratelimit import RateLimiter
 from .streams import OpenStreams
+from .tokens.headers import TokenHeaders
 from .upstream import Upstream
 from .warmup import warm_request_path
 
@@ -54,6 +55,13 @@ class Runtime:
         self.config = config
         self.clock = clock
         self.observer = Observer()
+        # `[tokens]`: None without a signing key (nothing minted, the /.well-known/ documents 404).
+        # First: a key or secret that cannot be used stops start-up before any client is made.
+        self.tokens = (
+            TokenHeaders(config.tokens, clock, on_exchange=self.observer.token_exchanged)
+            if config.tokens.signing_key_file is not None
+            else None
+        )
         self.outbound = Outbound(config)
         self.tracing: Tracing | None = None
         if config.tracing.enabled:
@@ -94,6 +102,8 @@ class Runtime:
         if self.tracing is not None:
             # Exports what is pending: blocking, so off the event loop.
             await asyncio.to_thread(self.tracing.shutdown)
+        if self.tokens is not None:
+            await self.tokens.aclose()
 
     @property
     def ready(self) -> bool:

@@ -126,6 +126,8 @@ class UploadEndpoint(Endpoint):
         if exchange.trace is not None:
             url = httpx.URL(target)
             headers.extend(exchange.trace.upstream_headers(scope["method"], url.host, url.port or 80, str(url)))
+        if runtime.tokens is not None:
+            headers += runtime.tokens.upload_headers(principal, identity, request_id)  # the assertion
         body = stream_body(receive, limit, self.config.server.body_timeout_seconds)
         outcome = RelayOutcome()
         try:
