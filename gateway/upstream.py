@@ -56,12 +56,14 @@ class UpstreamAnswer(NamedTuple):
 
 
 class Upstream:
-    """The clients to the ChatKit backend and the admission rules in front of them."""
+    """The transports to the ChatKit backend and the admission rules in front of them."""
 
     def __init__(self, config: UpstreamConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
         self.header_deadline = config.connect_timeout + config.response_timeout
         self.url = httpx.URL(config.url)  # parsed once, not per request
+        # (host, port, URL) of the ChatKit endpoint, as a trace's upstream span names them.
+        self.endpoint = (self.url.host, self.url.port or (443 if self.url.scheme == "https" else 80), str(self.url))
         self._netloc = self.url.netloc
         # httpx's `timeout` extension, built once; the transport reads `connect` and `read` only.
         self._json_timeout = {"connect": config.connect_timeout, "read": config.response_timeout}
@@ -83,7 +85,7 @@ class Upstream:
             await self.stream_transport.aclose()
 
     async def warm(self) -> None:
-        """Before ready: open one connection per client, through the same code a request runs
+        """Before ready: open one connection per transport, through the same code a request runs
         (an `OPTIONS`, relayed to nowhere), so the first request pays no handshake and no
         first-run cost of the relay path."""
 
@@ -115,7 +117,7 @@ class Upstream:
         method: str = "POST",
         replayable: bool = False,
     ) -> UpstreamAnswer:
-        """Send through the gated JSON client; a small non-stream answer comes back read whole.
+        """Send through the gated JSON transport; a small non-stream answer comes back read whole.
 
         The response headers are due `header_deadline` after the call, waiting for the gate
         included; after them, the body may not stall for longer than `response_timeout`.
@@ -158,7 +160,7 @@ class Upstream:
     async def send_stream(
         self, url: str | httpx.URL, headers: Headers, content: bytes | AsyncIterable[bytes], *, method: str = "POST"
     ) -> httpx.Response:
-        """Send through the stream client; the caller relays the body and closes the response.
+        """Send through the stream transport; the caller relays the body and closes the response.
         (`upstream.max_streams` is admitted by the caller's `OpenStreams`, streams.py.)"""
         deadline = asyncio.get_running_loop().time() + self.header_deadline
         extensions = {"timeout": self._stream_timeout, "head_deadline": deadline}
