@@ -42,11 +42,18 @@ def free_port() -> int:
         return port
 
 
+FD_LIMIT = 65536
+
+
 def _raise_fd_limit() -> None:
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        # Two fds per relayed stream: 10,000 streams need more than the usual 20,000 (root may raise it).
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(hard, FD_LIMIT), max(hard, FD_LIMIT)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @dataclass

@@ -394,7 +394,8 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
             stream=_ResponseStream(connection),
             # The reason phrase as sent (httpcore reports it too; without it httpx looks one up).
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
-            request=request,
+            # Not `request=`: a stream's response lives as long as the stream, and the request (its
+            # body, the user's message, included) has no use once sent (docs/performance.md).
         )
 
     async def _send(self, connection: _Connection, request: httpx.Request) -> None:
