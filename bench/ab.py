@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             started.append(upstream)
             config: dict[str, object] = {
-                "server": {"host": "127.0.0.1", "workers": args.workers},
+                # `workers` only when asked for: a tree from before the key would refuse it.
+                "server": {"host": "127.0.0.1", **({"workers": args.workers} if args.workers > 1 else {})},
                 "upstream": {"url": f"{upstream.url}/chatkit"},
                 "auth": {
                     "issuers": [
