@@ -91,7 +91,7 @@ def summary(results: bench_run.Results) -> list[str]:
     for base in ("nginx", "direct"):
         if gateway and base in figures:
             out.append(row(f"gateway ÷ {base}", *(ratio(g, b) for g, b in zip(gateway, figures[base], strict=True))))
-    out.append(row("target for the gateway", "≤ 400", "< 1 s", "≤ 25", "≤ 50"))
+    out.append(row("target for the gateway", "≤ 120", "< 1 s", "≤ 16", "≤ 20"))
     by_c = results.json.get("gateway", {})
     if by_c:
         worst = max(by_c, key=lambda c: by_c[c].cpu_us_per_request)
