@@ -57,7 +57,8 @@ FORWARDED_REQUEST_HEADERS = frozenset(
 # For a body the gateway re-encodes (the ChatKit JSON), the content type is the gateway's own.
 FORWARDED_BODY_HEADERS = FORWARDED_REQUEST_HEADERS - {b"content-type"}
 DROPPED_RESPONSE_HEADERS = HOP_BY_HOP_HEADERS | {b"set-cookie", b"server", b"date"}
-SSE_REPLACED_HEADERS = frozenset({b"content-length", b"cache-control", b"x-accel-buffering", b"content-encoding"})
+# A `Content-Encoding` is never among them: the bytes relayed are the upstream's, so their label stays.
+SSE_REPLACED_HEADERS = frozenset({b"content-length", b"cache-control", b"x-accel-buffering"})
 SSE_HEADERS: Headers = [(b"cache-control", b"no-cache, no-transform"), (b"x-accel-buffering", b"no")]
 REQUEST_ID_PATTERN = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 

@@ -30,9 +30,17 @@ import httpx
 from starlette.types import Message, Receive, Send
 
 from .config import UpstreamConfig
-from .errors import GatewayError, Overloaded, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+from .errors import (
+    GatewayError,
+    Overloaded,
+    UpstreamBadResponse,
+    UpstreamTimeout,
+    UpstreamTLSFailed,
+    UpstreamUnavailable,
+)
 from .headers import Headers, header_value, relay_response_headers
-from .transport import HTTP11Transport, InvalidResponse
+from .tls import upstream_ssl_context
+from .transport import HTTP11Transport, InvalidResponse, TLSFailure, exchange_extensions
 
 __all__ = ["RelayOutcome", "Upstream", "relay_response", "stream_error_event"]
 
@@ -103,24 +111,29 @@ class Upstream:
         self.header_deadline = config.connect_timeout + config.response_timeout
         self.url = httpx.URL(config.url)  # parsed once, not per request
         self._netloc = self.url.netloc
-        self._json_timeout = httpx.Timeout(
-            connect=config.connect_timeout, read=config.response_timeout, write=config.response_timeout, pool=None
-        ).as_dict()
+        self._json_timeout = {"connect": config.connect_timeout, "read": config.response_timeout}
         # No read timeout by default would let a backend that answers headers and then hangs hold a
         # stream forever; ChatKit streams can be quiet for minutes (tools), so the bound is long.
-        idle = config.stream_idle_timeout or None
-        self._stream_timeout = httpx.Timeout(connect=config.connect_timeout, read=idle, write=None, pool=None).as_dict()
+        self._stream_timeout = {"connect": config.connect_timeout, "read": config.stream_idle_timeout or None}
         self._gate = asyncio.Semaphore(config.max_connections)
         self._open_streams = 0
+        # Why the last warm-up failed on TLS (None when it did not): `/readyz` names it.
+        self.tls_error: str | None = None
         # Pool sizes and timeouts live in the transports and in each request's extensions: with a
         # `transport=`, httpx's own `limits=` and client timeouts would never be read.
-        self.json_client = _client(
-            transport or HTTP11Transport(max_keepalive=config.max_connections, keepalive_expiry=config.keepalive_expiry)
-        )
-        self.stream_client = _client(
-            transport
-            or HTTP11Transport(max_keepalive=config.stream_keepalive, keepalive_expiry=config.keepalive_expiry)
-        )
+        tls = upstream_ssl_context(config)  # one for both clients, made here at start-up
+
+        def own_transport(max_keepalive: int) -> HTTP11Transport:
+            return HTTP11Transport(
+                max_keepalive=max_keepalive,
+                keepalive_expiry=config.keepalive_expiry,
+                ssl_context=tls,
+                server_name=config.server_name,
+                max_header_bytes=config.max_header_bytes,
+            )
+
+        self.json_client = _client(transport or own_transport(config.max_connections))
+        self.stream_client = _client(transport or own_transport(config.stream_keepalive))
 
     @property
     def open_streams(self) -> int:
@@ -133,7 +146,7 @@ class Upstream:
     async def warm(self) -> None:
         """Before ready: open one connection per client, through the same code a request runs
         (an `OPTIONS`, relayed to nowhere), so the first request pays no handshake and no
-        first-run cost of the relay path."""
+        first-run cost of the relay path. A TLS failure is kept in `tls_error`."""
 
         async def discard(message: Message) -> None:
             return None
@@ -153,9 +166,14 @@ class Upstream:
                         await relay_response(response, discard, never)
                     finally:
                         self.release_stream()
+            except UpstreamTLSFailed as exc:
+                self.tls_error = exc.reason
+                return
             except (GatewayError, TimeoutError) as exc:
+                self.tls_error = None
                 logger.warning("upstream warm-up failed: %s", type(exc).__name__)
                 return
+        self.tls_error = None
 
     async def send_json(
         self,
@@ -174,9 +192,7 @@ class Upstream:
         after the keep-alive race)."""
         deadline = asyncio.get_running_loop().time() + self.header_deadline
         await self._admit(deadline)
-        extensions: dict[str, object] = {"timeout": self._json_timeout, "head_deadline": deadline}
-        if replayable:
-            extensions["replayable"] = True
+        extensions = exchange_extensions(self._json_timeout, head_deadline=deadline, replayable=replayable)
         try:
             response = await self._open(self.json_client, method, url, headers, content, extensions)
             if not _is_small_json(response):
@@ -215,7 +231,7 @@ class Upstream:
         self._open_streams += 1
         deadline = asyncio.get_running_loop().time() + self.header_deadline
         try:
-            extensions = {"timeout": self._stream_timeout, "head_deadline": deadline}
+            extensions = exchange_extensions(self._stream_timeout, head_deadline=deadline)
             return await self._open(self.stream_client, method, url, headers, content, extensions)
         except BaseException:
             self._open_streams -= 1
@@ -253,9 +269,12 @@ class Upstream:
             return await client.send(request, stream=True, auth=NO_AUTH)
         except httpx.PoolTimeout:
             raise Overloaded() from None
-        except InvalidResponse:
-            logger.warning("upstream answered with invalid HTTP")
+        except InvalidResponse as exc:
+            logger.warning("upstream answered with invalid HTTP: %s", exc)
             raise UpstreamBadResponse() from None
+        except TLSFailure as exc:
+            logger.warning("upstream TLS failed: %s", exc)
+            raise UpstreamTLSFailed(str(exc)) from None
         except httpx.TimeoutException:
             raise UpstreamTimeout() from None
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
@@ -341,15 +360,18 @@ async def relay_response(
 
 
 async def _send_start(response: httpx.Response, send: Send, extra_headers: Headers | None) -> bool:
-    """Send the status and headers; whether the body is an SSE stream. (Its own function so the
-    header lists are freed before a long stream starts.)"""
+    """Send the status and headers; whether the body is an SSE stream the gateway may write events
+    into. (Its own function so the header lists are freed before a long stream starts.)"""
     raw_headers = _lower(response.headers.raw)
     sse = _is_sse(raw_headers)
     headers = relay_response_headers(raw_headers, sse=sse)
     if extra_headers:
         headers.extend(extra_headers)
     await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-    return sse
+    # An encoded stream (gzip, say) is relayed as the upstream's bytes under its own label: a
+    # heartbeat or an error event written into it would corrupt it.
+    encoding = header_value(raw_headers, b"content-encoding")
+    return sse and (encoding is None or encoding.strip().lower() == b"identity")
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
