@@ -35,6 +35,9 @@ __all__ = ["Runtime"]
 
 logger = logging.getLogger("chatkit_gateway")
 
+# While the backend's TLS handshake fails, the warm-up connection is tried again this often.
+TLS_RETRY_SECONDS = 3.0
+
 
 @dataclass
 class Runtime:
@@ -53,6 +56,7 @@ class Runtime:
     draining: bool = False
     open_streams: int = 0
     _stop: asyncio.Future[None] | None = None
+    _tls_retry: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self.observer = Observer()
@@ -74,6 +78,8 @@ class Runtime:
         await self.limiter.start()
         await self.authenticator.start()
         await self.upstream.warm()
+        if self.upstream.tls_error is not None:
+            self._tls_retry = asyncio.ensure_future(self._retry_tls(self.upstream))
         from .warmup import warm_request_path  # it builds on this module
 
         await warm_request_path(self)
@@ -106,6 +112,14 @@ class Runtime:
             while self.open_streams > 0 and loop.time() < ended:
                 await asyncio.sleep(0.02)
 
+    async def _retry_tls(self, upstream: Upstream) -> None:
+        """Not ready while the backend's certificate or handshake is refused (a merely unreachable
+        backend is no reason: it may come up after the gateway); warm up again until it passes."""
+        while upstream.tls_error is not None:
+            await asyncio.sleep(TLS_RETRY_SECONDS)
+            await upstream.warm()
+        logger.info("upstream TLS handshake succeeded")
+
     def _rate_limit_backend_failed(self, reason: str) -> None:
         self.observer.ratelimit_backend_errors.inc()
 
@@ -116,6 +130,8 @@ class Runtime:
 
     async def aclose(self) -> None:
         self.started = False
+        if self._tls_retry is not None:
+            self._tls_retry.cancel()
         if self.limiter is not None:
             await self.limiter.aclose()
         if self.authenticator is not None:
@@ -125,7 +141,17 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        return self.started and not self.draining and self.authenticator is not None and self.authenticator.ready
+        return (
+            self.started
+            and not self.draining
+            and self.authenticator is not None
+            and self.authenticator.ready
+            and self.upstream_tls_error is None
+        )
+
+    @property
+    def upstream_tls_error(self) -> str | None:
+        return None if self.upstream is None else self.upstream.tls_error
 
     def upstream_or_fail(self) -> Upstream:
         if self.upstream is None:

@@ -18,6 +18,7 @@ import uvicorn
 from .app import Gateway, create_app
 from .config import GatewayConfig, redacted
 from .logs import configure_logging
+from .protocol import GatewayHttpProtocol
 
 __all__ = ["GatewayServer", "run", "uvicorn_config"]
 
@@ -33,9 +34,11 @@ def uvicorn_config(config: GatewayConfig, app: Gateway | None = None) -> uvicorn
         host=config.server.host,
         port=config.server.port,
         # uvloop + httptools: +20-40 % throughput over asyncio + h11, and httptools refuses the
-        # CL+TE request smuggling that h11 accepts (measured).
+        # CL+TE request smuggling that h11 accepts (measured). The protocol is uvicorn's httptools
+        # one with `Upgrade: h2c` ignored and HTTP/1.0 answered close-delimited (`protocol.py`).
         loop="uvloop",
-        http="httptools",
+        http=GatewayHttpProtocol,
+        ws="none",
         lifespan="on",
         # The gateway applies `server.trusted_proxies` itself; uvicorn's own proxy-header handling
         # would trust X-Forwarded-For from any loopback peer and rewrite the client address.
