@@ -14,6 +14,8 @@ anywhere else breaks the response.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -293,6 +295,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self.pool.forget(self)
         cycle = self.cycle
+        if exc is not None and cycle is not None and cycle.wrote and not cycle.head.done():
+            self._read_what_arrived()
         if cycle is not None and not cycle.complete and cycle.error is None:
             if not cycle.head.done():
                 cycle.fail(httpx.RemoteProtocolError("the upstream closed the connection without answering"))
@@ -302,6 +306,22 @@ class UpstreamConnection(asyncio.Protocol):
                 cycle.fail(httpx.RemoteProtocolError("the upstream closed the connection mid-body"))
         if self.transport is not None:
             self.flow.wake_writer()
+
+    def _read_what_arrived(self) -> None:
+        """A write that fails (the server answered early, then reset the connection) ends the
+        event loop's reading too; the answer may still wait in the socket's buffer, readable until
+        the socket is closed (asyncio closes it after this call; uvloop has read it already)."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        try:
+            with socket.socket(fileno=os.dup(sock.fileno())) as copy:  # type: ignore[union-attr]
+                copy.setblocking(False)
+                while self.cycle is not None and not self.cycle.head.done():
+                    data = copy.recv(65536)
+                    if not data:
+                        return
+                    self.data_received(data)
+        except (OSError, ValueError, AttributeError):
+            return  # nothing more to read, or no socket to read it from
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()
@@ -360,7 +380,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- used by the transport and the response stream -------------------------------------------
 
     async def write(self, data: bytes) -> None:
-        if self.closed or self.transport is None:
+        if self.closed or self.transport is None or self.transport.is_closing():
             raise httpx.WriteError("the upstream connection is closed")
         cast(ResponseCycle, self.cycle).wrote = True
         self.transport.write(data)

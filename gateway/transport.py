@@ -182,8 +182,9 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
             try:
                 await self._send(connection, cycle, request)
             except httpx.WriteError:
-                if not cycle.answered:
-                    raise
+                # The connection is going down. An answer that came before it still counts (a 413
+                # sent before a reset); without one, the head fails as the connection is lost.
+                pass
             await cycle.head
         except BaseException:
             connection.close()

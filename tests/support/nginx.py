@@ -86,10 +86,15 @@ def _listening(port: int) -> bool:
 @contextmanager
 def start_nginx(snippet: str, **values: str) -> Iterator[RunningNginx]:
     """nginx serving `deploy/nginx/<snippet>` with its placeholders filled; LISTEN is chosen here."""
+    with start_nginx_text((NGINX_SNIPPETS / snippet).read_text(encoding="utf-8"), **values) as running:
+        yield running
+
+
+@contextmanager
+def start_nginx_text(snippet: str, **values: str) -> Iterator[RunningNginx]:
+    """nginx serving the `http` block content `snippet`, placeholders filled; LISTEN is chosen here."""
     port = free_port()
-    text = fill_placeholders(
-        (NGINX_SNIPPETS / snippet).read_text(encoding="utf-8"), {"LISTEN": f"127.0.0.1:{port}", **values}
-    )
+    text = fill_placeholders(snippet, {"LISTEN": f"127.0.0.1:{port}", **values})
     with tempfile.TemporaryDirectory(prefix="chatkit-gateway-nginx-") as folder:
         root = Path(folder)
         (root / "snippet.conf").write_text(text, encoding="utf-8")
