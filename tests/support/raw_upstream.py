@@ -9,6 +9,7 @@ given, so the races a real server only sometimes causes happen every time:
 - `huge-head`: a head of 8 MiB (100,000 header lines); `head-60k`: one just under 64 KiB;
 - `interim-then-final`: a 40 KiB `103 Early Hints` head, then a 40 KiB final one;
 - `gzip-chunked`: `Transfer-Encoding: gzip, chunked`; `chunked-twice`: `chunked, chunked`;
+- `gzip-sse`: an SSE stream labelled `Content-Encoding: gzip`, quiet for `PAUSE` in the middle;
 - `early-413-reset`: reads only the request head, answers 413, waits while the client is still
   sending its body, then resets the connection (SO_LINGER 0), as servers that close with unread
   data do.
@@ -26,11 +27,13 @@ from contextlib import contextmanager, suppress
 
 from tests.support.interop import EVENTS
 
-__all__ = ["CLOSE_JSON", "RawUpstream", "running_raw_upstream"]
+__all__ = ["CLOSE_JSON", "GZIP_SSE", "RawUpstream", "running_raw_upstream"]
 
 CLOSE_JSON = b'{"data":[],"has_more":false,"after":null}'
 HEADER_LINE = b"x-filler-%06d: " + b"v" * 64 + b"\r\n"
 EARLY_ANSWER_WAIT = 0.3
+PAUSE = 0.3
+GZIP_SSE = gzip.compress(b"".join(EVENTS), mtime=0)
 
 
 def _head(status: bytes, *lines: bytes) -> bytes:
@@ -61,6 +64,15 @@ def answers(mode: str) -> list[bytes]:
         body = gzip.compress(CLOSE_JSON, mtime=0)
         head = _head(b"200 OK", b"Content-Type: application/json", b"Transfer-Encoding: gzip, chunked")
         return [head + b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)]
+    if mode == "gzip-sse":
+        head = _head(
+            b"200 OK", b"Content-Type: text/event-stream", b"Content-Encoding: gzip", b"Transfer-Encoding: chunked"
+        )
+        half = len(GZIP_SSE) // 2
+        return [
+            head + b"%x\r\n%b\r\n" % (half, GZIP_SSE[:half]),
+            b"%x\r\n%b\r\n0\r\n\r\n" % (half + len(GZIP_SSE) % 2, GZIP_SSE[half:]),
+        ]
     if mode == "chunked-twice":
         head = _head(b"200 OK", b"Content-Type: application/json", b"Transfer-Encoding: chunked, chunked")
         return [head + b"2\r\n{}\r\n0\r\n\r\n"]
@@ -129,7 +141,9 @@ class RawUpstream:
         with suppress(OSError):
             for write in answers(mode):
                 conn.sendall(write)
-                time.sleep(0.01)  # separate reads at the client where the mode has several writes
+                # Separate reads at the client where the mode has several writes (a long silence
+                # for `gzip-sse`, where a heartbeat would be due).
+                time.sleep(PAUSE if mode == "gzip-sse" else 0.01)
             if mode == "early-413-reset":
                 time.sleep(EARLY_ANSWER_WAIT)  # the client is still sending the body it no longer needs
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
