@@ -4,7 +4,7 @@ The same four routes in each server's own idiom (ASGI for uvicorn, hypercorn, gr
 aiohttp; WSGI for `wsgiref`; Node's `http` in `interop.js`; nginx in front of uvicorn):
 
 - `GET /ready`: 200, for start-up;
-- `POST /json`: reads the body, answers `{"received": N}` with a `Content-Length`;
+- `POST /json` (and `/chatkit`): reads the body, answers `{"received": N}` with a `Content-Length`;
 - `POST /sse`: reads the body, answers three SSE events, one write each;
 - `POST /sse-gzip`: the same events gzip-compressed, labelled `Content-Encoding: gzip`;
 - `PUT /upload-refused`: answers 413 at once, without reading the (large) body.
@@ -53,7 +53,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         received += len(message.get("body", b""))
         if not message.get("more_body"):
             break
-    if path == "/json" or path == "/ready":
+    if path in ("/json", "/ready", "/chatkit"):
         body = json_answer(received)
         await start(200, JSON, (b"content-length", b"%d" % len(body)))
         await send({"type": "http.response.body", "body": body})
