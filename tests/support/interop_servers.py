@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from tests.support.nginx import start_nginx_text
+from tests.support.nginx import serve_nginx_config
 from tests.support.procs import ProcessStartError, free_port, start_process, stop_process
 
 __all__ = ["SERVERS", "running_server"]
@@ -70,6 +70,6 @@ def running_server(name: str) -> Iterator[str]:
         return
     with (
         _process("uvicorn-httptools") as app,
-        start_nginx_text(NGINX_IN_FRONT, APP=app.removeprefix("http://")) as nginx,
+        serve_nginx_config(NGINX_IN_FRONT, APP=app.removeprefix("http://")) as nginx,
     ):
         yield nginx.url
