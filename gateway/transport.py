@@ -28,7 +28,7 @@ every other module is unchanged; `tests/conformance/` holds it to httpcore's ans
 
 Failures surface as httpx exceptions (`ConnectError` and its `TLSFailure`, `ConnectTimeout`,
 `ReadTimeout`, `RemoteProtocolError` and its `InvalidResponse`, `WriteError`), which `relay.py`
-maps to gateway errors. The connection itself is `connection.py`.
+maps to gateway errors. The connection itself is `connection.py`, one exchange on it `cycle.py`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ from typing import Any
 
 import httpx
 
-from .connection import InvalidResponse, ResponseCycle, UpstreamConnection
+from .connection import InvalidResponse, UpstreamConnection
+from .cycle import ResponseCycle
 
 __all__ = ["HTTP11Transport", "InvalidResponse", "TLSFailure", "exchange_extensions"]
 
