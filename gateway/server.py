@@ -38,7 +38,6 @@ def uvicorn_config(config: GatewayConfig, app: Gateway | None = None) -> uvicorn
         # one with `Upgrade: h2c` ignored and HTTP/1.0 answered close-delimited (`protocol.py`).
         loop="uvloop",
         http=GatewayHttpProtocol,
-        ws="none",
         lifespan="on",
         # ChatKit is plain HTTP. With a WebSocket library installed uvicorn would take upgrades
         # itself: a websocket scope the gateway has no use for, and (websockets at debug level)
