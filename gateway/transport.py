@@ -119,6 +119,14 @@ def _may_retry(cycle: ResponseCycle, request: httpx.Request) -> bool:
     return is_replayable(request)
 
 
+def _head_of(request: httpx.Request) -> bytes:
+    head = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
+    for name, value in request.headers.raw:
+        head += [name, b": ", value, b"\r\n"]
+    head.append(b"\r\n")
+    return b"".join(head)
+
+
 def _connect_timeout(timeout: float | None, deadline: float | None) -> float | None:
     """The connect timeout, shortened to what is left before the head deadline."""
     if deadline is None:
@@ -179,7 +187,10 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         cycle.watch(deadline, read_timeout)
         try:
             try:
-                await self._send(connection, cycle, request)
+                if isinstance(request.stream, httpx.ByteStream):
+                    await connection.write(_head_of(request) + b"".join(request.stream))
+                else:
+                    await self._send_streamed(cycle, request)
             except httpx.WriteError:
                 # The connection is going down. An answer that came before it still counts (a 413
                 # sent before a reset); without one, the head fails as the connection is lost.
@@ -197,26 +208,29 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
             request=request,
         )
 
-    async def _send(self, connection: UpstreamConnection, cycle: ResponseCycle, request: httpx.Request) -> None:
-        target = request.url.raw_path
-        head = [request.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
-        for name, value in request.headers.raw:
-            head += [name, b": ", value, b"\r\n"]
-        head.append(b"\r\n")
-        stream = request.stream
-        if isinstance(stream, httpx.ByteStream):
-            # Small bodies (every ChatKit JSON request) go out with the head in one write.
-            await connection.write(b"".join(head) + b"".join(stream))
-            return
-        await connection.write(b"".join(head))
-        chunked = request.headers.get("transfer-encoding", "").lower() == "chunked"
-        assert isinstance(stream, httpx.AsyncByteStream)
-        async for chunk in stream:
-            if cycle.answered and (cycle.status >= 400 or not cycle.keep_alive):
-                # The backend answered before reading the whole body and refuses it or is closing:
-                # stop sending (RFC 9112 9.5). The connection cannot carry another request.
+    async def _send_streamed(self, cycle: ResponseCycle, request: httpx.Request) -> None:
+        """Send a streamed body (an upload) while watching for the answer: one that refuses the
+        body, or closes the connection, before the body is all out stops the upload (RFC 9112
+        9.5), even while the client is slow to send the next piece; so does a failure (the head
+        deadline). The connection cannot carry another request then."""
+        sending = asyncio.ensure_future(self._write_streamed(cycle.connection, request))
+        try:
+            await asyncio.wait((sending, cycle.head), return_when=asyncio.FIRST_COMPLETED)
+            answered_no = cycle.answered and (cycle.status >= 400 or not cycle.keep_alive)
+            if not sending.done() and (answered_no or cycle.error is not None):
                 cycle.keep_alive = False
-                return
+                sending.cancel()
+                return  # the head is read (or its error raised) by the caller
+            await sending  # not answered yet, or a backend that answered early and reads on
+        finally:
+            if not sending.done():
+                sending.cancel()
+
+    async def _write_streamed(self, connection: UpstreamConnection, request: httpx.Request) -> None:
+        await connection.write(_head_of(request))
+        chunked = request.headers.get("transfer-encoding", "").lower() == "chunked"
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        async for chunk in request.stream:
             if chunk:
                 await connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
         if chunked:
