@@ -195,9 +195,9 @@ class UpstreamConnection(asyncio.Protocol):
         cycle = cast(ResponseCycle, self.cycle)
         if self.flow.write_paused:
             cycle.keep_alive = False  # woken by an answer while part of the request is still queued
-        if cycle.error is not None and not cycle.head.done():
-            raise cycle.error  # the deadline passed while the upstream was not reading
-        if self.closed and not cycle.head.done():
+        if self.closed and not cycle.answered:
+            # Closed, or failed (the head deadline passed while the upstream was not reading):
+            # the caller reads why from the cycle's head.
             raise httpx.WriteError("the upstream connection closed while sending")
 
     def abort(self) -> None:

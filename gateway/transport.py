@@ -278,6 +278,7 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
     def release(self, connection: UpstreamConnection) -> None:
         """Back to the idle pool after a complete response (or closed, when the pool is full)."""
         connection.cycle = None
+        connection.flow.resume_reading()  # paused if its reader stopped before the buffered end
         idle = self._idle.setdefault(connection.origin, [])
         if len(idle) >= self.max_keepalive:
             connection.close()
