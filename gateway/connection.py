@@ -82,7 +82,9 @@ class UpstreamConnection(asyncio.Protocol):
         if cycle is None or cycle.complete:
             self.abort()  # bytes nobody asked for (a late answer, a 408 on an idle connection)
             return
-        cycle.data_arrived()
+        cycle.received_any = True
+        if cycle.silence is not None:
+            cycle.last_data = self.loop.time()
         waiting = not cycle.head.done()
         if waiting:
             cycle.head_bytes += len(data)
@@ -140,17 +142,17 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------------
 
     def on_status(self, reason: bytes) -> None:
-        cycle = cast(ResponseCycle, self.cycle)
+        cycle: ResponseCycle = self.cycle  # type: ignore[assignment]  # set while parsing
         cycle.reason += reason  # possibly in pieces, when the status line is split across reads
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        cycle = cast(ResponseCycle, self.cycle)
+        cycle: ResponseCycle = self.cycle  # type: ignore[assignment]  # set while parsing
         if cycle.head.done():
             return  # a trailer field (RFC 9110 6.5): never a header of the response
         cycle.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        cycle = cast(ResponseCycle, self.cycle)
+        cycle: ResponseCycle = self.cycle  # type: ignore[assignment]  # set while parsing
         if cycle.head.done():
             cycle.error = InvalidResponse("the upstream sent a second response")
             raise cycle.error
@@ -177,10 +179,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.flow.wake_writer()  # a writer still sending the body sees the answer (an early 413)
 
     def on_body(self, body: bytes) -> None:
-        cast(ResponseCycle, self.cycle).add_chunk(body)
+        self.cycle.add_chunk(body)  # type: ignore[union-attr]  # set while parsing
 
     def on_message_complete(self) -> None:
-        cycle = cast(ResponseCycle, self.cycle)
+        cycle: ResponseCycle = self.cycle  # type: ignore[assignment]  # set while parsing
         if cycle.answered:  # not the end of an interim (1xx) answer
             cycle.finish()
 
@@ -189,10 +191,11 @@ class UpstreamConnection(asyncio.Protocol):
     async def write(self, data: bytes) -> None:
         if self.closed or self.transport is None or self.transport.is_closing():
             raise httpx.WriteError("the upstream connection is closed")
-        cast(ResponseCycle, self.cycle).wrote = True
+        self.cycle.wrote = True  # type: ignore[union-attr]  # set while sending
         self.transport.write(data)
-        await self.flow.drain()
-        cycle = cast(ResponseCycle, self.cycle)
+        if self.flow.write_paused:
+            await self.flow.drain()
+        cycle: ResponseCycle = self.cycle  # type: ignore[assignment]  # set while parsing
         if self.flow.write_paused:
             cycle.keep_alive = False  # woken by an answer while part of the request is still queued
         if self.closed and not cycle.answered:

@@ -84,9 +84,9 @@ class ResponseCycle:
         "wrote",
         "received_any",
         "keep_alive",
-        "_silence",
+        "silence",
         "_deadline",
-        "_last_data",
+        "last_data",
         "_watchdog",
     )
 
@@ -107,9 +107,9 @@ class ResponseCycle:
         self.wrote = False
         self.received_any = False
         self.keep_alive = False
-        self._silence: float | None = None
+        self.silence: float | None = None
         self._deadline: float | None = None
-        self._last_data = 0.0
+        self.last_data = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
 
     @property
@@ -128,8 +128,8 @@ class ResponseCycle:
         """The head must arrive by `deadline` (loop time); after it the upstream may not go quiet
         for `silence` seconds (with no deadline, from now on). Either ends it with `ReadTimeout`."""
         loop = self.connection.loop
-        self._silence, self._deadline = silence, deadline
-        self._last_data = loop.time()
+        self.silence, self._deadline = silence, deadline
+        self.last_data = loop.time()
         if deadline is not None:
             self._watchdog = loop.call_at(deadline, self._on_watchdog)
         elif silence is not None:
@@ -139,12 +139,7 @@ class ResponseCycle:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        self._silence = self._deadline = None
-
-    def data_arrived(self) -> None:
-        self.received_any = True
-        if self._silence is not None:
-            self._last_data = self.connection.loop.time()
+        self.silence = self._deadline = None
 
     def head_arrived(self) -> None:
         """The deadline is met: from here on only the silence bound holds (a body that arrived with
@@ -153,8 +148,8 @@ class ResponseCycle:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        if self._silence is not None and not self.complete:
-            self._watchdog = self.connection.loop.call_later(self._silence, self._on_watchdog)
+        if self.silence is not None and not self.complete:
+            self._watchdog = self.connection.loop.call_later(self.silence, self._on_watchdog)
 
     def _on_watchdog(self) -> None:
         self._watchdog = None
@@ -163,13 +158,13 @@ class ResponseCycle:
         if self._deadline is not None and not self.head.done():
             self.fail(httpx.ReadTimeout("the upstream sent no response headers in time"))
             return
-        if self._silence is None:
+        if self.silence is None:
             return
-        quiet = self.connection.loop.time() - self._last_data
-        if quiet >= self._silence:
+        quiet = self.connection.loop.time() - self.last_data
+        if quiet >= self.silence:
             self.fail(httpx.ReadTimeout("the upstream sent nothing in time"))
         else:
-            self._watchdog = self.connection.loop.call_later(self._silence - quiet, self._on_watchdog)
+            self._watchdog = self.connection.loop.call_later(self.silence - quiet, self._on_watchdog)
 
     def finish(self) -> None:
         self.complete = True
@@ -212,7 +207,7 @@ class ResponseCycle:
                 self.waiter = None
         chunk = self.chunks.pop(0)
         self.buffered -= len(chunk)
-        if self.buffered <= READ_HIGH_WATER // 4:
+        if self.buffered <= READ_HIGH_WATER // 4 and self.connection.flow.read_paused:
             self.connection.flow.resume_reading()
         return chunk
 
