@@ -269,7 +269,7 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         except TimeoutError:
             raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
         except ssl.SSLError as exc:
-            raise TLSFailure(f"TLS with {host}:{port} failed: {_tls_reason(exc)}") from None
+            raise TLSFailure(f"{host}:{port}: {_tls_reason(exc)}") from None
         except OSError as exc:
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
         self._all.add(protocol)
