@@ -6,7 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import uvloop
 
+from gateway.config import UpstreamConfig
+from gateway.errors import UpstreamBadResponse
+from gateway.relay import Upstream
 from tests.support.differential import Seen, compare
 from tests.support.interop import EVENTS
 from tests.support.raw_upstream import CLOSE_JSON, RawUpstream, running_raw_upstream
@@ -56,3 +60,20 @@ def test_an_early_answer_before_a_reset_is_relayed_where_httpcore_loses_it(raw: 
     ours, httpcore = fetch(raw, "early-413-reset", 16 * 1024 * 1024)
     assert ours.status == 413 and ours.body == b'{"error":"too large"}', ours
     assert httpcore.error is not None, httpcore
+
+
+def test_upstream_max_header_bytes_bounds_the_final_head(raw: RawUpstream) -> None:
+    """The same 57 KiB head: relayed under the default bound, a 502 `upstream_bad_response` under 32 KiB."""
+
+    async def list_threads(max_header_bytes: int) -> int:
+        config = UpstreamConfig(url=f"{raw.url}/head-60k", max_header_bytes=max_header_bytes)
+        upstream = Upstream(config)
+        try:
+            response, _ = await upstream.send_json(upstream.url, [], b"{}")
+            return response.status_code
+        finally:
+            await upstream.aclose()
+
+    assert uvloop.run(list_threads(65536)) == 200
+    with pytest.raises(UpstreamBadResponse):
+        uvloop.run(list_threads(32768))
