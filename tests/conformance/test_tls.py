@@ -104,6 +104,18 @@ def test_mutual_tls_with_the_client_key_from_a_secret_path(pki: dict[str, Path],
             assert list_threads(gateway, session_idp).status_code == 200
 
 
+def test_a_backend_that_refuses_the_gateway_without_a_client_certificate_gets_a_502(
+    pki: dict[str, Path], session_idp: LoopbackIdP
+) -> None:
+    # Under TLS 1.3 the refusal comes after the handshake, as a closed connection: a 502 all the same.
+    with tls_backend(pki, mtls=True) as backend:
+        config = tls_gateway(backend, session_idp, ca_file=pki["ca"], server_name=BACKEND_NAME)
+        with start_gateway(config, ready_path="/healthz") as gateway:
+            response = list_threads(gateway, session_idp)
+            assert response.status_code == 502
+            assert response.json()["error"]["code"] == "upstream_unavailable"
+
+
 def test_an_untrusted_certificate_is_a_502_with_its_reason_logged_and_readyz_503_until_the_handshake_passes(
     pki: dict[str, Path], session_idp: LoopbackIdP
 ) -> None:
