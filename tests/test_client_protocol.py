@@ -45,9 +45,16 @@ def send_in_two_writes(gateway: RunningGateway, head: bytes, body: bytes) -> soc
     return sock
 
 
-@pytest.mark.parametrize("split", [False, True], ids=["one-write", "body-apart"])
-def test_an_h2c_upgrade_is_served_as_http11_with_its_body(gateway: RunningGateway, token: str, split: bool) -> None:
+@pytest.mark.parametrize(
+    ("split", "chunked"), [(False, False), (True, False), (True, True)], ids=["one-write", "body-apart", "chunked"]
+)
+def test_an_h2c_upgrade_is_served_as_http11_with_its_body(
+    gateway: RunningGateway, token: str, split: bool, chunked: bool
+) -> None:
     head, body = request(b"HTTP/1.1", token, LIST, H2C)
+    if chunked:
+        head = head.replace(b"content-length: %d" % len(LIST), b"transfer-encoding: chunked")
+        body = b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
     if split:
         sock = send_in_two_writes(gateway, head, body)
     else:
