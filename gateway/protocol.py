@@ -21,6 +21,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 __all__ = ["GatewayHttpProtocol"]
 
+FRAMING_HEADERS = (b"content-length", b"transfer-encoding")
+NO_BODY = b"content-length: 0\r\n"
+
 
 class _BodyOnly:
     """Callbacks of the parser that reads an ignored upgrade's body: the body and its end, handed
@@ -107,18 +110,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # llhttp ended the message at its head, so uvicorn marked the body complete; the request's
         # task has not run yet (it starts on the next loop turn) and will wait for the real body.
         cycle.more_body = True
-        length = b"0"
-        framing = b"content-length: 0\r\n"
-        for name, value in self.headers:
-            if name == b"transfer-encoding":
-                framing = b"transfer-encoding: " + value + b"\r\n"
-                break
-            if name == b"content-length":
-                length = value
-                framing = b"content-length: " + length + b"\r\n"
+        framing = [name + b": " + value + b"\r\n" for name, value in self.headers if name in FRAMING_HEADERS]
+        if len(framing) > 1:
+            # Two framings (Content-Length and Transfer-Encoding, or twice either): the smuggling
+            # ambiguity of RFC 9112 6.3, refused as llhttp refuses it on any other request.
+            self.send_400_response("Invalid HTTP request received.")
+            return
         body_parser = httptools.HttpRequestParser(_BodyOnly(self))
         self.parser = body_parser
         try:
-            body_parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n" + rest)
+            body_parser.feed_data(b"POST / HTTP/1.1\r\n" + (framing[0] if framing else NO_BODY) + b"\r\n" + rest)
         except httptools.HttpParserError:
             self.transport.close()

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.support.chatkit import sse_events, user_input
+from tests.support.fixtures import Backend
 from tests.support.gateway import RunningGateway
 from tests.support.rawhttp import address_of, read_response
 
@@ -87,3 +88,23 @@ def test_an_http10_json_answer_keeps_its_length_and_closes(gateway: RunningGatew
         response = read_response(sock, timeout=10, linger=0.5)
     assert response.status == 200 and "content-length" in response.headers
     assert response.closed
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        [(b"content-length", b"%d" % len(LIST)), (b"transfer-encoding", b"chunked")],
+        [(b"content-length", b"%d" % len(LIST)), (b"content-length", b"%d" % len(LIST))],
+    ],
+    ids=["cl-and-te", "cl-twice"],
+)
+def test_an_h2c_request_framed_twice_is_refused_and_never_relayed(
+    gateway: RunningGateway, clean_backend: Backend, token: str, framing: list[tuple[bytes, bytes]]
+) -> None:
+    head, _ = request(b"HTTP/1.1", token, LIST, H2C)
+    head = head.replace(b"content-length: %d\r\n" % len(LIST), b"".join(n + b": " + v + b"\r\n" for n, v in framing))
+    with socket.create_connection(address_of(gateway.url), timeout=10) as sock:
+        sock.sendall(head + b"%x\r\n%b\r\n0\r\n\r\n" % (len(LIST), LIST))
+        response = read_response(sock, timeout=10, linger=0.5)
+    assert response.status == 400, response
+    assert clean_backend.requests() == []
