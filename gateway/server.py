@@ -33,9 +33,10 @@ def uvicorn_config(config: GatewayConfig, app: Gateway | None = None) -> uvicorn
         app or create_app(config),
         host=config.server.host,
         port=config.server.port,
-        # uvloop + httptools: +20-40 % throughput over asyncio + h11, and httptools refuses the
-        # CL+TE request smuggling that h11 accepts (measured). The protocol is uvicorn's httptools
-        # one with `Upgrade: h2c` ignored and HTTP/1.0 answered close-delimited (`protocol.py`).
+        # uvloop + httptools: more throughput than asyncio + h11 (docs/BENCHMARKS.md, "Measured
+        # design choices"), and httptools refuses the CL+TE request smuggling that h11 accepts
+        # (docs/hardening.md). The protocol is uvicorn's httptools one with `Upgrade: h2c`
+        # ignored and HTTP/1.0 answered close-delimited (`protocol.py`).
         loop="uvloop",
         http=GatewayHttpProtocol,
         lifespan="on",

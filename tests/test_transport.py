@@ -16,8 +16,8 @@ import uvloop
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamTimeout
-from gateway.relay import Upstream
 from gateway.transport import HTTP11Transport
+from gateway.upstream import Upstream
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -10,7 +10,7 @@ import uvloop
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamBadResponse
-from gateway.relay import Upstream
+from gateway.upstream import Upstream
 from tests.support.differential import Seen, compare
 from tests.support.interop import EVENTS
 from tests.support.raw_upstream import CLOSE_JSON, RawUpstream, running_raw_upstream

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from gateway.config import ConfigError, UpstreamConfig
-from gateway.relay import Upstream
 from gateway.tls import upstream_ssl_context
+from gateway.upstream import Upstream
 from tests.support.certs import CertificateAuthority
 from tests.support.gateway import RunningGateway, bearer, gateway_config, start_gateway, user_token
 from tests.support.idp import LoopbackIdP
