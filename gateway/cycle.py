@@ -66,7 +66,7 @@ class ResponseCycle:
     """One request and its response: the head as parsed, the body chunks not yet read, how it ended.
 
     Bounded by one timer that re-arms itself (`watch`), rather than a timeout around every wait
-    for a chunk (measured: a per-chunk timer cost ~15 us per relayed SSE event)."""
+    for a chunk (docs/BENCHMARKS.md, "Measured design choices")."""
 
     # Slots: one of these lives as long as each open stream.
     __slots__ = (

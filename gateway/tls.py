@@ -1,8 +1,8 @@
 """TLS to the backend: the one `ssl.SSLContext` every upstream connection uses, made at start-up.
 
-Made once because making one is not free: loading the system's CA bundle takes ~19 ms of event
-loop, and made per connection it stalled every open stream during a burst of new ones
-(docs/architecture.md, "The upstream transport"). Verification stays on
+Made once because making one is not free: it loads the CA bundle on the event loop, and made per
+connection it stalled every open stream during a burst of new ones (docs/BENCHMARKS.md,
+"Measured design choices"). Verification stays on
 (hostname and chain, `ssl.create_default_context`); only where trust comes from can change.
 """
 

@@ -22,9 +22,8 @@ every other module is unchanged; `tests/conformance/` holds it to httpcore's ans
   (`connect`; `read`, the longest silence allowed once the response has started) and this
   transport's own head deadline, the loop time (`loop.time()`) by which the response's status and
   headers must have arrived;
-- TLS with the one `ssl.SSLContext` it is given (made at start-up: building one loads the CA
-  bundle, 19 ms of event loop for the system's 144 certificates), and `server_name` for SNI and
-  the certificate check.
+- TLS with the one `ssl.SSLContext` it is given (made at start-up, `tls.py`), and `server_name`
+  for SNI and the certificate check.
 
 Failures surface as httpx exceptions (`ConnectError` and its `TLSFailure`, `ConnectTimeout`,
 `ReadTimeout`, `RemoteProtocolError` and its `InvalidResponse`, `WriteError`), which `relay.py`
