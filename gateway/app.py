@@ -39,6 +39,9 @@ from .observe import Exchange
 from .probes import ForwardAuthEndpoint, browser_helper_endpoint, healthz, metrics_endpoint, readyz_endpoint
 from .relay import RelayOutcome, relay_response, stream_error_event
 from .responses import send_error
+from .revocation.admin import AdminEndpoint
+from .revocation.backchannel import BackchannelLogoutEndpoint
+from .revocation.streams import StreamGuard
 from .runtime import Runtime
 from .uploads import UploadEndpoint
 
@@ -90,12 +93,16 @@ class ChatKitEndpoint:
             upstream_headers.extend(self.runtime.identity_headers(principal, identity, request_id))
             limiter = self.runtime.limiter_or_fail()
             slot = await limiter.open_stream(identity.user_id) if streaming else None
+            # Made before the upstream is asked, so a revocation meanwhile is not missed.
+            guard = self.runtime.stream_guard(principal) if streaming else None
             try:
                 response = await self._open(streaming, read_only, upstream_body, upstream_headers)
                 # Nothing of the request is needed while the answer streams back: let it go.
                 del upstream_body, upstream_headers, principal, identity
-                await self._relay(response, receive, send, streaming, exchange)
+                await self._relay(response, receive, send, streaming, exchange, guard)
             finally:
+                if guard is not None:
+                    guard.close()
                 if slot is not None:
                     await slot.close()
         except GatewayError as error:
@@ -166,6 +173,7 @@ class ChatKitEndpoint:
         send: Send,
         streaming: bool,
         exchange: Exchange,
+        guard: StreamGuard | None,
     ) -> None:
         """Step 7b: relay the answer (small JSON whole, anything else as it arrives)."""
         response, small_body = opened
@@ -185,7 +193,7 @@ class ChatKitEndpoint:
                     receive,
                     extra_headers=extra,
                     heartbeat_seconds=self.config.upstream.heartbeat_seconds,
-                    stop=runtime.stop,
+                    stop=runtime.stop if guard is None else guard.stop,
                     outcome=outcome,
                 )
             finally:
@@ -265,6 +273,8 @@ def create_app(
         Route("/readyz", readyz_endpoint(runtime), methods=["GET"]),
         Route("/chatkit-gateway.js", browser_helper_endpoint(), methods=["GET", "HEAD"]),
         Route("/metrics", metrics_endpoint(runtime), methods=["GET"]),
+        Route("/admin/revocations", AdminEndpoint(runtime)),
+        Route("/auth/backchannel-logout", BackchannelLogoutEndpoint(runtime)),
     ]
     router = Router(routes, redirect_slashes=False, default=not_found, lifespan=lifespan)
     return Gateway(runtime, router, ChatKitEndpoint(runtime), UploadEndpoint(runtime))

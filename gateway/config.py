@@ -37,6 +37,7 @@ __all__ = [
     "LoggingConfig",
     "MetadataConfig",
     "RateLimitConfig",
+    "RevocationConfig",
     "SecurityConfig",
     "ServerConfig",
     "UpstreamConfig",
@@ -46,7 +47,7 @@ __all__ = [
 
 ENV_PREFIX = "CHATKIT_GATEWAY__"
 CONFIG_PATH_ENV = "CHATKIT_GATEWAY_CONFIG"
-SECRET_KEYS = frozenset({("upstream", "identity_secret"), ("ratelimit", "redis_url")})
+SECRET_KEYS = frozenset({("upstream", "identity_secret"), ("ratelimit", "redis_url"), ("revocation", "redis_url")})
 MIB = 1024 * 1024
 
 Seconds = Annotated[float, Strict(), Field(ge=0)]
@@ -186,6 +187,9 @@ class IssuerConfig(_Section):
     algorithms: tuple[Text, ...] = ("RS256",)
     leeway_seconds: Seconds = 30.0
     required_claims: tuple[Text, ...] = ("exp", "iat", "sub")
+    # The `aud` of this issuer's OIDC back-channel logout tokens (the client id the IdP knows the
+    # gateway by); without it, no logout token of this issuer is accepted.
+    backchannel_audience: Text | None = None
 
     @field_validator("issuer")
     @classmethod
@@ -218,6 +222,15 @@ class AuthConfig(_Section):
     issuers: tuple[IssuerConfig, ...] = Field(min_length=1)
     token_cache_size: Annotated[int, Strict(), Field(ge=0)] = 10_000
     token_cache_seconds: Seconds = 300.0
+    # A stream ends this long after its token's `exp`; -1: never.
+    stream_grace_seconds: Annotated[float, Strict(), Field(ge=-1)] = 300.0
+
+    @field_validator("stream_grace_seconds")
+    @classmethod
+    def _stream_grace(cls, value: float) -> float:
+        if value < 0 and value != -1:
+            raise ValueError("must be -1 (never) or at least 0")
+        return value
 
     @field_validator("issuers")
     @classmethod
@@ -278,6 +291,20 @@ class RateLimitConfig(_Section):
         return self
 
 
+class RevocationConfig(_Section):
+    enabled: Flag = False
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: Text | None = None
+    # A file holding the admin API's bearer secret; the admin API is off without it.
+    admin_token_file: Text | None = None
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> RevocationConfig:
+        if self.store == "redis" and not self.redis_url:
+            raise ValueError("redis_url is required when store = 'redis'")
+        return self
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
@@ -292,6 +319,7 @@ class GatewayConfig(_Section):
     identity: IdentityConfig = IdentityConfig()
     metadata: MetadataConfig = MetadataConfig()
     ratelimit: RateLimitConfig = RateLimitConfig()
+    revocation: RevocationConfig = RevocationConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

@@ -8,7 +8,9 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     ├── BadRequest (400)
     │   ├── InvalidJSON            invalid_json
     │   ├── InvalidChatKitRequest  invalid_request
-    │   └── InvalidUploadPath      invalid_upload_path
+    │   ├── InvalidUploadPath      invalid_upload_path
+    │   ├── InvalidRevocation      invalid_revocation
+    │   └── InvalidLogoutToken     invalid_logout_token
     ├── AuthError (401)
     │   ├── MissingCredentials     missing_credentials
     │   ├── InvalidToken           invalid_token
@@ -16,7 +18,8 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     │   ├── TokenNotYetValid       token_not_yet_valid
     │   ├── UnknownIssuer          unknown_issuer
     │   ├── UnknownKey             unknown_key
-    │   └── InvalidClaims          invalid_claims
+    │   ├── InvalidClaims          invalid_claims
+    │   └── TokenRevoked           token_revoked
     ├── Forbidden (403)
     │   └── OriginNotAllowed       origin_not_allowed
     ├── NotFound (404)             not_found
@@ -31,7 +34,8 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     │   ├── UpstreamBadResponse (502)  upstream_bad_response
     │   └── UpstreamTimeout (504)      upstream_timeout
     ├── Overloaded (503)           overloaded
-    └── NotReady (503)             not_ready
+    ├── NotReady (503)             not_ready
+    └── RevocationUnavailable (503) revocation_unavailable
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ __all__ = [
     "InvalidChatKitRequest",
     "InvalidClaims",
     "InvalidJSON",
+    "InvalidLogoutToken",
+    "InvalidRevocation",
     "InvalidToken",
     "InvalidUploadPath",
     "MethodNotAllowed",
@@ -58,8 +64,10 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimited",
     "RequestTimeout",
+    "RevocationUnavailable",
     "TokenExpired",
     "TokenNotYetValid",
+    "TokenRevoked",
     "UnknownIssuer",
     "UnknownKey",
     "UnsupportedMediaType",
@@ -105,6 +113,16 @@ class InvalidUploadPath(BadRequest):
     default_message = "The upload path is not allowed."
 
 
+class InvalidRevocation(BadRequest):
+    code = "invalid_revocation"
+    default_message = "The body must be a JSON object naming iss with sub, iss with sid, or jti."
+
+
+class InvalidLogoutToken(BadRequest):
+    code = "invalid_logout_token"
+    default_message = "The logout token is not valid."
+
+
 class AuthError(GatewayError):
     status = 401
     code = "unauthorized"
@@ -144,6 +162,11 @@ class UnknownKey(AuthError):
 class InvalidClaims(AuthError):
     code = "invalid_claims"
     default_message = "The token's claims are not acceptable."
+
+
+class TokenRevoked(AuthError):
+    code = "token_revoked"
+    default_message = "The session has been revoked. Sign in again."
 
 
 class Forbidden(GatewayError):
@@ -233,6 +256,12 @@ class NotReady(GatewayError):
     status = 503
     code = "not_ready"
     default_message = "The gateway is not ready."
+
+
+class RevocationUnavailable(GatewayError):
+    status = 503
+    code = "revocation_unavailable"
+    default_message = "The revocation list cannot be reached. Try again shortly."
 
 
 def error_body(error: GatewayError) -> bytes:

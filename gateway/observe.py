@@ -33,6 +33,16 @@ access_logger = logging.getLogger("chatkit_gateway.access")
 KNOWN_OPS = STREAMING_TYPES | NON_STREAMING_TYPES | {"upload", "verify"}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 TTFB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Why an SSE stream ended (`chatkit_gateway_streams_ended_total{reason}`).
+STREAM_END_REASONS = (
+    "complete",
+    "client_disconnect",
+    "upstream_error",
+    "idle_timeout",
+    "session_expired",
+    "revoked",
+    "drain",
+)
 
 
 @dataclass(slots=True)
@@ -56,6 +66,7 @@ class Exchange:
     streamed: bool = False
     client_disconnected: bool = False
     upstream_broke: bool = False
+    stream_end: str | None = None
 
     def set_op(self, op: str) -> None:
         self.op = op if op in KNOWN_OPS else "other"
@@ -68,6 +79,8 @@ class Exchange:
         self.bytes_out, self.events, self.streamed = outcome.bytes_out, outcome.events, outcome.streamed
         self.client_disconnected = self.client_disconnected or outcome.client_disconnected
         self.upstream_broke = outcome.upstream_broke
+        if outcome.sse and outcome.streamed:
+            self.stream_end = outcome.end_reason
 
 
 class _KeyAge(Collector):
@@ -112,6 +125,12 @@ class Observer:
             buckets=TTFB_BUCKETS,
             registry=r,
         )
+        self.streams_ended = Counter(
+            "chatkit_gateway_streams_ended",
+            "SSE streams ended, by ChatKit op and reason.",
+            ["op", "reason"],
+            registry=r,
+        )
         self.open_streams = Gauge("chatkit_gateway_open_streams", "Streams being relayed now.", registry=r)
         self.auth_failures = Counter(
             "chatkit_gateway_auth_failures", "Refused credentials, by error code.", ["code"], registry=r
@@ -128,6 +147,9 @@ class Observer:
         self.ratelimit_backend_errors = Counter(
             "chatkit_gateway_rate_limit_backend_errors", "Rate-limit backend (Redis) failures.", registry=r
         )
+        self.revocations = Counter(
+            "chatkit_gateway_revocations", "Revocations recorded, by source.", ["source"], registry=r
+        )
 
     def prepare(self) -> None:
         """Make each op's series at start-up: they read 0 rather than missing until first used, and
@@ -136,9 +158,17 @@ class Observer:
             self._child(self.requests, op, "200")
             self._child(self.latency, op)
             self._child(self.ttfb, op)
+        for op in sorted(STREAMING_TYPES):
+            for reason in STREAM_END_REASONS:
+                self._child(self.streams_ended, op, reason)
+        for source in ("admin", "backchannel"):
+            self.revocations.labels(source)
 
     def watch_key_ages(self, ages: Callable[[], Iterable[tuple[str, float | None]]]) -> None:
         self.registry.register(_KeyAge(ages))
+
+    def revoked(self, source: str, count: int) -> None:
+        self.revocations.labels(source).inc(count)
 
     def jwks_fetched(self, issuer: str, result: str) -> None:
         self.jwks_fetches.labels(issuer, result).inc()
@@ -161,6 +191,8 @@ class Observer:
         self._child(self.latency, op).observe(duration)
         if exchange.ttfb is not None:
             self._child(self.ttfb, op).observe(exchange.ttfb)
+        if exchange.stream_end is not None:
+            self._child(self.streams_ended, op, exchange.stream_end).inc()
         if exchange.error is not None:
             if exchange.status == 401:
                 self.auth_failures.labels(exchange.error).inc()
@@ -203,6 +235,7 @@ class Observer:
             "bytes_out": exchange.bytes_out,
             "events": exchange.events,
             "streamed": exchange.streamed,
+            "stream_end": exchange.stream_end,
             "client_disconnected": exchange.client_disconnected,
             "upstream_broke": exchange.upstream_broke,
         }

@@ -34,7 +34,7 @@ from .errors import GatewayError, Overloaded, UpstreamBadResponse, UpstreamTimeo
 from .headers import Headers, header_value, relay_response_headers
 from .transport import HTTP11Transport, InvalidResponse
 
-__all__ = ["RelayOutcome", "Upstream", "relay_response", "stream_error_event"]
+__all__ = ["DRAIN_STOP", "RelayOutcome", "StreamStop", "Upstream", "relay_response", "stream_error_event"]
 
 logger = logging.getLogger("chatkit_gateway.relay")
 
@@ -58,6 +58,17 @@ UPSTREAM_BROKE_EVENT = FRAME_END + stream_error_event(
 SHUTDOWN_EVENT = FRAME_END + stream_error_event(
     "The server is restarting and ended this reply. Please try again.", allow_retry=True
 )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStop:
+    """Why a stream is ended before its body does (a `streams_ended` reason), and its last event."""
+
+    reason: str
+    event: bytes
+
+
+DRAIN_STOP = StreamStop("drain", SHUTDOWN_EVENT)
 
 
 class _NoCookies(httpx.Cookies):
@@ -302,7 +313,23 @@ class RelayOutcome:
     upstream_broke: bool = False
     client_disconnected: bool = False
     stopped: bool = False
+    idle_timeout: bool = False
+    sse: bool = False
     first_byte_at: float | None = None
+    stop_reason: str | None = None
+
+    @property
+    def end_reason(self) -> str:
+        """Why a stream ended, as `chatkit_gateway_streams_ended_total{reason}` counts it."""
+        if self.client_disconnected:
+            return "client_disconnect"
+        if self.stopped:
+            return self.stop_reason or "drain"
+        if self.idle_timeout:
+            return "idle_timeout"
+        if self.upstream_broke:
+            return "upstream_error"
+        return "complete"
 
 
 async def relay_response(
@@ -313,14 +340,15 @@ async def relay_response(
     body: bytes | None = None,
     extra_headers: Headers | None = None,
     heartbeat_seconds: float = 0.0,
-    stop: asyncio.Future[None] | None = None,
+    stop: asyncio.Future[StreamStop] | None = None,
     outcome: RelayOutcome | None = None,
 ) -> RelayOutcome:
     """Relay status, headers and body; stream bodies chunk by chunk as they arrive.
 
     The upstream response is closed in every case, and at once when the client disconnects
     (ChatKit's stop button is a disconnect; the backend then saves the partial answer). When
-    `stop` completes (the end of a shutdown's grace), a stream is ended with a ChatKit error event.
+    `stop` completes (the end of a shutdown's grace, the session's end), a stream is ended with the
+    ChatKit error event it carries; one that is already complete ends after the first event.
     `outcome`, when given, is filled in as the relay goes, so a caller sees it even if cancelled.
     """
     outcome = outcome or RelayOutcome()
@@ -328,6 +356,7 @@ async def relay_response(
     try:
         sse = await _send_start(response, send, extra_headers)
         outcome.first_byte_at = time.monotonic()
+        outcome.sse = sse
         if body is not None:
             await send({"type": "http.response.body", "body": body})
             outcome.bytes_out = len(body)
@@ -357,6 +386,25 @@ async def _wait_for_disconnect(receive: Receive) -> None:
         pass
 
 
+async def _end_stream(send: Send, outcome: RelayOutcome, why: StreamStop, *, sse: bool) -> None:
+    outcome.stopped, outcome.stop_reason = True, why.reason
+    if sse:
+        await send({"type": "http.response.body", "body": why.event, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _relay_first_event(response: httpx.Response, send: Send, outcome: RelayOutcome) -> None:
+    """Relay chunks up to the end of the first SSE frame (a stream whose session ended already)."""
+    async for chunk in response.aiter_raw():
+        if not chunk:
+            continue
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        outcome.bytes_out += len(chunk)
+        outcome.events += chunk.count(FRAME_END)
+        if outcome.events:
+            return
+
+
 async def _pump(
     response: httpx.Response,
     send: Send,
@@ -365,7 +413,7 @@ async def _pump(
     *,
     sse: bool,
     heartbeat_seconds: float,
-    stop: asyncio.Future[None] | None,
+    stop: asyncio.Future[StreamStop] | None,
 ) -> None:
     """Forward body chunks as they arrive, until the body ends, the client leaves, or `stop`.
 
@@ -385,7 +433,7 @@ async def _pump(
         outcome.client_disconnected = True
         current.cancel()
 
-    def on_stop(future: asyncio.Future[None]) -> None:
+    def on_stop(future: asyncio.Future[StreamStop]) -> None:
         if finished or outcome.client_disconnected:
             return
         outcome.stopped = True
@@ -393,7 +441,8 @@ async def _pump(
 
     watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
     watcher.add_done_callback(on_disconnect)
-    if stop is not None:
+    ended_before_start = stop is not None and stop.done()
+    if stop is not None and not ended_before_start:
         stop.add_done_callback(on_stop)
     heartbeat = None
     if sse and heartbeat_seconds > 0:
@@ -410,6 +459,10 @@ async def _pump(
         heartbeat = asyncio.ensure_future(keep_alive())
     try:
         try:
+            if stop is not None and ended_before_start:
+                await _relay_first_event(response, send, outcome)
+                await _end_stream(send, outcome, stop.result(), sse=sse)
+                return
             async for chunk in response.aiter_raw():
                 if not chunk:
                     continue
@@ -424,6 +477,7 @@ async def _pump(
             # SSE stream is closed cleanly with an in-band error event the chat can show; any other
             # body is left incomplete, so the client sees a broken response, not a short one.
             outcome.upstream_broke = True
+            outcome.idle_timeout = isinstance(exc, httpx.ReadTimeout)
             logger.warning("upstream stream broke: %s", type(exc).__name__)
             if not sse:
                 return
@@ -431,12 +485,10 @@ async def _pump(
         await send({"type": "http.response.body", "body": b""})
     except asyncio.CancelledError:
         if (outcome.client_disconnected or outcome.stopped) and current.uncancel() == 0:
-            # Our own cancellation: the client left, or the shutdown grace is over.
-            if outcome.stopped and not outcome.client_disconnected:
+            # Our own cancellation: the client left, or `stop` (the shutdown grace, the session) ended.
+            if outcome.stopped and not outcome.client_disconnected and stop is not None:
                 finished = True
-                if sse:
-                    await send({"type": "http.response.body", "body": SHUTDOWN_EVENT, "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
+                await _end_stream(send, outcome, stop.result(), sse=sse)
             return
         raise
     finally:

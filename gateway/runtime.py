@@ -29,7 +29,9 @@ from .identity import Identity, identity_of
 from .observe import Observer
 from .pagecontext import PageContextPolicy
 from .ratelimit import RateLimiter
-from .relay import Upstream
+from .relay import DRAIN_STOP, StreamStop, Upstream
+from .revocation.revocations import Revocations
+from .revocation.streams import StreamGuard
 
 __all__ = ["Runtime"]
 
@@ -48,11 +50,12 @@ class Runtime:
     upstream: Upstream | None = None
     authenticator: Authenticator | None = None
     limiter: RateLimiter | None = None
+    revocations: Revocations | None = None
     observer: Observer = field(init=False)
     started: bool = False
     draining: bool = False
     open_streams: int = 0
-    _stop: asyncio.Future[None] | None = None
+    _stop: asyncio.Future[StreamStop] | None = None
 
     def __post_init__(self) -> None:
         self.observer = Observer()
@@ -72,6 +75,9 @@ class Runtime:
             self.config.ratelimit, clock=self.clock, on_backend_error=self._rate_limit_backend_failed
         )
         await self.limiter.start()
+        if self.config.revocation.enabled:
+            self.revocations = Revocations(self.config.revocation, clock=self.clock, on_revoked=self.observer.revoked)
+            await self.revocations.start()
         await self.authenticator.start()
         await self.upstream.warm()
         from .warmup import warm_request_path  # it builds on this module
@@ -86,7 +92,7 @@ class Runtime:
         self.started = True
 
     @property
-    def stop(self) -> asyncio.Future[None] | None:
+    def stop(self) -> asyncio.Future[StreamStop] | None:
         """Completes when the shutdown grace is over: open streams end with an error event."""
         return self._stop
 
@@ -101,7 +107,7 @@ class Runtime:
         if self.open_streams > 0:
             logger.info("grace over: ending %d open streams", self.open_streams)
             if self._stop is not None and not self._stop.done():
-                self._stop.set_result(None)
+                self._stop.set_result(DRAIN_STOP)
             ended = loop.time() + 2.0
             while self.open_streams > 0 and loop.time() < ended:
                 await asyncio.sleep(0.02)
@@ -118,6 +124,8 @@ class Runtime:
         self.started = False
         if self.limiter is not None:
             await self.limiter.aclose()
+        if self.revocations is not None:
+            await self.revocations.aclose()
         if self.authenticator is not None:
             await self.authenticator.aclose()
         if self.upstream is not None:
@@ -137,9 +145,21 @@ class Runtime:
         if self.authenticator is None:
             raise RuntimeError("the gateway's lifespan has not started")
         principal = await self.authenticator.authenticate(headers)
+        if self.revocations is not None:
+            # After verification, so the verified-token cache cannot outlive a revocation.
+            self.revocations.check(principal, bearer=principal.source == "bearer")
         if principal.source == "cookie":
             self.origin_policy.check(headers)
         return principal, identity_of(principal, self.config.identity)
+
+    def stream_guard(self, principal: Principal) -> StreamGuard | None:
+        """One SSE stream's end conditions (session expiry, revocation, shutdown), or None when
+        only the shutdown can end it."""
+        grace = self.config.auth.stream_grace_seconds
+        if grace < 0 and self.revocations is None:
+            return None
+        registry = self.revocations.streams if self.revocations is not None else None
+        return StreamGuard(principal, grace=grace, clock=self.clock, drain=self._stop, registry=registry)
 
     def base_headers(
         self, scope: Scope, request_id: str, *, allow: frozenset[bytes] = FORWARDED_REQUEST_HEADERS
