@@ -95,9 +95,10 @@ class ChatKitEndpoint:
             )
             limiter = self.runtime.limiter_or_fail()
             slot = await limiter.open_stream(identity.user_id) if streaming else None
-            # Made before the upstream is asked, so a revocation meanwhile is not missed.
-            guard = self.runtime.stream_guard(principal) if streaming else None
+            guard = None
             try:
+                # Made before the upstream is asked, so a revocation meanwhile is not missed.
+                guard = self.runtime.stream_guard(principal) if streaming else None
                 response = await self._open(streaming, read_only, upstream_body, upstream_headers)
                 # Nothing of the request is needed while the answer streams back: let it go.
                 del upstream_body, upstream_headers, principal, identity, injected

@@ -165,8 +165,18 @@ class Runtime:
         grace = self.config.auth.stream_grace_seconds
         if grace < 0 and self.revocations is None:
             return None
-        registry = self.revocations.streams if self.revocations is not None else None
-        return StreamGuard(principal, grace=grace, clock=self.clock, drain=self._stop, registry=registry)
+        if self.revocations is None:
+            return StreamGuard(principal, grace=grace, clock=self.clock, drain=self._stop, registry=None)
+        guard = StreamGuard(
+            principal, grace=grace, clock=self.clock, drain=self._stop, registry=self.revocations.streams
+        )
+        try:
+            # Watched from here on; an entry that arrived since the request's check refuses it now.
+            self.revocations.check(principal, bearer=principal.source == "bearer")
+        except BaseException:
+            guard.close()
+            raise
+        return guard
 
     def base_headers(
         self, scope: Scope, request_id: str, *, allow: frozenset[bytes] = FORWARDED_REQUEST_HEADERS
