@@ -19,13 +19,15 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     │   ├── UnknownIssuer          unknown_issuer
     │   ├── UnknownKey             unknown_key
     │   ├── InvalidClaims          invalid_claims
-    │   └── TokenRevoked           token_revoked
+    │   ├── TokenRevoked           token_revoked
+    │   └── AmbiguousCredentials   ambiguous_credentials
     ├── Forbidden (403)
     │   └── OriginNotAllowed       origin_not_allowed
     ├── NotFound (404)             not_found
     ├── MethodNotAllowed (405)     method_not_allowed
     ├── RequestTimeout (408)       request_timeout
     ├── PayloadTooLarge (413)      payload_too_large
+    ├── URITooLong (414)           uri_too_long
     ├── UnsupportedMediaType (415) unsupported_media_type
     ├── RateLimited (429)          rate_limited
     ├── HeadersTooLarge (431)      headers_too_large
@@ -43,6 +45,7 @@ from __future__ import annotations
 import json
 
 __all__ = [
+    "AmbiguousCredentials",
     "AuthError",
     "BadRequest",
     "Forbidden",
@@ -70,6 +73,7 @@ __all__ = [
     "TokenRevoked",
     "UnknownIssuer",
     "UnknownKey",
+    "URITooLong",
     "UnsupportedMediaType",
     "UpstreamBadResponse",
     "UpstreamError",
@@ -169,6 +173,11 @@ class TokenRevoked(AuthError):
     default_message = "The session has been revoked. Sign in again."
 
 
+class AmbiguousCredentials(AuthError):
+    code = "ambiguous_credentials"
+    default_message = "The request carries more than one credential cookie of the same name."
+
+
 class Forbidden(GatewayError):
     status = 403
     code = "forbidden"
@@ -202,6 +211,12 @@ class PayloadTooLarge(GatewayError):
     status = 413
     code = "payload_too_large"
     default_message = "The request body is too large."
+
+
+class URITooLong(GatewayError):
+    status = 414
+    code = "uri_too_long"
+    default_message = "The request target is too long."
 
 
 class UnsupportedMediaType(GatewayError):
