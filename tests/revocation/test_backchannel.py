@@ -100,6 +100,17 @@ def test_an_invalid_logout_token_gets_400_and_revokes_nothing(
     assert ask(revoking, token) == 200
 
 
+@pytest.mark.parametrize("typ", ["logout+jwt", "JWT"])
+def test_a_logout_token_is_typed_logout_jwt_or_jwt(
+    revoking: RunningGateway, session_idp: LoopbackIdP, typ: str
+) -> None:
+    sid = uuid.uuid4().hex
+    token = user_token(session_idp, "typed", sid=sid)
+    logout_token = session_idp.sign(logout_claims(session_idp, sid=sid), header_extra={"typ": typ})
+    assert logout(revoking.url, logout_token).status_code == 200
+    assert ask(revoking, token) == 401
+
+
 def test_a_replayed_logout_token_is_refused(revoking: RunningGateway, session_idp: LoopbackIdP) -> None:
     token = session_idp.sign(logout_claims(session_idp, sid=uuid.uuid4().hex))
     assert logout(revoking.url, token).status_code == 200
