@@ -22,7 +22,7 @@ from typing import Any
 from ..auth.verify import Principal
 from ..clock import Clock
 
-__all__ = ["Entry", "Key", "OpenStreams", "RevocationList", "StreamStopper", "keys_of"]
+__all__ = ["Entry", "Key", "StreamRegistry", "RevocationList", "StreamStopper", "keys_of"]
 
 Key = tuple[str, ...]
 PRUNE_MIN_ENTRIES = 1024
@@ -64,7 +64,7 @@ class StreamStopper:
         self.stop = stop
 
 
-class OpenStreams:
+class StreamRegistry:
     """The open streams of this replica by revocation key, so an entry ends them at once."""
 
     def __init__(self) -> None:
@@ -98,7 +98,7 @@ class OpenStreams:
 class RevocationList:
     """Entries by key, each lapsing at its own time; every addition ends the matching open streams."""
 
-    def __init__(self, clock: Clock, streams: OpenStreams) -> None:
+    def __init__(self, clock: Clock, streams: StreamRegistry) -> None:
         self._clock = clock
         self._streams = streams
         self._entries: dict[Key, Entry] = {}

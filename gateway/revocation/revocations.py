@@ -16,7 +16,7 @@ from ..auth.verify import Principal
 from ..clock import Clock
 from ..config import RevocationConfig
 from ..errors import RevocationUnavailable, TokenRevoked
-from .entries import Key, OpenStreams, RevocationList
+from .entries import Key, RevocationList, StreamRegistry
 from .store import Change, MemoryStore, RevocationStore
 
 __all__ = ["DEFAULT_TTL_SECONDS", "Revocations", "Source"]
@@ -36,7 +36,7 @@ class Revocations:
         on_revoked: Callable[[Source, int], None] | None = None,
     ) -> None:
         self.clock = clock
-        self.streams = OpenStreams()
+        self.streams = StreamRegistry()
         self.entries = RevocationList(clock, self.streams)
         self._on_revoked = on_revoked
         self.store: RevocationStore

@@ -2,7 +2,7 @@
 `auth.stream_grace_seconds`, or when a revocation names its token.
 
 Each stream gets one `StreamGuard`: a future the relay watches (as it watches the shutdown's), one
-timer for the expiry, and a place in the replica's `OpenStreams` while revocation is on. Nothing is
+timer for the expiry, and a place in the replica's `StreamRegistry` while revocation is on. Nothing is
 done per event. A stream whose end has already passed when it opens is ended after its first event.
 """
 
@@ -14,7 +14,7 @@ import math
 from ..auth.verify import Principal
 from ..clock import Clock
 from ..relay import FRAME_END, StreamStop, stream_error_event
-from .entries import Key, OpenStreams, StreamStopper, keys_of
+from .entries import Key, StreamRegistry, StreamStopper, keys_of
 
 __all__ = ["REVOKED", "SESSION_EXPIRED", "StreamGuard"]
 
@@ -39,7 +39,7 @@ class StreamGuard:
         grace: float,
         clock: Clock,
         drain: asyncio.Future[StreamStop] | None,
-        registry: OpenStreams | None,
+        registry: StreamRegistry | None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self.stop: asyncio.Future[StreamStop] = loop.create_future()

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.auth.verify import Principal
 from gateway.config import ConfigError, load_config, redacted
-from gateway.revocation.entries import Entry, OpenStreams, RevocationList, StreamStopper, keys_of
+from gateway.revocation.entries import Entry, RevocationList, StreamRegistry, StreamStopper, keys_of
 
 ISS = "https://idp.example.com"
 
@@ -55,7 +55,7 @@ def test_what_an_entry_refuses(entry: Entry, iat: object, refused: bool) -> None
 
 
 def test_an_entry_ends_only_the_streams_it_refuses_and_removed_streams_are_forgotten() -> None:
-    clock, streams = FakeClock(), OpenStreams()
+    clock, streams = FakeClock(), StreamRegistry()
     entries = RevocationList(clock, streams)
     ended: list[str] = []
     old = StreamStopper(100, lambda: ended.append("old"))
@@ -74,7 +74,7 @@ def test_an_entry_ends_only_the_streams_it_refuses_and_removed_streams_are_forgo
 
 def test_entries_lapse_and_the_table_is_pruned() -> None:
     clock = FakeClock()
-    entries = RevocationList(clock, OpenStreams())
+    entries = RevocationList(clock, StreamRegistry())
     for n in range(3000):
         entries.put(("jti", str(n)), Entry(clock.now + 10))
     assert entries.refuses(principal(jti="5"))
