@@ -1,55 +1,75 @@
-"""The gateway application: one request, one readable path.
+"""The gateway application: the routes, and one ChatKit request's path read top to bottom.
 
-A ChatKit request goes, in this order, through:
+Only HTTP is served (a WebSocket handshake is refused). Every request's target and header block
+are bounded first (414, 431); CORS preflights are answered next, on every route (`cors.py`); then:
+
+| path | answered by |
+| --- | --- |
+| `{server.chatkit_path}` | `ChatKitEndpoint`, below |
+| `{server.uploads_path}REST` | `UploadEndpoint` (`uploads.py`) |
+| `/auth/verify`, `/auth/verify/...` | `ForwardAuthEndpoint` (`forward_auth.py`) |
+| `/healthz`, `/readyz`, `/metrics`, `/chatkit-gateway.js` | `probes.py` |
+| anything else | a JSON 404 |
+
+A ChatKit request goes, in this order, through (the numbers are those of `ChatKitEndpoint.handle`):
 
 1. the method and content-type checks (405, 415);
-2. credentials and their verification (401, `auth/`);
+2. credentials and their verification (401, `auth/`, through `Runtime.authenticate`);
 3. the origin check for cookie credentials (403, `auth/origin.py`);
 4. reading the body within its size limit (413) and parsing it (400, `chatkit.py`), then the
    user's limits, which depend on the op (429, `ratelimit.py`);
-5. the body rewrite: authoritative identity and page context in `metadata` (`chatkit.py`,
-   `identity.py`, `pagecontext.py`);
-6. the relay to the ChatKit backend, streaming its answer back (`relay.py`, `transport.py`).
+5. the rewrite: authoritative identity and page context in the body's `metadata`, and the headers
+   that go with it (`outbound.py`, with `chatkit.py`, `identity.py`, `pagecontext.py`);
+6. the exchange with the ChatKit backend (`upstream.py`, `transport.py`) and the relay of its
+   answer as it arrives (`relay.py`); a stream first takes one of the user's concurrent streams
+   (429) and a place among the gateway's open streams (503 beyond `upstream.max_streams`,
+   `streams.py`).
 
-Each step either passes the request on or raises a `GatewayError`, which `send_error` turns into
-the JSON error body; `observe.py` writes the request's log line and metrics when it ends.
+Every endpoint runs inside `Endpoint` (`endpoint.py`): a step either passes the request on or
+raises a `GatewayError`, which becomes the JSON error body, and `observe.py` writes the request's
+log line and metrics when it ends. What requests share lives in `runtime.py`. The whole is drawn
+in docs/architecture.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from itertools import chain
+from typing import NamedTuple
 
 import httpx
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .body import ClientDisconnected, read_body
+from .body import read_body
 from .chatkit import parse_chatkit_request, require_json_content_type, rewrite_body
 from .clock import SYSTEM_CLOCK, Clock
 from .config import GatewayConfig
 from .cors import CrossOrigin
+from .endpoint import Endpoint
 from .errors import AuthError, GatewayError, HeadersTooLarge, MethodNotAllowed, NotFound, URITooLong
-from .headers import FORWARDED_BODY_HEADERS, Headers, request_id_from
+from .forward_auth import ForwardAuthEndpoint
+from .headers import Headers
 from .identity import Identity
 from .observe import Exchange
-from .probes import ForwardAuthEndpoint, browser_helper_endpoint, healthz, metrics_endpoint, readyz_endpoint
-from .relay import RelayOutcome, relay_response, stream_error_event
+from .outbound import request_id_from
+from .probes import browser_helper_endpoint, healthz, metrics_endpoint, readyz_endpoint
+from .relay import RelayOutcome, StreamStop, relay_response, stream_error_event
 from .responses import send_error
 from .revocation.admin import AdminEndpoint
 from .revocation.backchannel import BackchannelLogoutEndpoint
-from .revocation.streams import StreamGuard
 from .runtime import Runtime
 from .uploads import UploadEndpoint
+from .upstream import UpstreamAnswer
 
 __all__ = ["Gateway", "create_app"]
 
 logger = logging.getLogger("chatkit_gateway")
 
-JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+Stop = asyncio.Future[StreamStop]
 # The longest request target (path, `?` and query, in bytes) served: RFC 9112 3 recommends
 # supporting 8,000 octets; the upload URL the gateway builds from a longer one can exceed what
 # httpx accepts (65,536), which used to end in a plain-text 500.
@@ -64,75 +84,66 @@ SSE_ERROR_HEADERS: Headers = [
 ]
 
 
-class ChatKitEndpoint:
+class RewrittenRequest(NamedTuple):
+    """The ChatKit request as it goes upstream: its body rewritten, and what its op implies."""
+
+    streaming: bool
+    read_only: bool
+    body: bytes
+    injected: dict[str, object]  # what the gateway wrote into `metadata` (the signed identity covers it)
+
+
+class ChatKitEndpoint(Endpoint):
     """`POST {server.chatkit_path}`: the ChatKit protocol endpoint (pure ASGI, streams untouched)."""
 
+    route = "chatkit"
+
     def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime.observer)
         self.runtime = runtime
         self.config = runtime.config
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
         headers: Headers = scope["headers"]
-        exchange = Exchange(request_id_from(headers), "chatkit", time.monotonic(), scope["method"])
+        # Step 1.
+        if scope["method"] != "POST":
+            raise MethodNotAllowed(headers={"Allow": "POST, OPTIONS"})
+        require_json_content_type(headers)
+        # Steps 2 and 3.
         try:
-            await self._handle(scope, receive, send, headers, exchange)
-        finally:
-            self.runtime.observer.finish(exchange)
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, headers: Headers, exchange: Exchange) -> None:
-        request_id = exchange.request_id
-        try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowed(headers={"Allow": "POST, OPTIONS"})
-            require_json_content_type(headers)
-            try:
-                principal, identity = await self.runtime.authenticate(headers)
-            except AuthError as error:
-                exchange.status, exchange.error = error.status, error.code
-                await self._refuse(error, scope, receive, send, request_id)
-                return
-            exchange.user_id, exchange.source = identity.user_id, principal.source
-            streaming, read_only, upstream_body, injected = await self._rewrite(receive, headers, identity, exchange)
-            # The body was re-encoded: it goes upstream as what it now is, whatever the client said
-            # (a charset, a second Content-Type, one named in Connection).
-            upstream_headers = self.runtime.base_headers(scope, request_id, allow=FORWARDED_BODY_HEADERS)
-            upstream_headers.append(JSON_CONTENT_TYPE)
-            upstream_headers.extend(
-                self.runtime.identity_headers(principal, identity, request_id, metadata=injected, body=upstream_body)
-            )
-            limiter = self.runtime.limiter_or_fail()
-            slot = await limiter.open_stream(identity.user_id) if streaming else None
-            guard = None
-            try:
-                # Made before the upstream is asked, so a revocation meanwhile is not missed.
-                guard = self.runtime.stream_guard(principal) if streaming else None
-                response = await self._open(streaming, read_only, upstream_body, upstream_headers)
-                # Nothing of the request is needed while the answer streams back: let it go.
-                del upstream_body, upstream_headers, principal, identity, injected
-                await self._relay(response, receive, send, streaming, exchange, guard)
-            finally:
-                if guard is not None:
-                    guard.close()
-                if slot is not None:
-                    await slot.close()
-        except GatewayError as error:
+            principal, identity = await self.runtime.authenticate(headers)
+        except AuthError as error:
             exchange.status, exchange.error = error.status, error.code
-            await send_error(send, error, request_id)
-        except ClientDisconnected:
-            exchange.client_disconnected = True
+            await self._refuse(error, scope, receive, send, exchange.request_id)
             return
-        except Exception:
-            # Nothing a client sends should get here; if something does, it gets a JSON 500 and
-            # the log gets the traceback (never the request's credentials or body).
-            logger.exception("unhandled error in the ChatKit endpoint")
-            exchange.status, exchange.error = 500, "internal_error"
-            with contextlib.suppress(RuntimeError):  # the response may have started already
-                await send_error(send, GatewayError(), request_id)
+        exchange.user_id, exchange.source = identity.user_id, principal.source
+        # Steps 4 and 5.
+        rewritten = await self._rewrite(receive, headers, identity, exchange)
+        upstream_headers = self.runtime.outbound.chatkit_headers(
+            scope, exchange.request_id, principal, identity, metadata=rewritten.injected, body=rewritten.body
+        )
+        # Step 6.
+        if not rewritten.streaming:
+            answer = await self._open(rewritten, upstream_headers)
+            del rewritten, upstream_headers, principal, identity  # see below
+            await self._relay(answer, receive, send, exchange)
+            return
+        slot = await self.runtime.limiter.open_stream(identity.user_id)
+        try:
+            # The session's end is watched before the upstream is asked, so a revocation meanwhile counts.
+            async with self.runtime.streams as drain:
+                with self.runtime.session_end(principal, drain) as stop:
+                    answer = await self._open(rewritten, upstream_headers)
+                    # Nothing of the request is needed while the answer streams back: let it go.
+                    del rewritten, upstream_headers, principal, identity
+                    await self._relay(answer, receive, send, exchange, stop)
+        finally:
+            await slot.close()
 
     async def _rewrite(
         self, receive: Receive, headers: Headers, identity: Identity, exchange: Exchange
-    ) -> tuple[bool, bool, bytes, dict[str, object]]:
-        """Steps 4 to 6: read and check the body, apply the user's limits (which depend on the op),
+    ) -> RewrittenRequest:
+        """Steps 4 and 5: read and check the body, apply the user's limits (which depend on the op),
         write the gateway's metadata into the body (returned too: the signed identity covers it).
 
         (A function of its own, so the parsed body is freed before a long stream starts.)"""
@@ -142,9 +153,11 @@ class ChatKitEndpoint:
         exchange.bytes_in = len(raw)
         request = parse_chatkit_request(raw)
         exchange.set_op(request.op)
-        await self.runtime.limiter_or_fail().admit(identity.user_id, message=request.streaming)
-        injected = self.runtime.injected_metadata(headers, request.body.get("metadata"), identity, exchange.request_id)
-        return request.streaming, request.read_only, rewrite_body(request, injected), injected
+        await self.runtime.limiter.admit(identity.user_id, message=request.streaming)
+        injected = self.runtime.outbound.injected_metadata(
+            headers, request.body.get("metadata"), identity, exchange.request_id
+        )
+        return RewrittenRequest(request.streaming, request.read_only, rewrite_body(request, injected), injected)
 
     async def _refuse(self, error: AuthError, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         """A 401, or with `auth.stream_errors` an in-chat error event for streaming ops."""
@@ -164,49 +177,35 @@ class ChatKitEndpoint:
                     return
         await send_error(send, error, request_id)
 
-    async def _open(
-        self, streaming: bool, read_only: bool, body: bytes, headers: Headers
-    ) -> tuple[httpx.Response, bytes | None]:
-        """Step 7a: send upstream; a small JSON answer comes back read whole."""
-        upstream = self.runtime.upstream_or_fail()
-        if not streaming:
-            return await upstream.send_json(upstream.url, headers, body, replayable=read_only)
-        return await upstream.send_stream(upstream.url, headers, body), None
+    async def _open(self, request: RewrittenRequest, headers: Headers) -> UpstreamAnswer:
+        """Step 6: send upstream; a small JSON answer comes back read whole."""
+        upstream = self.runtime.upstream
+        if not request.streaming:
+            return await upstream.send_json(upstream.url, headers, request.body, replayable=request.read_only)
+        return UpstreamAnswer(await upstream.send_stream(upstream.url, headers, request.body), None)
 
     async def _relay(
-        self,
-        opened: tuple[httpx.Response, bytes | None],
-        receive: Receive,
-        send: Send,
-        streaming: bool,
-        exchange: Exchange,
-        guard: StreamGuard | None,
+        self, answer: UpstreamAnswer, receive: Receive, send: Send, exchange: Exchange, stop: Stop | None = None
     ) -> None:
-        """Step 7b: relay the answer (small JSON whole, anything else as it arrives)."""
-        response, small_body = opened
+        """Step 6, continued: relay the answer (small JSON whole, anything else as it arrives); a
+        stream gets the heartbeat and ends when `stop` does."""
+        response, small_body = answer
         extra = [(b"x-request-id", exchange.request_id.encode("ascii"))]
         outcome = RelayOutcome()
-        runtime = self.runtime
         try:
-            if not streaming:
+            if stop is None:
                 await relay_response(response, send, receive, body=small_body, extra_headers=extra, outcome=outcome)
-                return
-            runtime.open_streams += 1
-            runtime.observer.open_streams.inc()
-            try:
+            else:
+                heartbeat = self.config.upstream.heartbeat_seconds
                 await relay_response(
                     response,
                     send,
                     receive,
                     extra_headers=extra,
-                    heartbeat_seconds=self.config.upstream.heartbeat_seconds,
-                    stop=runtime.stop if guard is None else guard.stop,
+                    heartbeat_seconds=heartbeat,
+                    stop=stop,
                     outcome=outcome,
                 )
-            finally:
-                runtime.open_streams -= 1
-                runtime.observer.open_streams.dec()
-                runtime.upstream_or_fail().release_stream()
         finally:
             exchange.record(outcome)
 
@@ -296,7 +295,7 @@ def create_app(
 ) -> Gateway:
     """Build the gateway. `transport` replaces the network to the backend (and `jwks_transport` to
     the identity providers); `clock` replaces time."""
-    runtime = Runtime(config=config, clock=clock, transport=transport, jwks_transport=jwks_transport)
+    runtime = Runtime(config, clock=clock, transport=transport, jwks_transport=jwks_transport)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:

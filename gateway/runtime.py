@@ -1,91 +1,82 @@
-"""What the lifespan makes and closes: the resources every request shares, and the steps they serve."""
+"""The resources every request shares, made once with the app and started and closed by its
+lifespan: the authenticator (and its key caches), the clients to the backend, the rate limiter,
+the open streams, the metrics; and the drain on `SIGTERM`.
+
+What goes upstream is built by `outbound.py`; the request path itself is in `app.py`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 import httpx
-from starlette.types import Scope
 
 from .auth.authenticator import Authenticator
 from .auth.origin import OriginPolicy
 from .auth.verify import Principal
-from .backend import IDENTITY_HEADER, sign_identity
 from .clock import Clock
 from .config import GatewayConfig
 from .errors import UnknownIssuer
-from .headers import (
-    FORWARDED_REQUEST_HEADERS,
-    Headers,
-    TrustedProxies,
-    forwarded_headers,
-    header_value,
-    upstream_request_headers,
-)
 from .identity import Identity, identity_of, user_id_prefixes
 from .observe import Observer
-from .pagecontext import PageContextPolicy
+from .outbound import Outbound
 from .ratelimit import RateLimiter
-from .relay import DRAIN_STOP, StreamStop, Upstream
+from .relay import StreamStop
 from .revocation.revocations import Revocations
 from .revocation.streams import StreamGuard
+from .streams import OpenStreams
+from .upstream import Upstream
+from .warmup import warm_request_path
 
 __all__ = ["Runtime"]
 
 logger = logging.getLogger("chatkit_gateway")
 
 
-@dataclass
 class Runtime:
-    config: GatewayConfig
-    clock: Clock
-    transport: httpx.AsyncBaseTransport | None = None
-    jwks_transport: httpx.AsyncBaseTransport | None = None
-    trusted_proxies: TrustedProxies = field(init=False)
-    origin_policy: OriginPolicy = field(init=False)
-    page_context: PageContextPolicy = field(init=False)
-    user_id_prefixes: Mapping[str, str] = field(init=False)
-    upstream: Upstream | None = None
-    authenticator: Authenticator | None = None
-    limiter: RateLimiter | None = None
-    revocations: Revocations | None = None
-    observer: Observer = field(init=False)
-    started: bool = False
-    draining: bool = False
-    open_streams: int = 0
-    _stop: asyncio.Future[StreamStop] | None = None
+    """One gateway's shared resources. Made by `create_app`; `start` and `aclose` are the lifespan."""
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        clock: Clock,
+        transport: httpx.AsyncBaseTransport | None = None,
+        jwks_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
         self.observer = Observer()
-        self.trusted_proxies = TrustedProxies(self.config.server.trusted_proxies)
-        self.origin_policy = OriginPolicy(self.config)
-        self.page_context = PageContextPolicy(self.config.metadata, frozenset(self.config.security.allowed_origins))
-        self.user_id_prefixes = user_id_prefixes(self.config.auth.issuers)
+        self.outbound = Outbound(config)
+        self.origin_policy = OriginPolicy(config)
+        self.user_id_prefixes: Mapping[str, str] = user_id_prefixes(config.auth.issuers)
+        self.authenticator = Authenticator(
+            config, clock=clock, transport=jwks_transport, on_fetch=self.observer.jwks_fetched
+        )
+        caches = self.authenticator
+        self.observer.watch_key_ages(lambda: [(s.issuer, s.last_success_age) for s in caches.status()])
+        self.upstream = Upstream(config.upstream, transport=transport)
+        self.limiter = RateLimiter.create(config.ratelimit, clock=clock, on_backend_error=self._rate_limit_failed)
+        self.streams = OpenStreams(self.observer.open_streams, max_streams=config.upstream.max_streams)
+        self.revocations = (
+            Revocations(config.revocation, clock=clock, on_revoked=self.observer.revoked)
+            if config.revocation.enabled
+            else None
+        )
+        self.started = False
+        self.draining = False
 
     async def start(self) -> None:
-        self._stop = asyncio.get_running_loop().create_future()
-        self.authenticator = Authenticator(
-            self.config, clock=self.clock, transport=self.jwks_transport, on_fetch=self.observer.jwks_fetched
-        )
-        authenticator = self.authenticator
-        self.observer.watch_key_ages(lambda: [(s.issuer, s.last_success_age) for s in authenticator.status()])
-        self.upstream = Upstream(self.config.upstream, transport=self.transport)
-        self.limiter = RateLimiter.create(
-            self.config.ratelimit, clock=self.clock, on_backend_error=self._rate_limit_backend_failed
-        )
         await self.limiter.start()
-        if self.config.revocation.enabled:
-            self.revocations = Revocations(self.config.revocation, clock=self.clock, on_revoked=self.observer.revoked)
+        if self.revocations is not None:
             await self.revocations.start()
         await self.authenticator.start()
         await self.upstream.warm()
-        from .warmup import warm_request_path  # it builds on this module
-
-        await warm_request_path(self)
+        await warm_request_path(self.config, self.outbound)
         self.observer.prepare()
         # Everything made so far lives as long as the process: collect once, then move it out of
         # the collector's sight, so later collections scan only what requests allocate (the
@@ -94,59 +85,36 @@ class Runtime:
         gc.freeze()
         self.started = True
 
+    async def aclose(self) -> None:
+        self.started = False
+        await self.limiter.aclose()
+        if self.revocations is not None:
+            await self.revocations.aclose()
+        await self.authenticator.aclose()
+        await self.upstream.aclose()
+
     @property
-    def stop(self) -> asyncio.Future[StreamStop] | None:
-        """Completes when the shutdown grace is over: open streams end with an error event."""
-        return self._stop
+    def ready(self) -> bool:
+        return self.started and not self.draining and self.authenticator.ready
 
     async def drain(self, grace: float) -> None:
         """`SIGTERM`: not ready at once; streams may finish for `grace` seconds, then are ended."""
         self.draining = True
-        logger.info("draining: %d open streams, grace %g s", self.open_streams, grace)
+        streams = self.streams
+        logger.info("draining: %d open streams, grace %g s", streams.count, grace)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while self.open_streams > 0 and loop.time() < deadline:
+        while streams.count > 0 and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        if self.open_streams > 0:
-            logger.info("grace over: ending %d open streams", self.open_streams)
-            if self._stop is not None and not self._stop.done():
-                self._stop.set_result(DRAIN_STOP)
+        if streams.count > 0:
+            logger.info("grace over: ending %d open streams", streams.count)
+            streams.end_all()
             ended = loop.time() + 2.0
-            while self.open_streams > 0 and loop.time() < ended:
+            while streams.count > 0 and loop.time() < ended:
                 await asyncio.sleep(0.02)
-
-    def _rate_limit_backend_failed(self, reason: str) -> None:
-        self.observer.ratelimit_backend_errors.inc()
-
-    def limiter_or_fail(self) -> RateLimiter:
-        if self.limiter is None:
-            raise RuntimeError("the gateway's lifespan has not started")
-        return self.limiter
-
-    async def aclose(self) -> None:
-        self.started = False
-        if self.limiter is not None:
-            await self.limiter.aclose()
-        if self.revocations is not None:
-            await self.revocations.aclose()
-        if self.authenticator is not None:
-            await self.authenticator.aclose()
-        if self.upstream is not None:
-            await self.upstream.aclose()
-
-    @property
-    def ready(self) -> bool:
-        return self.started and not self.draining and self.authenticator is not None and self.authenticator.ready
-
-    def upstream_or_fail(self) -> Upstream:
-        if self.upstream is None:
-            raise RuntimeError("the gateway's lifespan has not started")
-        return self.upstream
 
     async def authenticate(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[Principal, Identity]:
         """Steps 2 and 3 of every request: a verified principal, and the origin check for cookies."""
-        if self.authenticator is None:
-            raise RuntimeError("the gateway's lifespan has not started")
         principal = await self.authenticator.authenticate(headers)
         if self.revocations is not None:
             # After verification, so the verified-token cache cannot outlive a revocation.
@@ -159,78 +127,26 @@ class Runtime:
             raise UnknownIssuer()
         return principal, identity_of(principal, self.config.identity, prefix)
 
-    def stream_guard(self, principal: Principal) -> StreamGuard | None:
-        """One SSE stream's end conditions (session expiry, revocation, shutdown), or None when
-        only the shutdown can end it."""
+    def session_end(
+        self, principal: Principal, drain: asyncio.Future[StreamStop]
+    ) -> contextlib.AbstractContextManager[asyncio.Future[StreamStop]]:
+        """`with runtime.session_end(principal, drain) as stop:` for one SSE stream: `stop` completes
+        at the drain, at the token's `exp` plus `auth.stream_grace_seconds`, or at a revocation
+        that names the token (docs/revocation.md)."""
         grace = self.config.auth.stream_grace_seconds
-        if grace < 0 and self.revocations is None:
-            return None
-        if self.revocations is None:
-            return StreamGuard(principal, grace=grace, clock=self.clock, drain=self._stop, registry=None)
-        guard = StreamGuard(
-            principal, grace=grace, clock=self.clock, drain=self._stop, registry=self.revocations.streams
-        )
+        revocations = self.revocations
+        if revocations is None:
+            if grace < 0:
+                return contextlib.nullcontext(drain)
+            return StreamGuard(principal, grace=grace, clock=self.clock, drain=drain, registry=None)
+        guard = StreamGuard(principal, grace=grace, clock=self.clock, drain=drain, registry=revocations.streams)
         try:
             # Watched from here on; an entry that arrived since the request's check refuses it now.
-            self.revocations.check(principal, bearer=principal.source == "bearer")
+            revocations.check(principal, bearer=principal.source == "bearer")
         except BaseException:
             guard.close()
             raise
         return guard
 
-    def base_headers(
-        self, scope: Scope, request_id: str, *, allow: frozenset[bytes] = FORWARDED_REQUEST_HEADERS
-    ) -> Headers:
-        """Headers every upstream request carries: the allowlisted client headers plus the gateway's."""
-        headers: Headers = scope["headers"]
-        client = scope.get("client")
-        result = upstream_request_headers(headers, allow=allow)
-        result.append((b"x-request-id", request_id.encode("ascii")))
-        result.append((b"accept-encoding", b"identity"))
-        result.extend(
-            forwarded_headers(
-                headers, peer=client[0] if client else None, scheme=scope["scheme"], trusted=self.trusted_proxies
-            )
-        )
-        return result
-
-    def injected_metadata(
-        self, headers: Sequence[tuple[bytes, bytes]], client_metadata: object, identity: Identity, request_id: str
-    ) -> dict[str, object]:
-        """Step 6: what the gateway writes into `metadata` (SPEC 5)."""
-        client_page_context = client_metadata.get("pageContext") if isinstance(client_metadata, dict) else None
-        page_context = self.page_context.from_request(
-            header_value(headers, self.page_context.header_name), client_page_context, header_value(headers, b"referer")
-        )
-        injected: dict[str, object] = {"userId": identity.user_id, "userInfo": identity.user_info()}
-        if page_context is not None:
-            injected["pageContext"] = page_context
-        injected["requestId"] = request_id
-        return injected
-
-    def identity_headers(
-        self,
-        principal: Principal,
-        identity: Identity,
-        request_id: str,
-        *,
-        metadata: Mapping[str, object] | None = None,
-        body: bytes | None = None,
-    ) -> Headers:
-        """`X-User-Id`, `X-User-Email`, the signed `X-ChatKit-Identity`, the forwarded token.
-
-        The signature covers what the gateway wrote into the body (`metadata`, from
-        `injected_metadata`), the token's issuer, and the SHA-256 of `body`, the exact bytes sent
-        upstream, so a captured header cannot vouch for another request. An upload, whose body
-        streams, has no `metadata` or `body`: its hash is null.
-        """
-        result = identity.headers()
-        secret = self.config.upstream.identity_secret
-        if secret is not None:
-            if metadata is None:
-                metadata = {"userId": identity.user_id, "userInfo": identity.user_info(), "requestId": request_id}
-            signed = sign_identity({**metadata, "issuer": identity.issuer}, secret, body=body)
-            result.append((IDENTITY_HEADER.lower().encode("ascii"), signed.encode("ascii")))
-        if self.config.upstream.forward_access_token:
-            result.append((b"authorization", b"Bearer " + principal.token.encode("ascii")))
-        return result
+    def _rate_limit_failed(self, reason: str) -> None:
+        self.observer.ratelimit_backend_errors.inc()

@@ -12,18 +12,17 @@ from __future__ import annotations
 import hmac
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from ..body import ClientDisconnected, read_body
+from ..body import read_body
 from ..config import ConfigError, RevocationConfig
-from ..errors import AuthError, GatewayError, InvalidRevocation, MethodNotAllowed, NotFound
-from ..headers import Headers, header_value, request_id_from
+from ..endpoint import Endpoint
+from ..errors import AuthError, InvalidRevocation, MethodNotAllowed, NotFound
+from ..headers import Headers, header_value
 from ..observe import Exchange
-from ..responses import send_error
 from ..runtime import Runtime
 from .entries import Key
 from .revocations import DEFAULT_TTL_SECONDS
@@ -31,6 +30,7 @@ from .revocations import DEFAULT_TTL_SECONDS
 __all__ = ["AdminEndpoint", "parse_revocation", "read_admin_token"]
 
 MAX_BODY_BYTES = 16 * 1024
+BODY_TIMEOUT_SECONDS = 10.0
 MAX_TTL_SECONDS = 10 * 365 * 86400.0
 MIN_ADMIN_TOKEN_BYTES = 16
 FIELDS = frozenset({"iss", "sub", "sid", "jti", "ttl_seconds"})
@@ -80,40 +80,31 @@ def parse_revocation(body: bytes) -> tuple[list[Key], float]:
     return keys, float(ttl)
 
 
-class AdminEndpoint:
-    """The admin route (pure ASGI): 404 when off, else 405, 401, 400, 503 or 204."""
+class AdminEndpoint(Endpoint):
+    """The admin route: 404 when off, else 405, 401, 400, 503 or 204."""
+
+    route = "admin_revocations"
 
     def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime.observer)
         self.runtime = runtime
         self.token = read_admin_token(runtime.config.revocation)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers: Headers = scope["headers"]
-        exchange = Exchange(request_id_from(headers), "admin_revocations", time.monotonic(), scope["method"])
-        try:
-            await self._answer(scope, receive, send, headers)
-            exchange.status = 204
-        except GatewayError as error:
-            exchange.status, exchange.error = error.status, error.code
-            await send_error(send, error, exchange.request_id)
-        except ClientDisconnected:
-            exchange.client_disconnected = True
-        finally:
-            self.runtime.observer.finish(exchange)
-
-    async def _answer(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
         revocations = self.runtime.revocations
         if self.token is None or revocations is None:
             raise NotFound()
         method = scope["method"]
         if method not in ("POST", "DELETE"):
             raise MethodNotAllowed(headers={"Allow": "POST, DELETE"})
+        headers: Headers = scope["headers"]
         self._authorize(headers)
-        keys, ttl = parse_revocation(await read_body(receive, headers, MAX_BODY_BYTES, 10.0))
+        keys, ttl = parse_revocation(await read_body(receive, headers, MAX_BODY_BYTES, BODY_TIMEOUT_SECONDS))
         if method == "POST":
             await revocations.revoke(keys, ttl, source="admin")
         else:
             await revocations.lift(keys)
+        exchange.status = 204
         await send({"type": "http.response.start", "status": 204, "headers": NO_CONTENT_HEADERS})
         await send({"type": "http.response.body", "body": b""})
 

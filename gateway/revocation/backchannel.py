@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +23,12 @@ from starlette.types import Receive, Scope, Send
 
 from ..auth.jws import parse_compact_jws
 from ..auth.verify import _check_audience, _numeric_date, verify_jws_signature
-from ..body import ClientDisconnected, read_body
+from ..body import read_body
 from ..config import IssuerConfig
-from ..errors import GatewayError, InvalidLogoutToken, MethodNotAllowed, NotFound
-from ..headers import Headers, header_value, request_id_from
+from ..endpoint import Endpoint
+from ..errors import InvalidLogoutToken, MethodNotAllowed, NotFound
+from ..headers import Headers, header_value
 from ..observe import Exchange
-from ..responses import send_error
 from ..runtime import Runtime
 from .entries import Key
 from .revocations import DEFAULT_TTL_SECONDS
@@ -40,6 +39,7 @@ BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 # §2.4: `logout+jwt` is the explicit type; `JWT` and none are what providers send in practice.
 LOGOUT_TOKEN_TYPES = frozenset({"logout+jwt", "jwt"})
 MAX_BODY_BYTES = 64 * 1024
+BODY_TIMEOUT_SECONDS = 10.0
 FORM = b"application/x-www-form-urlencoded"
 OK_HEADERS: Headers = [(b"cache-control", b"no-store"), (b"content-length", b"0")]
 
@@ -75,8 +75,6 @@ async def verify_logout_token(runtime: Runtime, token: str) -> LogoutToken:
 
 async def _verify(runtime: Runtime, token: str) -> LogoutToken:
     authenticator = runtime.authenticator
-    if authenticator is None:
-        raise RuntimeError("the gateway's lifespan has not started")
     parsed = parse_compact_jws(token, max_bytes=runtime.config.auth.max_token_bytes, types=LOGOUT_TOKEN_TYPES)
     claims = parsed.claims
     issuer = _issuer(runtime, claims.get("iss"))
@@ -136,36 +134,26 @@ def _logout_token_of(body: bytes) -> str:
     return values[0]
 
 
-class BackchannelLogoutEndpoint:
-    """The logout route (pure ASGI): 404 with revocation off, else 405, 400, 503 or 200."""
+class BackchannelLogoutEndpoint(Endpoint):
+    """The logout route: 404 with revocation off, else 405, 400, 503 or 200."""
+
+    route = "backchannel_logout"
 
     def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime.observer)
         self.runtime = runtime
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers: Headers = scope["headers"]
-        exchange = Exchange(request_id_from(headers), "backchannel_logout", time.monotonic(), scope["method"])
-        try:
-            await self._answer(scope, receive, send, headers)
-            exchange.status = 200
-        except GatewayError as error:
-            exchange.status, exchange.error = error.status, error.code
-            await send_error(send, error, exchange.request_id)
-        except ClientDisconnected:
-            exchange.client_disconnected = True
-        finally:
-            self.runtime.observer.finish(exchange)
-
-    async def _answer(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
         revocations = self.runtime.revocations
         if revocations is None:
             raise NotFound()
         if scope["method"] != "POST":
             raise MethodNotAllowed(headers={"Allow": "POST"})
+        headers: Headers = scope["headers"]
         content_type = (header_value(headers, b"content-type") or b"").partition(b";")[0].strip().lower()
         if content_type != FORM:
             raise InvalidLogoutToken("The request must be a form with one logout_token field.")
-        body = await read_body(receive, headers, MAX_BODY_BYTES, 10.0)
+        body = await read_body(receive, headers, MAX_BODY_BYTES, BODY_TIMEOUT_SECONDS)
         logout = await verify_logout_token(self.runtime, _logout_token_of(body))
         # §2.6 step 6: a jti seen before is a replay; remembered until the token could not pass anyway.
         lifetime = max(1.0, logout.usable_until - revocations.clock.time())
@@ -173,5 +161,6 @@ class BackchannelLogoutEndpoint:
             raise InvalidLogoutToken("The logout token was used before.")
         issued_before = math.inf if logout.session is not None else logout.issued_at
         await revocations.revoke([logout.key], DEFAULT_TTL_SECONDS, source="backchannel", issued_before=issued_before)
+        exchange.status = 200
         await send({"type": "http.response.start", "status": 200, "headers": OK_HEADERS})
         await send({"type": "http.response.body", "body": b""})

@@ -28,7 +28,8 @@ REVOKED = StreamStop(
 
 
 class StreamGuard:
-    """One stream's end conditions; `stop` completes with why it must end. `close()` when it ends."""
+    """One stream's end conditions; `stop` completes with why it must end. Closed when the stream
+    ends (`close()`, or use it as a context manager)."""
 
     __slots__ = ("_drain", "_keys", "_registry", "_stopper", "_timer", "stop")
 
@@ -71,6 +72,12 @@ class StreamGuard:
     def _on_drain(self, drain: asyncio.Future[StreamStop]) -> None:
         if not drain.cancelled():
             self._end(drain.result())
+
+    def __enter__(self) -> asyncio.Future[StreamStop]:
+        return self.stop
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._timer is not None:

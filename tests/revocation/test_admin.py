@@ -12,12 +12,11 @@ import httpx
 import pytest
 
 from tests.support.chatkit import LiveStream, saw_cancellation
+from tests.support.checks import assert_error, metric
 from tests.support.fixtures import Backend
-from tests.support.gateway import RunningGateway, bearer, start_gateway, user_token
+from tests.support.gateway import RunningGateway, start_gateway, user_token
 from tests.support.idp import LoopbackIdP
-from tests.support.revocation import ADMIN_TOKEN, admin, revocation_config, write_admin_token
-from tests.test_operations import LIST, metric
-from tests.test_request_checks import assert_error
+from tests.support.revocation import ADMIN_TOKEN, admin, ask, revocation_config, write_admin_token
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +30,6 @@ def revoking(
 
 def user() -> str:
     return f"user-{uuid.uuid4().hex[:8]}"
-
-
-def ask(gateway: RunningGateway, token: str, path: str = "/chatkit") -> httpx.Response:
-    if path == "/auth/verify":
-        return httpx.get(f"{gateway.url}/auth/verify", headers=bearer(token), trust_env=False)
-    return httpx.post(f"{gateway.url}{path}", json=LIST, headers=bearer(token), trust_env=False)
 
 
 def test_admin_routes_answer_404_with_revocation_off(gateway: RunningGateway) -> None:
@@ -68,7 +61,7 @@ def test_a_wrong_admin_token_gets_401_and_changes_nothing(
     url = f"{revoking.url}/admin/revocations"
     response = httpx.post(url, json={"iss": session_idp.issuer, "sub": sub}, headers=headers, trust_env=False)
     assert_error(response, 401, "unauthorized")
-    assert ask(revoking, token).status_code == 200
+    assert ask(revoking.url, token).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -100,13 +93,13 @@ def test_a_revoked_user_gets_401_even_with_a_cached_token_and_others_do_not(
 ) -> None:
     sub, other = user(), user()
     token, later, bystander = user_token(session_idp, sub), user_token(session_idp, sub), user_token(session_idp, other)
-    assert ask(revoking, token, path).status_code == 200  # now in the verified-token cache
+    assert ask(revoking.url, token, path).status_code == 200  # now in the verified-token cache
     assert admin(revoking.url, {"iss": session_idp.issuer, "sub": sub}).status_code == 204
-    refused = ask(revoking, token, path)
+    refused = ask(revoking.url, token, path)
     assert_error(refused, 401, "token_revoked")
     assert refused.headers["www-authenticate"] == 'Bearer error="invalid_token"'
-    assert_error(ask(revoking, later, path), 401, "token_revoked")  # whenever issued
-    assert ask(revoking, bystander, path).status_code == 200
+    assert_error(ask(revoking.url, later, path), 401, "token_revoked")  # whenever issued
+    assert ask(revoking.url, bystander, path).status_code == 200
 
 
 def test_delete_lifts_a_revocation_and_answers_204_for_an_absent_one(
@@ -116,9 +109,9 @@ def test_delete_lifts_a_revocation_and_answers_204_for_an_absent_one(
     token = user_token(session_idp, sub)
     entry = {"iss": session_idp.issuer, "sub": sub}
     assert admin(revoking.url, entry).status_code == 204
-    assert ask(revoking, token).status_code == 401
+    assert ask(revoking.url, token).status_code == 401
     assert admin(revoking.url, entry, method="DELETE").status_code == 204
-    assert ask(revoking, token).status_code == 200
+    assert ask(revoking.url, token).status_code == 200
     assert admin(revoking.url, entry, method="DELETE").status_code == 204
     assert admin(revoking.url, {"jti": "never-revoked"}, method="DELETE").status_code == 204
 
@@ -129,24 +122,24 @@ def test_a_jti_or_sid_revocation_refuses_only_those_tokens(revoking: RunningGate
     two = user_token(session_idp, sub, jti="jti-two", sid="session-a")
     three = user_token(session_idp, sub, jti="jti-three", sid="session-b")
     assert admin(revoking.url, {"jti": "jti-one"}).status_code == 204
-    assert [ask(revoking, t).status_code for t in (one, two, three)] == [401, 200, 200]
+    assert [ask(revoking.url, t).status_code for t in (one, two, three)] == [401, 200, 200]
     assert admin(revoking.url, {"iss": session_idp.issuer, "sid": "session-a"}).status_code == 204
-    assert [ask(revoking, t).status_code for t in (one, two, three)] == [401, 401, 200]
+    assert [ask(revoking.url, t).status_code for t in (one, two, three)] == [401, 401, 200]
     # One body naming several entries lifts, or revokes, each.
     both = {"jti": "jti-one", "iss": session_idp.issuer, "sid": "session-a"}
     assert admin(revoking.url, both, method="DELETE").status_code == 204
-    assert [ask(revoking, t).status_code for t in (one, two, three)] == [200, 200, 200]
+    assert [ask(revoking.url, t).status_code for t in (one, two, three)] == [200, 200, 200]
     assert admin(revoking.url, {"jti": "jti-three", "iss": session_idp.issuer, "sid": "session-a"}).status_code == 204
-    assert [ask(revoking, t).status_code for t in (one, two, three)] == [401, 401, 401]
+    assert [ask(revoking.url, t).status_code for t in (one, two, three)] == [401, 401, 401]
 
 
 def test_a_revocation_lapses_after_its_ttl(revoking: RunningGateway, session_idp: LoopbackIdP) -> None:
     sub = user()
     token = user_token(session_idp, sub)
     assert admin(revoking.url, {"iss": session_idp.issuer, "sub": sub, "ttl_seconds": 1}).status_code == 204
-    assert ask(revoking, token).status_code == 401
+    assert ask(revoking.url, token).status_code == 401
     time.sleep(1.2)
-    assert ask(revoking, token).status_code == 200
+    assert ask(revoking.url, token).status_code == 200
 
 
 def test_a_revocation_ends_the_users_open_streams_and_spares_others(

@@ -13,19 +13,9 @@ import pytest
 from gateway.auth.verify import Principal
 from gateway.config import ConfigError, load_config, redacted
 from gateway.revocation.entries import Entry, RevocationList, StreamRegistry, StreamStopper, keys_of
+from tests.support.clock import FakeClock
 
 ISS = "https://idp.example.com"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
 
 
 def principal(sub: str = "alice", **claims: Any) -> Principal:
@@ -78,7 +68,7 @@ def test_entries_lapse_and_the_table_is_pruned() -> None:
     for n in range(3000):
         entries.put(("jti", str(n)), Entry(clock.now + 10))
     assert entries.refuses(principal(jti="5"))
-    clock.now += 11
+    clock.advance(11)
     assert not entries.refuses(principal(jti="5"))
     for n in range(1200):  # growing past the next threshold (4096) prunes the lapsed 3000
         entries.put(("jti", f"fresh-{n}"), Entry(clock.now + 10))

@@ -4,16 +4,14 @@ ends the open stream and the session's token is refused from then on."""
 
 from __future__ import annotations
 
-import httpx
-
 from tests.support.chatkit import LiveStream, saw_cancellation
+from tests.support.checks import assert_error
 from tests.support.fixtures import Backend
-from tests.support.gateway import bearer, gateway_config, start_gateway
+from tests.support.gateway import gateway_config, start_gateway
 from tests.support.idp import LoopbackIdP
 from tests.support.oidc_logout import CLIENT_ID, start_openid_provider
 from tests.support.procs import free_port
-from tests.test_operations import LIST
-from tests.test_request_checks import assert_error
+from tests.support.revocation import ask
 
 
 def test_a_sign_out_at_the_provider_ends_the_stream_and_the_session(backend: Backend, session_idp: LoopbackIdP) -> None:
@@ -43,6 +41,5 @@ def test_a_sign_out_at_the_provider_ends_the_stream_and_the_session(backend: Bac
                 stream.close()
                 ended.close()
                 kept.close()
-            ask = lambda token: httpx.post(f"{gateway.url}/chatkit", json=LIST, headers=bearer(token), trust_env=False)  # noqa: E731
-            assert_error(ask(ended.id_token), 401, "token_revoked")
-            assert ask(kept.id_token).status_code == 200  # the other session goes on
+            assert_error(ask(gateway.url, ended.id_token), 401, "token_revoked")
+            assert ask(gateway.url, kept.id_token).status_code == 200  # the other session goes on

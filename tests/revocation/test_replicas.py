@@ -12,13 +12,12 @@ import httpx
 import pytest
 
 from tests.support.chatkit import LiveStream, saw_cancellation
+from tests.support.checks import assert_error, metric, wait_for
 from tests.support.fixtures import Backend
-from tests.support.gateway import RunningGateway, bearer, start_gateway, user_token
+from tests.support.gateway import RunningGateway, start_gateway, user_token
 from tests.support.idp import LoopbackIdP
 from tests.support.redis import RedisServer, start_redis
-from tests.support.revocation import admin, logout, logout_claims, revocation_config, write_admin_token
-from tests.test_operations import LIST, metric, wait_for
-from tests.test_request_checks import assert_error
+from tests.support.revocation import admin, ask, logout, logout_claims, revocation_config, write_admin_token
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +38,6 @@ def replicas(
 
 def user() -> str:
     return f"user-{uuid.uuid4().hex[:8]}"
-
-
-def ask(gateway: RunningGateway, token: str) -> httpx.Response:
-    return httpx.post(f"{gateway.url}/chatkit", json=LIST, headers=bearer(token), trust_env=False)
 
 
 def test_an_admin_revocation_ends_the_users_streams_on_both_replicas(
@@ -69,14 +64,14 @@ def test_an_admin_revocation_ends_the_users_streams_on_both_replicas(
         for stream in [*streams, bystander]:
             stream.close()
     for replica in replicas:
-        assert_error(ask(replica, token), 401, "token_revoked")
-        assert_error(ask(replica, user_token(session_idp, sub)), 401, "token_revoked")
+        assert_error(ask(replica.url, token), 401, "token_revoked")
+        assert_error(ask(replica.url, user_token(session_idp, sub)), 401, "token_revoked")
     second_metrics = httpx.get(f"{second.url}/metrics", trust_env=False).text
     assert metric(second_metrics, "chatkit_gateway_streams_ended_total", op="threads.create", reason="revoked") >= 1
     # Lifted at the other replica: both serve the user again.
     assert admin(second.url, {"iss": session_idp.issuer, "sub": sub}, method="DELETE").status_code == 204
     for replica in replicas:
-        wait_for(lambda replica=replica: ask(replica, token).status_code == 200, timeout=5)
+        wait_for(lambda replica=replica: ask(replica.url, token).status_code == 200, timeout=5)
 
 
 def test_a_logout_at_one_replica_ends_that_session_on_the_other(
@@ -110,19 +105,19 @@ def test_entries_survive_a_redis_restart_and_an_unreachable_redis_fails_closed(
     revoked, fine = user_token(session_idp, sub), user_token(session_idp, user())
     assert admin(replicas[0].url, {"iss": session_idp.issuer, "sub": sub}).status_code == 204
     for replica in replicas:
-        wait_for(lambda replica=replica: ask(replica, revoked).status_code == 401, timeout=5)
+        wait_for(lambda replica=replica: ask(replica.url, revoked).status_code == 401, timeout=5)
     redis.stop()
     try:
         for replica in replicas:
-            wait_for(lambda replica=replica: ask(replica, fine).status_code == 503, timeout=10)
-            assert_error(ask(replica, fine), 503, "revocation_unavailable")
+            wait_for(lambda replica=replica: ask(replica.url, fine).status_code == 503, timeout=10)
+            assert_error(ask(replica.url, fine), 503, "revocation_unavailable")
         assert_error(admin(replicas[0].url, {"jti": "x"}), 503, "revocation_unavailable")
     finally:
         redis.start()  # the same port, and no data: the list is gone from Redis
     for replica in replicas:
-        wait_for(lambda replica=replica: ask(replica, fine).status_code == 200, timeout=15)
-        assert_error(ask(replica, revoked), 401, "token_revoked")
+        wait_for(lambda replica=replica: ask(replica.url, fine).status_code == 200, timeout=15)
+        assert_error(ask(replica.url, revoked), 401, "token_revoked")
     # And the list is whole in Redis again: a replica started now learns it from there.
     with start_gateway(replicas[0].config, port=None) as third:
-        assert_error(ask(third, revoked), 401, "token_revoked")
-        assert ask(third, fine).status_code == 200
+        assert_error(ask(third.url, revoked), 401, "token_revoked")
+        assert ask(third.url, fine).status_code == 200

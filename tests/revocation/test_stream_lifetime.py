@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from tests.support.chatkit import LiveStream, saw_cancellation
+from tests.support.checks import metric
 from tests.support.fixtures import Backend
 from tests.support.gateway import RunningGateway, gateway_config, start_gateway, user_claims
 from tests.support.idp import LoopbackIdP
-from tests.test_operations import metric
 
 
 @pytest.fixture(scope="module")

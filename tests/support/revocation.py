@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.gateway import Issuer, gateway_config, issuer_entry
+from tests.support.gateway import Issuer, bearer, gateway_config, issuer_entry
 
 ADMIN_TOKEN = "test-admin-token-" + "x" * 24
 LOGOUT_AUDIENCE = "chatkit-gateway-client"
@@ -50,6 +50,14 @@ def admin(
         headers["content-type"] = "application/json"
         return httpx.request(method, f"{base_url}/admin/revocations", content=content, headers=headers, trust_env=False)
     return httpx.request(method, f"{base_url}/admin/revocations", json=dict(body), headers=headers, trust_env=False)
+
+
+def ask(base_url: str, token: str, path: str = "/chatkit") -> httpx.Response:
+    """One request as `token`'s user: a ChatKit `threads.list`, or a forward-auth check."""
+    if path == "/auth/verify":
+        return httpx.get(f"{base_url}/auth/verify", headers=bearer(token), trust_env=False)
+    body = {"type": "threads.list", "params": {}}
+    return httpx.post(f"{base_url}{path}", json=body, headers=bearer(token), trust_env=False)
 
 
 def logout_claims(idp: Issuer, **claims: Any) -> dict[str, Any]:
