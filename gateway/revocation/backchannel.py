@@ -155,12 +155,15 @@ class BackchannelLogoutEndpoint(Endpoint):
             raise InvalidLogoutToken("The request must be a form with one logout_token field.")
         body = await read_body(receive, headers, MAX_BODY_BYTES, BODY_TIMEOUT_SECONDS)
         logout = await verify_logout_token(self.runtime, _logout_token_of(body))
-        # §2.6 step 6: a jti seen before is a replay; remembered until the token could not pass anyway.
+        # §2.6 step 6: a jti seen before is a replay; remembered until the token could not pass
+        # anyway. Claimed in the same step as the revocation, so a store failure loses neither.
         lifetime = max(1.0, logout.usable_until - revocations.clock.time())
-        if not await revocations.claim_once(json.dumps(["logout", logout.issuer, logout.jti]), lifetime):
-            raise InvalidLogoutToken("The logout token was used before.")
+        once = (json.dumps(["logout", logout.issuer, logout.jti]), lifetime)
         issued_before = math.inf if logout.session is not None else logout.issued_at
-        await revocations.revoke([logout.key], DEFAULT_TTL_SECONDS, source="backchannel", issued_before=issued_before)
+        if not await revocations.revoke(
+            [logout.key], DEFAULT_TTL_SECONDS, source="backchannel", issued_before=issued_before, once=once
+        ):
+            raise InvalidLogoutToken("The logout token was used before.")
         exchange.status = 200
         await send({"type": "http.response.start", "status": 200, "headers": OK_HEADERS})
         await send({"type": "http.response.body", "body": b""})

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..clock import Clock
 from ..errors import RevocationUnavailable
 from .entries import Entry, Key, RevocationList
-from .store import Change
+from .store import Change, Once
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -54,11 +54,14 @@ for _, member in ipairs(gone) do redis.call('HDEL', KEYS[2], member) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 """
 
-# KEYS: set, cutoffs. ARGV: channel, message, then (member, ttl ms, issued_before or '') triples.
+# KEYS: set, cutoffs, and a name used once (optional). ARGV: channel, message, the name's ttl ms
+# (or ''), then (member, ttl ms, issued_before or '') triples. Returns 0, changing nothing, when the
+# name was used before; else 1.
 ADD_SCRIPT = (
     SERVER_NOW
     + """
-for i = 3, #ARGV, 3 do
+if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then return 0 end
+for i = 4, #ARGV, 3 do
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[i + 1]), ARGV[i])
   if ARGV[i + 2] == '' then
     redis.call('HDEL', KEYS[2], ARGV[i])
@@ -67,7 +70,7 @@ for i = 3, #ARGV, 3 do
   end
 end
 redis.call('PUBLISH', ARGV[1], ARGV[2])
-return 0
+return 1
 """
 )
 
@@ -191,14 +194,18 @@ class RedisStore:
             logger.warning("revocation store failed: %s", type(exc).__name__)
             raise RevocationUnavailable() from None
 
-    async def add(self, changes: Sequence[Change]) -> None:
-        args: list[str | int] = [self.channel, _message("add", changes)]
+    async def add(self, changes: Sequence[Change], *, once: Once | None = None) -> bool:
+        keys = self._keys if once is None else [*self._keys, ONCE_PREFIX + once[0]]
+        once_ms: str | int = "" if once is None else max(1, math.ceil(once[1] * 1000))
+        args: list[str | int] = [self.channel, _message("add", changes), once_ms]
         for key, ttl, issued_before in changes:
             args += [_member(key), math.ceil(ttl * 1000), _cutoff(issued_before)]
         with self._translate():
-            await self._add(keys=self._keys, args=args)
+            if not await self._add(keys=keys, args=args):
+                return False
         # Here at once, not when this replica's own message comes back.
         self._apply_add(changes)
+        return True
 
     async def remove(self, keys: Sequence[Key]) -> None:
         message = json.dumps({"remove": [list(key) for key in keys]}, separators=(",", ":"))
@@ -206,10 +213,6 @@ class RedisStore:
             await self._remove(keys=self._keys, args=[self.channel, message, *map(_member, keys)])
         for key in keys:
             self._entries.discard(key)
-
-    async def claim_once(self, name: str, ttl: float) -> bool:
-        with self._translate():
-            return bool(await self._redis.set(ONCE_PREFIX + name, b"1", nx=True, px=max(1, math.ceil(ttl * 1000))))
 
     def _apply_add(self, changes: Sequence[Change]) -> None:
         now = self._clock.time()

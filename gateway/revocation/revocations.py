@@ -17,7 +17,7 @@ from ..clock import Clock
 from ..config import RevocationConfig
 from ..errors import RevocationUnavailable, TokenRevoked
 from .entries import Key, RevocationList, StreamRegistry
-from .store import Change, MemoryStore, RevocationStore
+from .store import Change, MemoryStore, Once, RevocationStore
 
 __all__ = ["DEFAULT_TTL_SECONDS", "Revocations", "Source"]
 
@@ -62,16 +62,24 @@ class Revocations:
             # RFC 6750 3.1, as for any refused bearer token.
             raise TokenRevoked(headers={"WWW-Authenticate": 'Bearer error="invalid_token"'} if bearer else None)
 
-    async def revoke(self, keys: Sequence[Key], ttl: float, *, source: Source, issued_before: float = math.inf) -> None:
+    async def revoke(
+        self,
+        keys: Sequence[Key],
+        ttl: float,
+        *,
+        source: Source,
+        issued_before: float = math.inf,
+        once: Once | None = None,
+    ) -> bool:
+        """Add the entries (with `once`, only if that name is new: False for a replay)."""
         changes: list[Change] = [(key, ttl, issued_before) for key in keys]
-        await self.store.add(changes)
+        if not await self.store.add(changes, once=once):
+            return False
         logger.info("revoked by %s: %s for %g s", source, ", ".join(key[0] for key in keys), ttl)
         if self._on_revoked is not None:
             self._on_revoked(source, len(keys))
+        return True
 
     async def lift(self, keys: Sequence[Key]) -> None:
         await self.store.remove(keys)
         logger.info("revocation lifted: %s", ", ".join(key[0] for key in keys))
-
-    async def claim_once(self, name: str, ttl: float) -> bool:
-        return await self.store.claim_once(name, ttl)

@@ -14,9 +14,10 @@ from typing import Protocol
 from ..clock import Clock
 from .entries import PRUNE_MIN_ENTRIES, Entry, Key, RevocationList
 
-__all__ = ["Change", "MemoryStore", "RevocationStore"]
+__all__ = ["Change", "MemoryStore", "Once", "RevocationStore"]
 
 Change = tuple[Key, float, float]  # key, ttl seconds, issued_before
+Once = tuple[str, float]  # a name that may be used once, and how long it is remembered
 
 
 class RevocationStore(Protocol):
@@ -27,14 +28,14 @@ class RevocationStore(Protocol):
     async def start(self) -> None: ...
     async def aclose(self) -> None: ...
 
-    async def add(self, changes: Sequence[Change]) -> None:
-        """Record the entries and apply them here; raises `RevocationUnavailable` when it cannot."""
+    async def add(self, changes: Sequence[Change], *, once: Once | None = None) -> bool:
+        """Record the entries and apply them here; raises `RevocationUnavailable` when it cannot.
+
+        With `once`, only if that name was not used before within its time (a logout token's
+        `jti`), in the same step: False, and nothing recorded, for a replay."""
 
     async def remove(self, keys: Sequence[Key]) -> None:
         """Lift the entries (absent ones too); raises `RevocationUnavailable` when it cannot."""
-
-    async def claim_once(self, name: str, ttl: float) -> bool:
-        """True the first time `name` is claimed within `ttl` seconds (a logout token's `jti`)."""
 
 
 class MemoryStore:
@@ -53,17 +54,20 @@ class MemoryStore:
     async def start(self) -> None: ...
     async def aclose(self) -> None: ...
 
-    async def add(self, changes: Sequence[Change]) -> None:
+    async def add(self, changes: Sequence[Change], *, once: Once | None = None) -> bool:
         now = self._clock.time()
+        if once is not None and not self._claim(once, now):
+            return False
         for key, ttl, issued_before in changes:
             self._entries.put(key, Entry(now + ttl, issued_before))
+        return True
 
     async def remove(self, keys: Sequence[Key]) -> None:
         for key in keys:
             self._entries.discard(key)
 
-    async def claim_once(self, name: str, ttl: float) -> bool:
-        now = self._clock.time()
+    def _claim(self, once: Once, now: float) -> bool:
+        name, ttl = once
         if self._claimed.get(name, -math.inf) > now:
             return False
         self._claimed[name] = now + ttl
