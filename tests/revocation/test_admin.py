@@ -3,6 +3,8 @@ revocation refuses (the verified-token cache notwithstanding), and the open stre
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,11 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.chatkit import LiveStream, saw_cancellation
+from tests.support.chatkit import LiveStream, saw_cancellation, user_input
 from tests.support.checks import assert_error, metric
 from tests.support.fixtures import Backend
 from tests.support.gateway import RunningGateway, start_gateway, user_token
 from tests.support.idp import LoopbackIdP
+from tests.support.rawhttp import address_of, read_response, request_bytes
 from tests.support.revocation import ADMIN_TOKEN, admin, ask, revocation_config, write_admin_token
 
 
@@ -167,6 +170,27 @@ def test_a_revocation_ends_the_users_open_streams_and_spares_others(
     metrics = httpx.get(f"{revoking.url}/metrics", trust_env=False).text
     assert metric(metrics, "chatkit_gateway_revocations_total", source="admin") >= 1
     assert metric(metrics, "chatkit_gateway_streams_ended_total", op="threads.create", reason="revoked") == 1
+
+
+def test_a_revocation_made_while_the_body_arrives_refuses_the_stream_before_the_backend_sees_it(
+    revoking: RunningGateway, clean_backend: Backend, session_idp: LoopbackIdP
+) -> None:
+    sub = user()
+    body = json.dumps({"type": "threads.create", "params": {"input": user_input("/forever")}}).encode()
+    head = [
+        (b"host", b"gateway"),
+        (b"content-type", b"application/json"),
+        (b"authorization", f"Bearer {user_token(session_idp, sub)}".encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    with socket.create_connection(address_of(revoking.url), timeout=10) as sock:
+        sock.sendall(request_bytes("POST", b"/chatkit", head))  # verified and checked on the head alone
+        time.sleep(0.3)
+        assert admin(revoking.url, {"iss": session_idp.issuer, "sub": sub}).status_code == 204
+        sock.sendall(body)
+        response = read_response(sock)
+    assert response.status == 401 and response.error_code == "token_revoked"
+    assert not clean_backend.requests()
 
 
 def test_config_refuses_an_unreadable_or_short_admin_token_file(
