@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from bench import run as bench_run
+from bench import tokens as bench_tokens
 
 IDLE_MS = int(bench_run.IDLE_BEFORE_REQUEST * 1000)
 
@@ -215,6 +216,8 @@ def render(results: bench_run.Results, quick: bool) -> str:
         out += [row("RS256 (2048-bit), cold", f"{figures.rs256_cold_us:.1f}")]
         out += [row("ES256 (P-256), cold", f"{figures.es256_cold_us:.1f}")]
         out += [row("cached (any algorithm)", f"{figures.cached_us:.2f}"), ""]
+    if results.tokens:
+        out += ["## Minted tokens (`[tokens]`)", "", bench_tokens.DESCRIPTION, "", *results.tokens, ""]
     # Not measured by this run: the figures behind design choices the code cites.
     out += [DESIGN_CHOICES.read_text(encoding="utf-8")]
     return "\n".join(out)

@@ -62,6 +62,7 @@ from .responses import send_error
 from .revocation.admin import AdminEndpoint
 from .revocation.backchannel import BackchannelLogoutEndpoint
 from .runtime import Runtime
+from .tokens.wellknown import DISCOVERY_PATH, JWKS_PATH, well_known_documents
 from .uploads import UploadEndpoint
 from .upstream import UpstreamAnswer
 
@@ -122,6 +123,11 @@ class ChatKitEndpoint(Endpoint):
         upstream_headers = self.runtime.outbound.chatkit_headers(
             scope, exchange.request_id, principal, identity, metadata=rewritten.injected, body=rewritten.body
         )
+        if self.runtime.tokens is not None:
+            # The assertion and tool tokens (`tokens/`); an exchange at the IdP may fail (502) here.
+            upstream_headers += await self.runtime.tokens.chatkit_headers(
+                principal, identity, exchange.request_id, rewritten.body
+            )
         # Step 6.
         if not rewritten.streaming:
             answer = await self._open(rewritten, upstream_headers)
@@ -315,5 +321,9 @@ def create_app(
         Route("/admin/revocations", AdminEndpoint(runtime)),
         Route("/auth/backchannel-logout", BackchannelLogoutEndpoint(runtime)),
     ]
+    jwks, discovery = well_known_documents(
+        config.tokens.issuer, runtime.tokens.published if runtime.tokens is not None else None
+    )
+    routes += [Route(JWKS_PATH, jwks), Route(DISCOVERY_PATH, discovery)]
     router = Router(routes, redirect_slashes=False, default=not_found, lifespan=lifespan)
     return Gateway(runtime, router, ChatKitEndpoint(runtime), UploadEndpoint(runtime))

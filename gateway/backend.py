@@ -30,9 +30,16 @@ An upload's body streams through the gateway unread, so its header is signed wit
 `bodySha256: null`: an upload handler calls `verify_identity(header, secret)` without `body`, and
 `chatkit_context` never accepts such a header.
 
-`context["accessToken"]` is the user's token when the gateway forwards it
-(`upstream.forward_access_token`). Hand it to tools in HTTP headers (`mcp_headers(context)`), never
-in a prompt: whatever a model reads, a model can repeat.
+Tools: with `[[tokens.resources]]` configured, the gateway sends each request a token made for one
+tool server only (`X-ChatKit-Token-{name}`: its `aud` is that server, it lives minutes, it names the
+gateway as the actor). `tool_token(request, "crm")` returns it; pass it to that tool server as
+`Authorization: Bearer` in the MCP client's HTTP headers, never in a prompt, a log or `metadata`:
+whatever a model reads, a model can repeat (docs/tokens.md).
+
+`context["accessToken"]` is the user's own token when the gateway forwards it
+(`upstream.forward_access_token`), and `mcp_headers(context)` hands that token to a tool. That is the
+weaker option: the tool gets a token valid everywhere the user's is, and the MCP authorization spec
+forbids a server to accept a token not issued for it. Prefer `tool_token`.
 
 This module imports only the standard library and itsdangerous, so a backend need not install the
 gateway's runtime (httpx, python-jose, uvicorn) to use it.
@@ -45,7 +52,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import quote
 
 from itsdangerous import BadData, URLSafeTimedSerializer
@@ -61,6 +68,7 @@ __all__ = [
     "context_from",
     "mcp_headers",
     "sign_identity",
+    "tool_token",
     "verify_identity",
 ]
 
@@ -269,11 +277,32 @@ async def chatkit_context(request: RequestLike, *, secret: Secret | None = None,
     return context_from(request.headers, await request.body(), secret=secret, max_age=max_age)
 
 
-def mcp_headers(context: Mapping[str, Any]) -> dict[str, str]:
-    """HTTP headers that carry the user to an MCP server or other tool: the token and the user id.
+TOOL_TOKEN_HEADER_PREFIX = "X-ChatKit-Token-"
 
-    For a tool's HTTP transport (e.g. `MCPServerStreamableHttp(params={"url": ..., "headers":
-    mcp_headers(context)})`), never for a prompt or a log.
+
+def tool_token(request: RequestLike | Mapping[str, str], name: str) -> str | None:
+    """The gateway's token for the tool server `name` (`[[tokens.resources]]`), or None.
+
+    Give it to that server only, as `Authorization: Bearer` in the MCP client's HTTP headers; it
+    is bound to that server's audience, so no other server accepts it. Never put it in a prompt, a
+    log line or `metadata`. Accepts a Starlette/FastAPI request or a headers mapping.
+    """
+    # A Starlette `Request` is itself a Mapping (of its ASGI scope): look for `.headers` first.
+    headers = cast("Mapping[str, str]", getattr(request, "headers", request))
+    try:
+        value = _header(headers, TOOL_TOKEN_HEADER_PREFIX + name)
+    except InvalidIdentity:
+        return None  # two different values: neither is the gateway's word
+    return value or None
+
+
+def mcp_headers(context: Mapping[str, Any]) -> dict[str, str]:
+    """HTTP headers that carry the user's *own* token and id to an MCP server or other tool.
+
+    The weaker option, kept for backends that cannot use `tool_token` yet: the tool receives the
+    user's token itself, which is valid everywhere the user's is (and which the MCP authorization
+    spec forbids a tool server to accept). Only with `upstream.forward_access_token`; for a tool's
+    HTTP transport, never for a prompt or a log.
     """
     headers: dict[str, str] = {}
     token = context.get("accessToken")

@@ -150,6 +150,12 @@ class Observer:
         self.revocations = Counter(
             "chatkit_gateway_revocations", "Revocations recorded, by source.", ["source"], registry=r
         )
+        self.token_exchanges = Counter(
+            "chatkit_gateway_token_exchanges",
+            "RFC 8693 token exchanges at the IdP (tokens.resources, mode exchange), by resource and result.",
+            ["resource", "result"],
+            registry=r,
+        )
 
     def prepare(self) -> None:
         """Make each op's series at start-up: they read 0 rather than missing until first used, and
@@ -172,6 +178,9 @@ class Observer:
 
     def jwks_fetched(self, issuer: str, result: str) -> None:
         self.jwks_fetches.labels(issuer, result).inc()
+
+    def token_exchanged(self, resource: str, result: str) -> None:
+        self.token_exchanges.labels(resource, result).inc()
 
     def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
         # prometheus-client's `labels()` validates and locks on every call; the children are

@@ -12,7 +12,10 @@ A request goes to the backend with:
   travels with) and, when configured, the verified token as `Authorization`;
 - for the ChatKit body, the `metadata` the gateway writes into it (`injected_metadata`) and its
   own `Content-Type`; for an upload, the client's `Content-Length` and a default `Content-Type`;
-- the framing: `Host` and `Content-Length` of a body in hand (`framed_request`).
+- the framing: `Host` and `Content-Length` of a body in hand (`framed_request`);
+- with `[tokens]`, the gateway's own tokens (`X-ChatKit-Assertion`, `X-ChatKit-Token-{name}`),
+  made by `tokens/headers.py` and added by the endpoints after these (an exchange at the IdP is
+  awaited, and may refuse the request).
 
 `Outbound` holds what one configuration needs for this, made once at start-up.
 """

@@ -1,6 +1,6 @@
 """The resources every request shares, made once with the app and started and closed by its
 lifespan: the authenticator (and its key caches), the clients to the backend, the rate limiter,
-the open streams, the metrics; and the drain on `SIGTERM`.
+the open streams, the metrics, the gateway's own tokens (`tokens/`); and the drain on `SIGTERM`.
 
 What goes upstream is built by `outbound.py`; the request path itself is in `app.py`.
 """
@@ -29,6 +29,7 @@ from .relay import StreamStop
 from .revocation.revocations import Revocations
 from .revocation.streams import StreamGuard
 from .streams import OpenStreams
+from .tokens.headers import TokenHeaders
 from .upstream import Upstream
 from .warmup import warm_request_path
 
@@ -51,6 +52,13 @@ class Runtime:
         self.config = config
         self.clock = clock
         self.observer = Observer()
+        # `[tokens]`: None without a signing key (nothing minted, the /.well-known/ documents 404).
+        # First: a key or secret that cannot be used stops start-up before any client is made.
+        self.tokens = (
+            TokenHeaders(config.tokens, clock, on_exchange=self.observer.token_exchanged)
+            if config.tokens.signing_key_file is not None
+            else None
+        )
         self.outbound = Outbound(config)
         self.origin_policy = OriginPolicy(config)
         self.user_id_prefixes: Mapping[str, str] = user_id_prefixes(config.auth.issuers)
@@ -92,6 +100,8 @@ class Runtime:
             await self.revocations.aclose()
         await self.authenticator.aclose()
         await self.upstream.aclose()
+        if self.tokens is not None:
+            await self.tokens.aclose()
 
     @property
     def ready(self) -> bool:

@@ -119,6 +119,8 @@ class UploadEndpoint(Endpoint):
             raise PayloadTooLarge()
         request_id = exchange.request_id
         headers = runtime.outbound.upload_headers(scope, request_id, principal, identity, declared)
+        if runtime.tokens is not None:
+            headers += runtime.tokens.upload_headers(principal, identity, request_id)  # the assertion
         body = stream_body(receive, limit, self.config.server.body_timeout_seconds)
         outcome = RelayOutcome()
         try:

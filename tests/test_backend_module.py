@@ -26,6 +26,7 @@ from gateway.backend import (
     header_value_of,
     mcp_headers,
     sign_identity,
+    tool_token,
     verify_identity,
 )
 from gateway.identity import header_bytes_of
@@ -442,6 +443,30 @@ def test_mcp_headers_without_a_forwarded_token_carry_only_the_user() -> None:
 def test_mcp_headers_are_header_safe_for_any_user_id() -> None:
     headers = mcp_headers({"userId": "zoë\r\nX-Admin: 1", "accessToken": None})
     assert headers == {"X-User-Id": "zo%C3%AB%0D%0AX-Admin:%201"}
+
+
+# -------------------------------------------------------------------------------------- tool_token
+
+
+def test_tool_token_is_the_gateways_header_for_that_tool_from_a_starlette_request() -> None:
+    request = starlette_request(
+        chatkit_body(), [("X-ChatKit-Token-crm", "crm.jwt.value"), ("X-ChatKit-Token-billing", "b")]
+    )
+    assert tool_token(request, "crm") == "crm.jwt.value"
+    assert tool_token(request, "billing") == "b"
+    assert tool_token(request, "other") is None
+
+
+@pytest.mark.parametrize("name", ["x-chatkit-token-crm", "X-CHATKIT-TOKEN-CRM"])
+def test_tool_token_from_a_headers_mapping_in_any_case(name: str) -> None:
+    assert tool_token({name: "crm.jwt.value"}, "crm") == "crm.jwt.value"
+
+
+def test_tool_token_absent_empty_or_ambiguous_is_none() -> None:
+    assert tool_token({}, "crm") is None
+    assert tool_token({"x-chatkit-token-crm": ""}, "crm") is None
+    request = starlette_request(chatkit_body(), [("X-ChatKit-Token-crm", "one"), ("X-ChatKit-Token-crm", "two")])
+    assert tool_token(request, "crm") is None
 
 
 @given(st.text())
