@@ -207,6 +207,26 @@ def render(results: bench_run.Results, quick: bool) -> str:
             row(fmt(observed.us_per_request), fmt(per_request, 0), f"{observed.us_per_request / per_request:.1%}"),
             "",
         ]
+    if results.features:
+        out += ["## What each feature costs", ""]
+        out += ["Each feature on, against the same gateway with it off, started and measured next to it"]
+        out += ["(`bench/features.py`): CPU µs per small JSON request (wrk) and per relayed SSE event.", ""]
+        out += table("feature", "c=16 off", "c=16 on", "added", "c=1 off", "c=1 on", "SSE µs/event off", "on")
+        for cost in results.features:
+            off, on = cost.off, cost.on
+            out.append(
+                row(
+                    cost.feature.name,
+                    fmt(off.json_us.get(16), 0),
+                    fmt(on.json_us.get(16), 0),
+                    ratio(on.json_us.get(16) or float("nan"), off.json_us.get(16)),
+                    fmt(off.json_us.get(1), 0),
+                    fmt(on.json_us.get(1), 0),
+                    fmt(off.sse_us),
+                    fmt(on.sse_us),
+                )
+            )
+        out.append("")
     figures = results.verify
     if figures:
         out += ["## Token verification", ""]

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import load, measure, observe, peers, verify
+from bench import features, load, measure, observe, peers, verify
 from bench import tokens as bench_tokens
 
 
@@ -39,6 +39,7 @@ class Results:
     verify: verify.VerifyFigures | None = None
     observe: observe.ObserveFigures | None = None
     first_request: dict[str, float] = field(default_factory=dict)
+    features: list[features.FeatureCost] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
 
 
@@ -176,6 +177,8 @@ def run(plan: Plan) -> Results:
         results.tokens = bench_tokens.run(gateway, token, plan.json_seconds)
         config = Path(gateway.process.args[-1])  # type: ignore[index]
         run_first_request(plan, [sys.executable, "-m", "gateway", "serve", "--config", str(config)], signer, results)
+        quick = plan is QUICK
+        results.features = features.run(features.FEATURES, config, token, seconds=plan.json_seconds, quick=quick)
     results.verify = verify.run(plan.verify_samples)
     results.observe = observe.run(plan.verify_samples * 10)
     return results

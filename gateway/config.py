@@ -50,6 +50,7 @@ __all__ = [
     "RevocationConfig",
     "SecurityConfig",
     "ServerConfig",
+    "TracingConfig",
     "TokenResourceConfig",
     "TokensConfig",
     "UpstreamConfig",
@@ -436,6 +437,26 @@ class LoggingConfig(_Section):
     format: Literal["json", "text"] = "json"
 
 
+class TracingConfig(_Section):
+    enabled: Flag = False
+    # The collector's base URL, as OTEL_EXPORTER_OTLP_ENDPOINT: spans go to `{otlp_endpoint}/v1/traces`.
+    otlp_endpoint: Text | None = None
+    service_name: Text = "chatkit-gateway"
+    sample_ratio: Annotated[float, Strict(), Field(ge=0, le=1)] = 1.0
+    include_user_id: Flag = False
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+    @model_validator(mode="after")
+    def _endpoint_when_enabled(self) -> TracingConfig:
+        if self.enabled and self.otlp_endpoint is None:
+            raise ValueError("otlp_endpoint is required when enabled = true")
+        return self
+
+
 class GatewayConfig(_Section):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig
@@ -447,6 +468,7 @@ class GatewayConfig(_Section):
     ratelimit: RateLimitConfig = RateLimitConfig()
     revocation: RevocationConfig = RevocationConfig()
     logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()
     tokens: TokensConfig = TokensConfig()
 
     @model_validator(mode="after")

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -24,6 +24,9 @@ from prometheus_client.registry import Collector
 
 from .chatkit import NON_STREAMING_TYPES, STREAMING_TYPES
 from .relay import RelayOutcome
+
+if TYPE_CHECKING:
+    from .tracing import RequestTrace
 
 __all__ = ["Exchange", "Observer"]
 
@@ -66,7 +69,10 @@ class Exchange:
     streamed: bool = False
     client_disconnected: bool = False
     upstream_broke: bool = False
+    # SSE streams only: arrival to the first complete event relayed, and why the stream ended.
+    first_event: float | None = None
     stream_end: str | None = None
+    trace: RequestTrace | None = None
 
     def set_op(self, op: str) -> None:
         self.op = op if op in KNOWN_OPS else "other"
@@ -81,6 +87,8 @@ class Exchange:
         self.upstream_broke = outcome.upstream_broke
         if outcome.sse and outcome.streamed:
             self.stream_end = outcome.end_reason
+            if outcome.first_event_at is not None:
+                self.first_event = outcome.first_event_at - self.started
 
 
 class _KeyAge(Collector):
@@ -125,6 +133,13 @@ class Observer:
             buckets=TTFB_BUCKETS,
             registry=r,
         )
+        self.first_event = Histogram(
+            "chatkit_gateway_time_to_first_event_seconds",
+            "Time from request arrival to the first SSE event relayed (the wait for the first token).",
+            ["op"],
+            buckets=TTFB_BUCKETS,
+            registry=r,
+        )
         self.streams_ended = Counter(
             "chatkit_gateway_streams_ended",
             "SSE streams ended, by ChatKit op and reason.",
@@ -165,6 +180,7 @@ class Observer:
             self._child(self.latency, op)
             self._child(self.ttfb, op)
         for op in sorted(STREAMING_TYPES):
+            self._child(self.first_event, op)
             for reason in STREAM_END_REASONS:
                 self._child(self.streams_ended, op, reason)
         for source in ("admin", "backchannel"):
@@ -202,6 +218,10 @@ class Observer:
             self._child(self.ttfb, op).observe(exchange.ttfb)
         if exchange.stream_end is not None:
             self._child(self.streams_ended, op, exchange.stream_end).inc()
+            if exchange.first_event is not None:
+                self._child(self.first_event, op).observe(exchange.first_event)
+        if exchange.trace is not None:
+            exchange.trace.finish(exchange.status, exchange.error)
         if exchange.error is not None:
             if exchange.status == 401:
                 self.auth_failures.labels(exchange.error).inc()

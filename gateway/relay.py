@@ -80,6 +80,7 @@ class RelayOutcome:
     sse: bool = False
     first_byte_at: float | None = None
     stop_reason: str | None = None
+    first_event_at: float | None = None
 
     @property
     def end_reason(self) -> str:
@@ -239,6 +240,8 @@ class _Pump:
                 outcome.bytes_out += len(chunk)
                 if sse:
                     outcome.events += chunk.count(FRAME_END)
+                    if outcome.first_event_at is None and outcome.events:
+                        outcome.first_event_at = time.monotonic()
                     self.tail = (self.tail + chunk)[-2:]
                     self.last_write = self.loop.time()
         except httpx.HTTPError as exc:
@@ -262,6 +265,7 @@ class _Pump:
             outcome.bytes_out += len(chunk)
             outcome.events += chunk.count(FRAME_END)
             if outcome.events:
+                outcome.first_event_at = time.monotonic()
                 return
 
     async def _end(self, why: StreamStop) -> None:

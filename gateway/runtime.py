@@ -12,6 +12,7 @@ import contextlib
 import gc
 import logging
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -20,7 +21,7 @@ from .auth.origin import OriginPolicy
 from .auth.verify import Principal
 from .clock import Clock
 from .config import GatewayConfig
-from .errors import UnknownIssuer
+from .errors import AuthError, UnknownIssuer
 from .identity import Identity, identity_of, user_id_prefixes
 from .observe import Observer
 from .outbound import Outbound
@@ -32,6 +33,11 @@ from .streams import OpenStreams
 from .tokens.headers import TokenHeaders
 from .upstream import Upstream
 from .warmup import warm_request_path
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    from .tracing import RequestTrace, Tracing
 
 __all__ = ["Runtime"]
 
@@ -48,6 +54,7 @@ class Runtime:
         clock: Clock,
         transport: httpx.AsyncBaseTransport | None = None,
         jwks_transport: httpx.AsyncBaseTransport | None = None,
+        span_exporter: SpanExporter | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -60,6 +67,11 @@ class Runtime:
             else None
         )
         self.outbound = Outbound(config)
+        self.tracing: Tracing | None = None
+        if config.tracing.enabled:
+            from .tracing import Tracing  # OpenTelemetry is imported only when tracing is on
+
+            self.tracing = Tracing(config.tracing, exporter=span_exporter)
         self.origin_policy = OriginPolicy(config)
         self.user_id_prefixes: Mapping[str, str] = user_id_prefixes(config.auth.issuers)
         self.authenticator = Authenticator(
@@ -100,6 +112,9 @@ class Runtime:
             await self.revocations.aclose()
         await self.authenticator.aclose()
         await self.upstream.aclose()
+        if self.tracing is not None:
+            # Exports what is pending: blocking, so off the event loop.
+            await asyncio.to_thread(self.tracing.shutdown)
         if self.tokens is not None:
             await self.tokens.aclose()
 
@@ -123,9 +138,14 @@ class Runtime:
             while streams.count > 0 and loop.time() < ended:
                 await asyncio.sleep(0.02)
 
-    async def authenticate(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[Principal, Identity]:
+    async def authenticate(
+        self, headers: Sequence[tuple[bytes, bytes]], trace: RequestTrace | None = None
+    ) -> tuple[Principal, Identity]:
         """Steps 2 and 3 of every request: a verified principal, and the origin check for cookies."""
-        principal = await self.authenticator.authenticate(headers)
+        if trace is None:
+            principal = await self.authenticator.authenticate(headers)
+        else:
+            principal = await self._authenticate_traced(headers, trace)
         if self.revocations is not None:
             # After verification, so the verified-token cache cannot outlive a revocation.
             self.revocations.check(principal, bearer=principal.source == "bearer")
@@ -157,6 +177,22 @@ class Runtime:
             guard.close()
             raise
         return guard
+
+    async def _authenticate_traced(self, headers: Sequence[tuple[bytes, bytes]], trace: RequestTrace) -> Principal:
+        """`authenticate` inside a "verify token" span that says whether the cache answered."""
+        verifier = self.authenticator.verifier
+        span = trace.verify_span()
+        misses = verifier.misses
+        try:
+            return await self.authenticator.authenticate(headers)
+        except AuthError as error:
+            span.set_attribute("error.type", error.code)
+            raise
+        finally:
+            # A cache hit never suspends, so no other request can count a miss in between; a
+            # miss counts itself before its first await.
+            span.set_attribute("chatkit.token_cache_hit", verifier.misses == misses)
+            span.end()
 
     def _rate_limit_failed(self, reason: str) -> None:
         self.observer.ratelimit_backend_errors.inc()
