@@ -31,7 +31,7 @@ import httpx
 from starlette.types import Scope
 
 from .auth.verify import Principal
-from .backend import IDENTITY_HEADER, sign_identity
+from .backend_sdk import IDENTITY_HEADER, sign_identity
 from .config import GatewayConfig
 from .headers import Headers, connection_listed, header_value
 from .identity import Identity

@@ -1,4 +1,4 @@
-"""`gateway.backend`: what a ChatKit backend uses to believe the gateway, and only the gateway."""
+"""`gateway.backend_sdk`: what a ChatKit backend uses to believe the gateway, and only the gateway."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.types import Message
 
-from gateway.backend import (
+from gateway.backend_sdk import (
     IDENTITY_HEADER,
     IDENTITY_SALT,
     InvalidIdentity,
@@ -478,9 +478,18 @@ def test_header_encoding_matches_the_gateways(value: str) -> None:
 
 
 def test_importing_the_module_does_not_load_the_gateway_runtime() -> None:
-    code = "import json, sys, gateway.backend; print(json.dumps(sorted(sys.modules)))"
+    code = "import json, sys, gateway.backend_sdk; print(json.dumps(sorted(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     modules = set(json.loads(result.stdout))
-    assert {name for name in modules if name.startswith("gateway")} == {"gateway", "gateway.backend"}
+    assert {name for name in modules if name.startswith("gateway")} == {"gateway", "gateway.backend_sdk"}
     for heavy in ("httpx", "jose", "uvicorn", "starlette", "pydantic"):
-        assert heavy not in modules, f"{heavy} imported by gateway.backend"
+        assert heavy not in modules, f"{heavy} imported by gateway.backend_sdk"
+
+
+def test_the_former_module_name_still_serves_existing_backends() -> None:
+    import gateway.backend as former
+    import gateway.backend_sdk as sdk
+
+    assert former.__all__ == sdk.__all__
+    for name in sdk.__all__:
+        assert getattr(former, name) is getattr(sdk, name)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from gateway.backend import IDENTITY_HEADER, sign_identity
+from gateway.backend_sdk import IDENTITY_HEADER, sign_identity
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "backend" / "app.py"
 SECRET = "example-secret-" + "x" * 32

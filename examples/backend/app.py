@@ -27,9 +27,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.backend import InvalidIdentity, chatkit_context, tool_token
+from gateway.backend_sdk import InvalidIdentity, chatkit_context, tool_token
 
-Context = dict[str, Any]  # what gateway.backend.chatkit_context returns, plus this request's "tools"
+Context = dict[str, Any]  # what gateway.backend_sdk.chatkit_context returns, plus this request's "tools"
 # An MCP server that accepts only tokens whose `aud` is its own URI, checked against the gateway's
 # JWKS (`{tokens.issuer}/.well-known/jwks.json`); the gateway's `[[tokens.resources]]` entry
 # `name = "crm"` has that URI as its `audience`.
@@ -203,7 +203,7 @@ def tool_servers(request: Request) -> list[ToolServer]:
     """The tool servers this request may call, each with the token the gateway made for it alone.
 
     The tool token is for the crm server only (its `aud`), lives minutes, and names the user: it goes
-    to that server as `Authorization: Bearer` and nowhere else. (`gateway.backend.mcp_headers`
+    to that server as `Authorization: Bearer` and nowhere else. (`gateway.backend_sdk.mcp_headers`
     hands a tool the user's own token instead: the weaker option, see docs/tokens.md.)"""
     token = tool_token(request, "crm")
     return [ToolServer(url=CRM_MCP_URL, headers={"Authorization": f"Bearer {token}"})] if token else []

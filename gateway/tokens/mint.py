@@ -18,7 +18,7 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from ..backend import body_sha256
+from ..backend_sdk import body_sha256
 from ..clock import Clock
 from ..config import TokenResourceConfig, TokensConfig
 from .signing import SigningKey
