@@ -47,6 +47,7 @@ __all__ = [
     "LoggingConfig",
     "MetadataConfig",
     "RateLimitConfig",
+    "RevocationConfig",
     "SecurityConfig",
     "ServerConfig",
     "TracingConfig",
@@ -60,7 +61,7 @@ __all__ = [
 
 ENV_PREFIX = "CHATKIT_GATEWAY__"
 CONFIG_PATH_ENV = "CHATKIT_GATEWAY_CONFIG"
-SECRET_KEYS = frozenset({("upstream", "identity_secret"), ("ratelimit", "redis_url")})
+SECRET_KEYS = frozenset({("upstream", "identity_secret"), ("ratelimit", "redis_url"), ("revocation", "redis_url")})
 MIB = 1024 * 1024
 
 Seconds = Annotated[float, Strict(), Field(ge=0)]
@@ -166,9 +167,19 @@ class UpstreamConfig(_Section):
     max_connections: Annotated[int, Strict(), Field(ge=1, le=256)] = 8
     max_streams: Annotated[int, Strict(), Field(ge=1)] = 10_000
     stream_keepalive: Annotated[int, Strict(), Field(ge=0, le=256)] = 16
-    # Below the backend's own keep-alive timeout (uvicorn's default is 5 s), so the gateway lets an idle
-    # connection go before the backend closes it under a request (the keep-alive race).
-    keepalive_expiry: PositiveSeconds = 4.0
+    # Below the backend's own keep-alive timeout, so the gateway lets an idle connection go before the
+    # backend closes it under a request (the keep-alive race): gunicorn's default is 2 s, uvicorn's
+    # and hypercorn's 5 s, Node's 5 s, nginx's 75 s (docs/deployment.md, "The upstream connection").
+    keepalive_expiry: PositiveSeconds = 1.5
+    # A final response head (status line and header lines) larger than this is a 502; browsers
+    # refuse heads of a few hundred KiB, and one unbounded head would be held whole in memory.
+    max_header_bytes: Bytes = 65536
+    # TLS to an https backend: a CA bundle (PEM) instead of the system's, a client certificate and
+    # key for mutual TLS, and the name for SNI and the certificate check when it is not the URL's host.
+    ca_file: Text | None = None
+    client_cert_file: Text | None = None
+    client_key_file: Text | None = None
+    server_name: Text | None = None
 
     @field_validator("url")
     @classmethod
@@ -197,6 +208,19 @@ class UpstreamConfig(_Section):
         if value is not None and len(value.encode()) < 32:
             raise ValueError("must be at least 32 bytes (use a random secret)")
         return value
+
+    @model_validator(mode="after")
+    def _tls(self) -> UpstreamConfig:
+        if self.client_key_file is not None and self.client_cert_file is None:
+            raise ValueError("client_key_file needs client_cert_file")
+        tls_keys = ("ca_file", "client_cert_file", "client_key_file", "server_name")
+        if any(getattr(self, key) is not None for key in tls_keys) and not self.uses_tls:
+            raise ValueError("TLS settings need an https url or uploads_url")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return any(urlsplit(url).scheme == "https" for url in (self.url, self.uploads_url or ""))
 
 
 class JWKSConfig(_Section):
@@ -229,6 +253,9 @@ class IssuerConfig(_Section):
     required_claims: tuple[Text, ...] = ("exp", "iat", "sub")
     # Written before the user id claim, so the same `sub` from two issuers names two users.
     user_id_prefix: Text = ""
+    # The `aud` of this issuer's OIDC back-channel logout tokens (the client id the IdP knows the
+    # gateway by); without it, no logout token of this issuer is accepted.
+    backchannel_audience: Text | None = None
 
     @field_validator("issuer")
     @classmethod
@@ -275,6 +302,15 @@ class AuthConfig(_Section):
     issuers: tuple[IssuerConfig, ...] = Field(min_length=1)
     token_cache_size: Annotated[int, Strict(), Field(ge=0)] = 10_000
     token_cache_seconds: Seconds = 300.0
+    # A stream ends this long after its token's `exp`; -1: never.
+    stream_grace_seconds: Annotated[float, Strict(), Field(ge=-1)] = 300.0
+
+    @field_validator("stream_grace_seconds")
+    @classmethod
+    def _stream_grace(cls, value: float) -> float:
+        if value < 0 and value != -1:
+            raise ValueError("must be -1 (never) or at least 0")
+        return value
 
     @field_validator("issuers")
     @classmethod
@@ -334,6 +370,20 @@ class RateLimitConfig(_Section):
     def _redis_needs_url(self) -> RateLimitConfig:
         if self.backend == "redis" and not self.redis_url:
             raise ValueError("redis_url is required when backend = 'redis'")
+        return self
+
+
+class RevocationConfig(_Section):
+    enabled: Flag = False
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: Text | None = None
+    # A file holding the admin API's bearer secret; the admin API is off without it.
+    admin_token_file: Text | None = None
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> RevocationConfig:
+        if self.store == "redis" and not self.redis_url:
+            raise ValueError("redis_url is required when store = 'redis'")
         return self
 
 
@@ -442,6 +492,7 @@ class GatewayConfig(_Section):
     identity: IdentityConfig = IdentityConfig()
     metadata: MetadataConfig = MetadataConfig()
     ratelimit: RateLimitConfig = RateLimitConfig()
+    revocation: RevocationConfig = RevocationConfig()
     logging: LoggingConfig = LoggingConfig()
     tracing: TracingConfig = TracingConfig()
     tokens: TokensConfig = TokensConfig()

@@ -8,7 +8,9 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     ├── BadRequest (400)
     │   ├── InvalidJSON            invalid_json
     │   ├── InvalidChatKitRequest  invalid_request
-    │   └── InvalidUploadPath      invalid_upload_path
+    │   ├── InvalidUploadPath      invalid_upload_path
+    │   ├── InvalidRevocation      invalid_revocation
+    │   └── InvalidLogoutToken     invalid_logout_token
     ├── AuthError (401)
     │   ├── MissingCredentials     missing_credentials
     │   ├── InvalidToken           invalid_token
@@ -17,6 +19,7 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     │   ├── UnknownIssuer          unknown_issuer
     │   ├── UnknownKey             unknown_key
     │   ├── InvalidClaims          invalid_claims
+    │   ├── TokenRevoked           token_revoked
     │   └── AmbiguousCredentials   ambiguous_credentials
     ├── Forbidden (403)
     │   └── OriginNotAllowed       origin_not_allowed
@@ -30,11 +33,13 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     ├── HeadersTooLarge (431)      headers_too_large
     ├── UpstreamError
     │   ├── UpstreamUnavailable (502)  upstream_unavailable
+    │   │   └── UpstreamTLSFailed      upstream_unavailable (its reason only in the log)
     │   ├── UpstreamBadResponse (502)  upstream_bad_response
     │   └── UpstreamTimeout (504)      upstream_timeout
     ├── TokenExchangeFailed (502)  token_exchange_failed
     ├── Overloaded (503)           overloaded
-    └── NotReady (503)             not_ready
+    ├── NotReady (503)             not_ready
+    └── RevocationUnavailable (503) revocation_unavailable
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ __all__ = [
     "InvalidChatKitRequest",
     "InvalidClaims",
     "InvalidJSON",
+    "InvalidLogoutToken",
+    "InvalidRevocation",
     "InvalidToken",
     "InvalidUploadPath",
     "MethodNotAllowed",
@@ -62,15 +69,18 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimited",
     "RequestTimeout",
+    "RevocationUnavailable",
     "TokenExchangeFailed",
     "TokenExpired",
     "TokenNotYetValid",
+    "TokenRevoked",
     "UnknownIssuer",
     "UnknownKey",
     "URITooLong",
     "UnsupportedMediaType",
     "UpstreamBadResponse",
     "UpstreamError",
+    "UpstreamTLSFailed",
     "UpstreamTimeout",
     "UpstreamUnavailable",
     "error_body",
@@ -109,6 +119,16 @@ class InvalidChatKitRequest(BadRequest):
 class InvalidUploadPath(BadRequest):
     code = "invalid_upload_path"
     default_message = "The upload path is not allowed."
+
+
+class InvalidRevocation(BadRequest):
+    code = "invalid_revocation"
+    default_message = "The body must be a JSON object naming iss with sub, iss with sid, or jti."
+
+
+class InvalidLogoutToken(BadRequest):
+    code = "invalid_logout_token"
+    default_message = "The logout token is not valid."
 
 
 class AuthError(GatewayError):
@@ -150,6 +170,11 @@ class UnknownKey(AuthError):
 class InvalidClaims(AuthError):
     code = "invalid_claims"
     default_message = "The token's claims are not acceptable."
+
+
+class TokenRevoked(AuthError):
+    code = "token_revoked"
+    default_message = "The session has been revoked. Sign in again."
 
 
 class AmbiguousCredentials(AuthError):
@@ -228,6 +253,14 @@ class UpstreamUnavailable(UpstreamError):
     default_message = "The ChatKit backend cannot be reached."
 
 
+class UpstreamTLSFailed(UpstreamUnavailable):
+    """The TLS handshake with the backend failed; `reason` (for the log and `/readyz`) says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
 class UpstreamBadResponse(UpstreamError):
     status = 502
     code = "upstream_bad_response"
@@ -256,6 +289,12 @@ class NotReady(GatewayError):
     status = 503
     code = "not_ready"
     default_message = "The gateway is not ready."
+
+
+class RevocationUnavailable(GatewayError):
+    status = 503
+    code = "revocation_unavailable"
+    default_message = "The revocation list cannot be reached. Try again shortly."
 
 
 def error_body(error: GatewayError) -> bytes:

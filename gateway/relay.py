@@ -23,7 +23,7 @@ from starlette.types import Receive, Send
 
 from .headers import Headers, header_value, relay_response_headers
 
-__all__ = ["RelayOutcome", "relay_response", "stream_error_event"]
+__all__ = ["DRAIN_STOP", "RelayOutcome", "StreamStop", "relay_response", "stream_error_event"]
 
 logger = logging.getLogger("chatkit_gateway.relay")
 
@@ -43,6 +43,17 @@ UPSTREAM_BROKE_EVENT = FRAME_END + stream_error_event(
 SHUTDOWN_EVENT = FRAME_END + stream_error_event(
     "The server is restarting and ended this reply. Please try again.", allow_retry=True
 )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStop:
+    """Why a stream is ended before its body ends (a `streams_ended` reason), and its last event."""
+
+    reason: str
+    event: bytes
+
+
+DRAIN_STOP = StreamStop("drain", SHUTDOWN_EVENT)
 
 
 def _is_sse(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -69,6 +80,7 @@ class RelayOutcome:
     idle_timeout: bool = False
     sse: bool = False
     first_byte_at: float | None = None
+    stop_reason: str | None = None
     first_event_at: float | None = None
 
     @property
@@ -77,7 +89,7 @@ class RelayOutcome:
         if self.client_disconnected:
             return "client_disconnect"
         if self.stopped:
-            return "drain"
+            return self.stop_reason or "drain"
         if self.idle_timeout:
             return "idle_timeout"
         if self.upstream_broke:
@@ -93,27 +105,28 @@ async def relay_response(
     body: bytes | None = None,
     extra_headers: Headers | None = None,
     heartbeat_seconds: float = 0.0,
-    stop: asyncio.Future[None] | None = None,
+    stop: asyncio.Future[StreamStop] | None = None,
     outcome: RelayOutcome | None = None,
 ) -> RelayOutcome:
     """Relay status, headers and body; stream bodies chunk by chunk as they arrive.
 
     The upstream response is closed in every case, and at once when the client disconnects
     (ChatKit's stop button is a disconnect; the backend then saves the partial answer). When
-    `stop` completes (the end of a shutdown's grace), a stream is ended with a ChatKit error event.
+    `stop` completes (the end of a shutdown's grace, the session's end), a stream is ended with the
+    ChatKit error event it carries; one that is complete already ends after the first event.
     `outcome`, when given, is filled in as the relay goes, so a caller sees it even if cancelled.
     """
     outcome = outcome or RelayOutcome()
     outcome.status, outcome.streamed = response.status_code, body is None
     try:
-        sse = await _send_start(response, send, extra_headers)
+        sse, writable = await _send_start(response, send, extra_headers)
         outcome.first_byte_at = time.monotonic()
         outcome.sse = sse
         if body is not None:
             await send({"type": "http.response.body", "body": body})
             outcome.bytes_out = len(body)
             return outcome
-        await _Pump(response, send, receive, outcome, sse=sse, heartbeat_seconds=heartbeat_seconds).run(stop)
+        await _Pump(response, send, receive, outcome, sse=writable, heartbeat_seconds=heartbeat_seconds).run(stop)
         return outcome
     finally:
         if not response.is_closed:
@@ -121,16 +134,19 @@ async def relay_response(
                 await response.aclose()
 
 
-async def _send_start(response: httpx.Response, send: Send, extra_headers: Headers | None) -> bool:
-    """Send the status and headers; whether the body is an SSE stream. (Its own function so the
-    header lists are freed before a long stream starts.)"""
+async def _send_start(response: httpx.Response, send: Send, extra_headers: Headers | None) -> tuple[bool, bool]:
+    """Send the status and headers; whether the body is an SSE stream, and whether the gateway may
+    write events into it. (Its own function so the header lists are freed before a long stream starts.)"""
     raw_headers = _lower(response.headers.raw)
     sse = _is_sse(raw_headers)
     headers = relay_response_headers(raw_headers, sse=sse)
     if extra_headers:
         headers.extend(extra_headers)
     await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-    return sse
+    # An encoded stream (gzip, say) is relayed as the upstream's bytes under its own label: a
+    # heartbeat or an error event written into it would corrupt it.
+    encoding = header_value(raw_headers, b"content-encoding")
+    return sse, sse and (encoding is None or encoding.strip().lower() == b"identity")
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
@@ -140,7 +156,9 @@ async def _wait_for_disconnect(receive: Receive) -> None:
 
 class _Pump:
     """Forwards one body to the client as it arrives, until the body ends, the client leaves, or
-    `stop` completes (the end of a shutdown's grace).
+    `stop` completes (the end of a shutdown's grace, or of the user's session): the stream then ends
+    with the ChatKit error event `stop` carries. A stream whose `stop` completed before it began
+    (a session already over) gets its first event, then that end.
 
     It runs in the request's own task. One extra task waits for the client's disconnect and, like
     `stop`, ends the pump by cancelling that task; `finished` keeps a late callback from cancelling
@@ -184,25 +202,28 @@ class _Pump:
         self.task = task
         self.finished = False
 
-    async def run(self, stop: asyncio.Future[None] | None) -> None:
+    async def run(self, stop: asyncio.Future[StreamStop] | None) -> None:
         watcher = asyncio.ensure_future(_wait_for_disconnect(self.receive))
         watcher.add_done_callback(self._on_disconnect)
-        if stop is not None:
+        ended_before = stop is not None and stop.done()
+        if stop is not None and not ended_before:
             stop.add_done_callback(self._on_stop)
         heartbeat = None
         if self.sse and self.heartbeat_seconds > 0:
             heartbeat = asyncio.ensure_future(self._keep_alive())
         try:
+            if stop is not None and ended_before:
+                await self._forward_first_event()
+                await self._end(stop.result())
+                return
             await self._forward()
         except asyncio.CancelledError:
             outcome = self.outcome
             if (outcome.client_disconnected or outcome.stopped) and self.task.uncancel() == 0:
-                # Our own cancellation: the client left, or the shutdown grace is over.
-                if outcome.stopped and not outcome.client_disconnected:
+                # Our own cancellation: the client left, or `stop` completed.
+                if outcome.stopped and not outcome.client_disconnected and stop is not None:
                     self.finished = True
-                    if self.sse:
-                        await self.send({"type": "http.response.body", "body": SHUTDOWN_EVENT, "more_body": True})
-                    await self.send({"type": "http.response.body", "body": b""})
+                    await self._end(stop.result())
                 return
             raise
         finally:
@@ -243,6 +264,26 @@ class _Pump:
             await send({"type": "http.response.body", "body": UPSTREAM_BROKE_EVENT, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
+    async def _forward_first_event(self) -> None:
+        send, outcome = self.send, self.outcome
+        async for chunk in self.response.aiter_raw():
+            if not chunk:
+                continue
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            outcome.bytes_out += len(chunk)
+            outcome.events += chunk.count(FRAME_END)
+            if outcome.events:
+                outcome.first_event_at = time.monotonic()
+                return
+
+    async def _end(self, why: StreamStop) -> None:
+        """End the stream early: its error event (SSE only: another body would be corrupted), then
+        the end of the body."""
+        self.outcome.stopped, self.outcome.stop_reason = True, why.reason
+        if self.sse:
+            await self.send({"type": "http.response.body", "body": why.event, "more_body": True})
+        await self.send({"type": "http.response.body", "body": b""})
+
     async def _keep_alive(self) -> None:
         loop, period = self.loop, self.heartbeat_seconds
         while True:
@@ -258,7 +299,7 @@ class _Pump:
         self.outcome.client_disconnected = True
         self.task.cancel()
 
-    def _on_stop(self, stop: asyncio.Future[None]) -> None:
+    def _on_stop(self, stop: asyncio.Future[StreamStop]) -> None:
         if self.finished or self.outcome.client_disconnected:
             return
         self.outcome.stopped = True

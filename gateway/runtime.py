@@ -8,6 +8,7 @@ What goes upstream is built by `outbound.py`; the request path itself is in `app
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,9 @@ from .identity import Identity, identity_of, user_id_prefixes
 from .observe import Observer
 from .outbound import Outbound
 from .ratelimit import RateLimiter
+from .relay import StreamStop
+from .revocation.revocations import Revocations
+from .revocation.streams import StreamGuard
 from .streams import OpenStreams
 from .tokens.headers import TokenHeaders
 from .upstream import Upstream
@@ -38,6 +42,9 @@ if TYPE_CHECKING:
 __all__ = ["Runtime"]
 
 logger = logging.getLogger("chatkit_gateway")
+
+# While the backend's TLS handshake fails, the warm-up connection is tried again this often.
+TLS_RETRY_SECONDS = 3.0
 
 
 class Runtime:
@@ -78,13 +85,23 @@ class Runtime:
         self.upstream = Upstream(config.upstream, transport=transport)
         self.limiter = RateLimiter.create(config.ratelimit, clock=clock, on_backend_error=self._rate_limit_failed)
         self.streams = OpenStreams(self.observer.open_streams, max_streams=config.upstream.max_streams)
+        self.revocations = (
+            Revocations(config.revocation, clock=clock, on_revoked=self.observer.revoked)
+            if config.revocation.enabled
+            else None
+        )
         self.started = False
         self.draining = False
+        self._tls_retry: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.limiter.start()
+        if self.revocations is not None:
+            await self.revocations.start()
         await self.authenticator.start()
         await self.upstream.warm()
+        if self.upstream.tls_error is not None:
+            self._tls_retry = asyncio.ensure_future(self._retry_tls())
         await warm_request_path(self.config, self.outbound)
         self.observer.prepare()
         # Everything made so far lives as long as the process: collect once, then move it out of
@@ -94,9 +111,21 @@ class Runtime:
         gc.freeze()
         self.started = True
 
+    async def _retry_tls(self) -> None:
+        """Not ready while the backend's certificate or handshake is refused (a merely unreachable
+        backend is no reason: it may come up after the gateway); warm up again until it passes."""
+        while self.upstream.tls_error is not None:
+            await asyncio.sleep(TLS_RETRY_SECONDS)
+            await self.upstream.warm()
+        logger.info("upstream TLS handshake succeeded")
+
     async def aclose(self) -> None:
         self.started = False
+        if self._tls_retry is not None:
+            self._tls_retry.cancel()
         await self.limiter.aclose()
+        if self.revocations is not None:
+            await self.revocations.aclose()
         await self.authenticator.aclose()
         await self.upstream.aclose()
         if self.tracing is not None:
@@ -107,7 +136,7 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        return self.started and not self.draining and self.authenticator.ready
+        return self.started and not self.draining and self.authenticator.ready and self.upstream.tls_error is None
 
     async def drain(self, grace: float) -> None:
         """`SIGTERM`: not ready at once; streams may finish for `grace` seconds, then are ended."""
@@ -133,6 +162,9 @@ class Runtime:
             principal = await self.authenticator.authenticate(headers)
         else:
             principal = await self._authenticate_traced(headers, trace)
+        if self.revocations is not None:
+            # After verification, so the verified-token cache cannot outlive a revocation.
+            self.revocations.check(principal, bearer=principal.source == "bearer")
         if principal.source == "cookie":
             self.origin_policy.check(headers)
         prefix = self.user_id_prefixes.get(principal.issuer)
@@ -140,6 +172,27 @@ class Runtime:
             # Not one of `auth.issuers` (the verifier returns no other): never a user without a prefix.
             raise UnknownIssuer()
         return principal, identity_of(principal, self.config.identity, prefix)
+
+    def session_end(
+        self, principal: Principal, drain: asyncio.Future[StreamStop]
+    ) -> contextlib.AbstractContextManager[asyncio.Future[StreamStop]]:
+        """`with runtime.session_end(principal, drain) as stop:` for one SSE stream: `stop` completes
+        at the drain, at the token's `exp` plus `auth.stream_grace_seconds`, or at a revocation
+        that names the token (docs/revocation.md)."""
+        grace = self.config.auth.stream_grace_seconds
+        revocations = self.revocations
+        if revocations is None:
+            if grace < 0:
+                return contextlib.nullcontext(drain)
+            return StreamGuard(principal, grace=grace, clock=self.clock, drain=drain, registry=None)
+        guard = StreamGuard(principal, grace=grace, clock=self.clock, drain=drain, registry=revocations.streams)
+        try:
+            # Watched from here on; an entry that arrived since the request's check refuses it now.
+            revocations.check(principal, bearer=principal.source == "bearer")
+        except BaseException:
+            guard.close()
+            raise
+        return guard
 
     async def _authenticate_traced(self, headers: Sequence[tuple[bytes, bytes]], trace: RequestTrace) -> Principal:
         """`authenticate` inside a "verify token" span that says whether the cache answered."""

@@ -37,9 +37,9 @@ def uvicorn_config(config: GatewayConfig, app: Gateway | None = None) -> uvicorn
         port=config.server.port,
         # uvloop + httptools: more throughput than asyncio + h11 (docs/BENCHMARKS.md, "Measured
         # design choices"), and httptools refuses the CL+TE request smuggling that h11 accepts
-        # (docs/hardening.md).
+        # (docs/hardening.md). The protocol is uvicorn's httptools one with `Upgrade: h2c`
+        # ignored, HTTP/1.0 answered close-delimited, and a head written with its body (`protocol.py`).
         loop="uvloop",
-        # uvicorn's httptools protocol, writing a response's head with its body (`protocol.py`).
         http=GatewayHttpProtocol,
         lifespan="on",
         # ChatKit is plain HTTP. With a WebSocket library installed uvicorn would take upgrades
