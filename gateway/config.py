@@ -525,6 +525,9 @@ def per_process_stores(config: GatewayConfig) -> list[str]:
         limits.requests_per_minute or limits.messages_per_minute or limits.max_concurrent_streams
     ):
         found.append('rate-limit budget (ratelimit.backend = "memory"; set it to "redis" with ratelimit.redis_url)')
+    if config.revocation.enabled and config.revocation.store == "memory":
+        # A revocation posted to one worker would leave the others serving the revoked token.
+        found.append('revocations (revocation.store = "memory"; set it to "redis" with revocation.redis_url)')
     return found
 
 

@@ -223,5 +223,15 @@ def test_several_workers_with_a_per_process_rate_limit_store_are_refused_naming_
     build_config({**base, "server": {"workers": 2}, "ratelimit": shared})
 
 
+def test_several_workers_with_in_memory_revocations_are_refused_naming_the_key() -> None:
+    base = {"upstream": {"url": "http://127.0.0.1:9/chatkit"}, "auth": {"issuers": [_issuer()]}}
+    with pytest.raises(ConfigError) as refused:
+        build_config({**base, "server": {"workers": 2}, "revocation": {"enabled": True}})
+    assert "server.workers" in str(refused.value) and 'revocation.store = "memory"' in str(refused.value)
+    shared = {"enabled": True, "store": "redis", "redis_url": "redis://127.0.0.1:6379/0"}
+    build_config({**base, "server": {"workers": 2}, "revocation": shared})
+    build_config({**base, "server": {"workers": 2}, "revocation": {"enabled": False}})  # nothing kept
+
+
 def _issuer() -> dict[str, Any]:
     return {"issuer": "https://idp.example.com", "audiences": ["chatkit"]}
