@@ -60,7 +60,8 @@ first request; metadata injected; metrics on; the per-request access log off, li
 its cost measured on its own below). The upstream is `bench/upstream.py` (raw ASGI under uvicorn).
 CPU figures are of the subject's own processes (the upstream's for direct), from `/proc` CPU-time
 deltas; this shared 2-core machine varies ±20–30 % between runs, so compare within a run. Reproduce
-with `make bench`.
+with `make bench`. Where the gateway's CPU goes (profiles, and the A/B runs behind its performance
+choices): [performance.md](performance.md).
 """
 
 
