@@ -169,6 +169,7 @@ def peers(with_nginx: bool = True) -> Iterator[tuple[Peer, Peer, Peer | None, Si
                 "upstream": {"url": f"{upstream.url}/chatkit"},
                 "auth": {"issuers": [{"issuer": ISSUER, "jwks_url": f"{jwks.url}/jwks.json", "audiences": [AUDIENCE]}]},
                 "logging": {"level": "warning"},
+                "ownership": {"sqlite_path": str(root / "ownership.sqlite3")},
             }
             (root / "gateway.toml").write_text(tomli_w.dumps(config))
             gateway = start(

@@ -6,10 +6,12 @@ A ChatKit request goes, in this order, through:
 2. credentials and their verification (401, `auth/`);
 3. the origin check for cookie credentials (403, `auth/origin.py`);
 4. reading the body within its size limit (413) and parsing it (400, `chatkit.py`), then the
-   user's limits, which depend on the op (429, `ratelimit.py`);
+   user's limits, which depend on the op (429, `ratelimit.py`), then ownership: every thread or
+   attachment id the request names must be the user's (404, `ownership/`);
 5. the body rewrite: authoritative identity and page context in `metadata` (`chatkit.py`,
    `identity.py`, `pagecontext.py`);
-6. the relay to the ChatKit backend, streaming its answer back (`relay.py`, `transport.py`).
+6. the relay to the ChatKit backend, streaming its answer back (`relay.py`, `transport.py`); the
+   owners of new threads and attachments are recorded on the way (`ownership/`).
 
 Each step either passes the request on or raises a `GatewayError`, which `send_error` turns into
 the JSON error body; `observe.py` writes the request's log line and metrics when it ends.
@@ -32,12 +34,13 @@ from .chatkit import parse_chatkit_request, require_json_content_type, rewrite_b
 from .clock import SYSTEM_CLOCK, Clock
 from .config import GatewayConfig
 from .cors import CrossOrigin
-from .errors import AuthError, GatewayError, HeadersTooLarge, MethodNotAllowed, NotFound
+from .errors import AuthError, GatewayError, HeadersTooLarge, MethodNotAllowed, NotFound, NotOwned
 from .headers import FORWARDED_BODY_HEADERS, Headers, request_id_from
 from .identity import Identity
 from .observe import Exchange
+from .ownership import AnswerPlan
 from .probes import ForwardAuthEndpoint, browser_helper_endpoint, healthz, metrics_endpoint, readyz_endpoint
-from .relay import RelayOutcome, relay_response, stream_error_event
+from .relay import RelayOutcome, read_answer, relay_response, stream_error_event
 from .responses import send_error
 from .runtime import Runtime
 from .uploads import UploadEndpoint
@@ -47,6 +50,8 @@ __all__ = ["Gateway", "create_app"]
 logger = logging.getLogger("chatkit_gateway")
 
 JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+# A JSON answer ownership must read whole (a `threads.list` page to filter) may be this large.
+MAX_READ_ANSWER_BYTES = 32 * 1024 * 1024
 SSE_ERROR_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-store"),
@@ -82,7 +87,7 @@ class ChatKitEndpoint:
                 await self._refuse(error, scope, receive, send, request_id)
                 return
             exchange.user_id, exchange.source = identity.user_id, principal.source
-            streaming, read_only, upstream_body = await self._rewrite(receive, headers, identity, exchange)
+            streaming, read_only, upstream_body, plan = await self._rewrite(receive, headers, identity, exchange)
             # The body was re-encoded: it goes upstream as what it now is, whatever the client said
             # (a charset, a second Content-Type, one named in Connection).
             upstream_headers = self.runtime.base_headers(scope, request_id, allow=FORWARDED_BODY_HEADERS)
@@ -94,7 +99,7 @@ class ChatKitEndpoint:
                 response = await self._open(streaming, read_only, upstream_body, upstream_headers)
                 # Nothing of the request is needed while the answer streams back: let it go.
                 del upstream_body, upstream_headers, principal, identity
-                await self._relay(response, receive, send, streaming, exchange)
+                await self._relay(response, receive, send, streaming, exchange, plan)
             finally:
                 if slot is not None:
                     await slot.close()
@@ -114,9 +119,9 @@ class ChatKitEndpoint:
 
     async def _rewrite(
         self, receive: Receive, headers: Headers, identity: Identity, exchange: Exchange
-    ) -> tuple[bool, bool, bytes]:
+    ) -> tuple[bool, bool, bytes, AnswerPlan | None]:
         """Steps 4 to 6: read and check the body, apply the user's limits (which depend on the op),
-        write the gateway's metadata into the body.
+        check ownership, write the gateway's metadata into the body.
 
         (A function of its own, so the parsed body is freed before a long stream starts.)"""
         raw = await read_body(
@@ -126,8 +131,15 @@ class ChatKitEndpoint:
         request = parse_chatkit_request(raw)
         exchange.set_op(request.op)
         await self.runtime.limiter_or_fail().admit(identity.user_id, message=request.streaming)
+        plan = None
+        if self.runtime.ownership is not None:
+            try:
+                plan = await self.runtime.ownership.check(identity.user_id, request)
+            except NotOwned:
+                exchange.ownership = "denied"
+                raise
         injected = self.runtime.injected_metadata(headers, request.body.get("metadata"), identity, exchange.request_id)
-        return request.streaming, request.read_only, rewrite_body(request, injected)
+        return request.streaming, request.read_only, rewrite_body(request, injected), plan
 
     async def _refuse(self, error: AuthError, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         """A 401, or with `auth.stream_errors` an in-chat error event for streaming ops."""
@@ -166,14 +178,24 @@ class ChatKitEndpoint:
         send: Send,
         streaming: bool,
         exchange: Exchange,
+        plan: AnswerPlan | None,
     ) -> None:
         """Step 7b: relay the answer (small JSON whole, anything else as it arrives)."""
         response, small_body = opened
         extra = [(b"x-request-id", exchange.request_id.encode("ascii"))]
         outcome = RelayOutcome()
         runtime = self.runtime
+        ownership = runtime.ownership
         try:
             if not streaming:
+                if ownership is not None and plan is not None:
+                    if small_body is None and plan.reads_answer:
+                        small_body = await read_answer(response, MAX_READ_ANSWER_BYTES)
+                    answer = await ownership.answer(plan, response.status_code, small_body)
+                    if answer is not None and (plan.reads_answer or answer is not small_body):
+                        # The body goes out whole, maybe shorter (a filtered list): its own length.
+                        response.headers["content-length"] = str(len(answer))
+                    small_body = answer
                 await relay_response(response, send, receive, body=small_body, extra_headers=extra, outcome=outcome)
                 return
             runtime.open_streams += 1
@@ -187,6 +209,7 @@ class ChatKitEndpoint:
                     heartbeat_seconds=self.config.upstream.heartbeat_seconds,
                     stop=runtime.stop,
                     outcome=outcome,
+                    watch=ownership.stream_watch(plan) if ownership is not None and plan is not None else None,
                 )
             finally:
                 runtime.open_streams -= 1

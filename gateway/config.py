@@ -36,6 +36,7 @@ __all__ = [
     "JWKSConfig",
     "LoggingConfig",
     "MetadataConfig",
+    "OwnershipConfig",
     "RateLimitConfig",
     "SecurityConfig",
     "ServerConfig",
@@ -46,7 +47,7 @@ __all__ = [
 
 ENV_PREFIX = "CHATKIT_GATEWAY__"
 CONFIG_PATH_ENV = "CHATKIT_GATEWAY_CONFIG"
-SECRET_KEYS = frozenset({("upstream", "identity_secret"), ("ratelimit", "redis_url")})
+SECRET_KEYS = frozenset({("upstream", "identity_secret"), ("ratelimit", "redis_url"), ("ownership", "redis_url")})
 MIB = 1024 * 1024
 
 Seconds = Annotated[float, Strict(), Field(ge=0)]
@@ -278,6 +279,22 @@ class RateLimitConfig(_Section):
         return self
 
 
+class OwnershipConfig(_Section):
+    enabled: Flag = True
+    store: Literal["sqlite", "redis", "memory"] = "sqlite"
+    sqlite_path: Text = "chatkit-gateway-ownership.sqlite3"
+    redis_url: Text | None = None
+    unknown: Literal["claim", "deny"] = "claim"
+    # Owners never change, so (id -> owner) pairs are cached in process; this bounds how many.
+    cache_size: Annotated[int, Strict(), Field(ge=0)] = 100_000
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> OwnershipConfig:
+        if self.enabled and self.store == "redis" and not self.redis_url:
+            raise ValueError("redis_url is required when store = 'redis'")
+        return self
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
@@ -292,6 +309,7 @@ class GatewayConfig(_Section):
     identity: IdentityConfig = IdentityConfig()
     metadata: MetadataConfig = MetadataConfig()
     ratelimit: RateLimitConfig = RateLimitConfig()
+    ownership: OwnershipConfig = OwnershipConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

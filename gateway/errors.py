@@ -20,6 +20,7 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     ├── Forbidden (403)
     │   └── OriginNotAllowed       origin_not_allowed
     ├── NotFound (404)             not_found
+    │   └── NotOwned               not_found
     ├── MethodNotAllowed (405)     method_not_allowed
     ├── RequestTimeout (408)       request_timeout
     ├── PayloadTooLarge (413)      payload_too_large
@@ -31,7 +32,8 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     │   ├── UpstreamBadResponse (502)  upstream_bad_response
     │   └── UpstreamTimeout (504)      upstream_timeout
     ├── Overloaded (503)           overloaded
-    └── NotReady (503)             not_ready
+    ├── NotReady (503)             not_ready
+    └── OwnershipUnavailable (503) ownership_unavailable
 """
 
 from __future__ import annotations
@@ -52,9 +54,11 @@ __all__ = [
     "MethodNotAllowed",
     "MissingCredentials",
     "NotFound",
+    "NotOwned",
     "NotReady",
     "OriginNotAllowed",
     "Overloaded",
+    "OwnershipUnavailable",
     "PayloadTooLarge",
     "RateLimited",
     "RequestTimeout",
@@ -163,6 +167,13 @@ class NotFound(GatewayError):
     default_message = "There is nothing at this path."
 
 
+class NotOwned(NotFound):
+    """An id the user does not own, or (with `ownership.unknown = "deny"`) that nobody owns: one
+    answer for both, so a 404 says nothing about whether the id exists."""
+
+    default_message = "No such thread or attachment."
+
+
 class MethodNotAllowed(GatewayError):
     status = 405
     code = "method_not_allowed"
@@ -233,6 +244,12 @@ class NotReady(GatewayError):
     status = 503
     code = "not_ready"
     default_message = "The gateway is not ready."
+
+
+class OwnershipUnavailable(GatewayError):
+    status = 503
+    code = "ownership_unavailable"
+    default_message = "The gateway cannot check who owns this conversation right now. Try again shortly."
 
 
 def error_body(error: GatewayError) -> bytes:

@@ -56,6 +56,7 @@ class Exchange:
     streamed: bool = False
     client_disconnected: bool = False
     upstream_broke: bool = False
+    ownership: str | None = None  # "denied": refused for naming an id of someone else's (or nobody's)
 
     def set_op(self, op: str) -> None:
         self.op = op if op in KNOWN_OPS else "other"
@@ -68,6 +69,8 @@ class Exchange:
         self.bytes_out, self.events, self.streamed = outcome.bytes_out, outcome.events, outcome.streamed
         self.client_disconnected = self.client_disconnected or outcome.client_disconnected
         self.upstream_broke = outcome.upstream_broke
+        if outcome.refused is not None:
+            self.error = outcome.refused
 
 
 class _KeyAge(Collector):
@@ -128,6 +131,18 @@ class Observer:
         self.ratelimit_backend_errors = Counter(
             "chatkit_gateway_rate_limit_backend_errors", "Rate-limit backend (Redis) failures.", registry=r
         )
+        self.ownership_denials = Counter(
+            "chatkit_gateway_ownership_denials",
+            "Requests refused for naming a thread or attachment the user does not own, by op.",
+            ["op"],
+            registry=r,
+        )
+        self.ownership_store_errors = Counter(
+            "chatkit_gateway_ownership_store_errors", "Ownership store failures, by reason.", ["reason"], registry=r
+        )
+
+    def ownership_store_failed(self, reason: str) -> None:
+        self.ownership_store_errors.labels(reason).inc()
 
     def prepare(self) -> None:
         """Make each op's series at start-up: they read 0 rather than missing until first used, and
@@ -168,6 +183,8 @@ class Observer:
                 self.upstream_errors.labels(exchange.error).inc()
             elif exchange.error == "rate_limited":
                 self.rate_limited.inc()
+            elif exchange.ownership == "denied":
+                self._child(self.ownership_denials, op).inc()
         elif exchange.upstream_broke:
             self.upstream_errors.labels("broken_stream").inc()
         if access_logger.isEnabledFor(logging.INFO):
@@ -205,4 +222,5 @@ class Observer:
             "streamed": exchange.streamed,
             "client_disconnected": exchange.client_disconnected,
             "upstream_broke": exchange.upstream_broke,
+            "ownership": exchange.ownership,
         }

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 import httpx
@@ -34,7 +35,7 @@ from .errors import GatewayError, Overloaded, UpstreamBadResponse, UpstreamTimeo
 from .headers import Headers, header_value, relay_response_headers
 from .transport import HTTP11Transport, InvalidResponse
 
-__all__ = ["RelayOutcome", "Upstream", "relay_response", "stream_error_event"]
+__all__ = ["ChunkWatch", "RelayOutcome", "Upstream", "read_answer", "relay_response", "stream_error_event"]
 
 logger = logging.getLogger("chatkit_gateway.relay")
 
@@ -303,6 +304,40 @@ class RelayOutcome:
     client_disconnected: bool = False
     stopped: bool = False
     first_byte_at: float | None = None
+    refused: str | None = None  # the error code a `ChunkWatch` ended the stream with
+
+
+class ChunkWatch(Protocol):
+    """Sees an SSE stream's chunks before they are relayed, until it turns `active` off.
+
+    `feed` returns the bytes that may go to the client now (it may hold back an unfinished event)
+    or raises a `GatewayError`, which ends the stream with a ChatKit error event; `rest` returns
+    what may still go out when the stream ends."""
+
+    active: bool
+
+    async def feed(self, chunk: bytes) -> bytes: ...
+
+    async def rest(self) -> bytes: ...
+
+
+async def read_answer(response: httpx.Response, limit: int) -> bytes:
+    """A whole (non-small) answer body, for a step that must see all of it; 502 beyond `limit`."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamBadResponse()
+            chunks.append(chunk)
+    except httpx.TimeoutException:
+        raise UpstreamTimeout() from None
+    except httpx.HTTPError:
+        raise UpstreamBadResponse() from None
+    finally:
+        await response.aclose()
+    return b"".join(chunks)
 
 
 async def relay_response(
@@ -315,6 +350,7 @@ async def relay_response(
     heartbeat_seconds: float = 0.0,
     stop: asyncio.Future[None] | None = None,
     outcome: RelayOutcome | None = None,
+    watch: ChunkWatch | None = None,
 ) -> RelayOutcome:
     """Relay status, headers and body; stream bodies chunk by chunk as they arrive.
 
@@ -322,6 +358,7 @@ async def relay_response(
     (ChatKit's stop button is a disconnect; the backend then saves the partial answer). When
     `stop` completes (the end of a shutdown's grace), a stream is ended with a ChatKit error event.
     `outcome`, when given, is filled in as the relay goes, so a caller sees it even if cancelled.
+    `watch`, for an SSE stream, sees its chunks first (see `ChunkWatch`).
     """
     outcome = outcome or RelayOutcome()
     outcome.status, outcome.streamed = response.status_code, body is None
@@ -332,7 +369,16 @@ async def relay_response(
             await send({"type": "http.response.body", "body": body})
             outcome.bytes_out = len(body)
             return outcome
-        await _pump(response, send, receive, outcome, sse=sse, heartbeat_seconds=heartbeat_seconds, stop=stop)
+        await _pump(
+            response,
+            send,
+            receive,
+            outcome,
+            sse=sse,
+            heartbeat_seconds=heartbeat_seconds,
+            stop=stop,
+            watch=watch if sse else None,
+        )
         return outcome
     finally:
         if not response.is_closed:
@@ -366,6 +412,7 @@ async def _pump(
     sse: bool,
     heartbeat_seconds: float,
     stop: asyncio.Future[None] | None,
+    watch: ChunkWatch | None = None,
 ) -> None:
     """Forward body chunks as they arrive, until the body ends, the client leaves, or `stop`.
 
@@ -411,6 +458,16 @@ async def _pump(
     try:
         try:
             async for chunk in response.aiter_raw():
+                if watch is not None:
+                    try:
+                        chunk = await watch.feed(chunk)
+                    except GatewayError as refusal:
+                        outcome.refused = refusal.code
+                        event = FRAME_END + stream_error_event(refusal.message, allow_retry=True)
+                        await send({"type": "http.response.body", "body": event, "more_body": True})
+                        break
+                    if not watch.active:
+                        watch = None
                 if not chunk:
                     continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -419,6 +476,8 @@ async def _pump(
                     outcome.events += chunk.count(FRAME_END)
                     tail = (tail + chunk)[-2:]
                     last_write = loop.time()
+            if watch is not None and outcome.refused is None and (held := await watch.rest()):
+                await send({"type": "http.response.body", "body": held, "more_body": True})
         except httpx.HTTPError as exc:
             # The backend broke after its headers went out: the status cannot change any more. An
             # SSE stream is closed cleanly with an in-band error event the chat can show; any other

@@ -27,6 +27,7 @@ from .headers import (
 )
 from .identity import Identity, identity_of
 from .observe import Observer
+from .ownership import Owners, OwnershipPolicy, open_store
 from .pagecontext import PageContextPolicy
 from .ratelimit import RateLimiter
 from .relay import Upstream
@@ -48,6 +49,7 @@ class Runtime:
     upstream: Upstream | None = None
     authenticator: Authenticator | None = None
     limiter: RateLimiter | None = None
+    ownership: OwnershipPolicy | None = None
     observer: Observer = field(init=False)
     started: bool = False
     draining: bool = False
@@ -72,6 +74,14 @@ class Runtime:
             self.config.ratelimit, clock=self.clock, on_backend_error=self._rate_limit_backend_failed
         )
         await self.limiter.start()
+        if self.config.ownership.enabled:
+            owners = Owners(
+                open_store(self.config.ownership),
+                cache_size=self.config.ownership.cache_size,
+                on_store_error=self.observer.ownership_store_failed,
+            )
+            self.ownership = OwnershipPolicy(self.config.ownership, owners)
+            await owners.start()
         await self.authenticator.start()
         await self.upstream.warm()
         from .warmup import warm_request_path  # it builds on this module
@@ -118,6 +128,8 @@ class Runtime:
         self.started = False
         if self.limiter is not None:
             await self.limiter.aclose()
+        if self.ownership is not None:
+            await self.ownership.owners.aclose()
         if self.authenticator is not None:
             await self.authenticator.aclose()
         if self.upstream is not None:

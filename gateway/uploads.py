@@ -21,10 +21,12 @@ from .body import ClientDisconnected, declared_length, stream_body
 from .errors import GatewayError, InvalidUploadPath, MethodNotAllowed, NotFound, PayloadTooLarge
 from .headers import Headers, header_value, request_id_from
 from .observe import Exchange
-from .relay import RelayOutcome, relay_response
+from .relay import RelayOutcome, read_answer, relay_response
 from .responses import send_error
 
 if TYPE_CHECKING:
+    import httpx
+
     from .runtime import Runtime
 
 __all__ = ["UploadEndpoint", "upload_target"]
@@ -34,6 +36,8 @@ logger = logging.getLogger("chatkit_gateway.uploads")
 UPLOAD_METHODS = frozenset({"POST", "PUT"})
 # Checked on the raw (still percent-encoded) path: `%2e%2e`, `%2f`, `%5c` and `%00` are the
 # encoded forms of the dot segment, slash, backslash and NUL that the plain checks look for.
+# An upload's JSON answer (the attachment) is read whole to record its id; it is small.
+MAX_ANSWER_BYTES = 1024 * 1024
 FORBIDDEN_IN_REST = re.compile(rb"(^|/)\.\.?(/|$)|//|\\|%2e%2e|%2f|%5c|%00|%2e(/|$)|[\x00-\x20\x7f]", re.IGNORECASE)
 
 
@@ -80,8 +84,11 @@ class UploadEndpoint:
             principal, identity = await self.runtime.authenticate(headers)
             exchange.user_id, exchange.source = identity.user_id, principal.source
             await self.runtime.limiter_or_fail().admit(identity.user_id, message=False)
+            if self.runtime.ownership is not None:
+                # A direct upload creates an attachment: its owner must be recordable first.
+                await self.runtime.ownership.owners.reach()
             identity_headers = self.runtime.identity_headers(principal, identity, request_id)
-            await self._forward(scope, receive, send, target, exchange, identity_headers)
+            await self._forward(scope, receive, send, target, exchange, identity_headers, identity.user_id)
         except GatewayError as error:
             exchange.status, exchange.error = error.status, error.code
             with contextlib.suppress(RuntimeError):
@@ -91,7 +98,14 @@ class UploadEndpoint:
             return
 
     async def _forward(
-        self, scope: Scope, receive: Receive, send: Send, target: str, exchange: Exchange, identity: Headers
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        target: str,
+        exchange: Exchange,
+        identity: Headers,
+        user_id: str,
     ) -> None:
         request_id = exchange.request_id
         limit = self.config.server.max_upload_bytes
@@ -114,10 +128,28 @@ class UploadEndpoint:
         )
         outcome = RelayOutcome()
         try:
+            body = await self._record_attachment(response, user_id)
             await relay_response(
-                response, send, receive, extra_headers=[(b"x-request-id", request_id.encode())], outcome=outcome
+                response,
+                send,
+                receive,
+                body=body,
+                extra_headers=[(b"x-request-id", request_id.encode())],
+                outcome=outcome,
             )
         finally:
             upstream.release_stream()
             exchange.bytes_in = declared or 0
             exchange.record(outcome)
+
+    async def _record_attachment(self, response: httpx.Response, user_id: str) -> bytes | None:
+        """A successful JSON answer naming an attachment `id` (a direct upload): the id recorded for
+        the user before the answer is relayed, and the body read for that; otherwise None (streamed)."""
+        ownership = self.runtime.ownership
+        content_type = response.headers.get("content-type", "")
+        if ownership is None or not 200 <= response.status_code < 300 or "json" not in content_type.lower():
+            return None
+        body = await read_answer(response, MAX_ANSWER_BYTES)
+        await ownership.record_answer_id(user_id, body)
+        response.headers["content-length"] = str(len(body))
+        return body

@@ -108,6 +108,9 @@ def start_gateway(
     port = port or free_port()
     config = merge(config, {"server": {"port": port}})
     with tempfile.TemporaryDirectory(prefix="chatkit-gateway-test-") as folder:
+        if "sqlite_path" not in config.get("ownership", {}):
+            # The default path is relative to the working directory (the repository, here).
+            config = merge(config, {"ownership": {"sqlite_path": str(Path(folder) / "ownership.sqlite3")}})
         path = Path(folder) / "gateway.toml"
         path.write_text(tomli_w.dumps(dict(config)), encoding="utf-8")
         args = [sys.executable, "-m", "gateway", "serve", "--config", str(path)]
