@@ -87,18 +87,22 @@ class ChatKitEndpoint:
                 await self._refuse(error, scope, receive, send, request_id)
                 return
             exchange.user_id, exchange.source = identity.user_id, principal.source
-            streaming, read_only, upstream_body, plan = await self._rewrite(receive, headers, identity, exchange)
+            streaming, read_only, upstream_body, injected, plan = await self._rewrite(
+                receive, headers, identity, exchange
+            )
             # The body was re-encoded: it goes upstream as what it now is, whatever the client said
             # (a charset, a second Content-Type, one named in Connection).
             upstream_headers = self.runtime.base_headers(scope, request_id, allow=FORWARDED_BODY_HEADERS)
             upstream_headers.append(JSON_CONTENT_TYPE)
-            upstream_headers.extend(self.runtime.identity_headers(principal, identity, request_id))
+            upstream_headers.extend(
+                self.runtime.identity_headers(principal, identity, request_id, metadata=injected, body=upstream_body)
+            )
             limiter = self.runtime.limiter_or_fail()
             slot = await limiter.open_stream(identity.user_id) if streaming else None
             try:
                 response = await self._open(streaming, read_only, upstream_body, upstream_headers)
                 # Nothing of the request is needed while the answer streams back: let it go.
-                del upstream_body, upstream_headers, principal, identity
+                del upstream_body, upstream_headers, principal, identity, injected
                 await self._relay(response, receive, send, streaming, exchange, plan)
             finally:
                 if slot is not None:
@@ -119,9 +123,10 @@ class ChatKitEndpoint:
 
     async def _rewrite(
         self, receive: Receive, headers: Headers, identity: Identity, exchange: Exchange
-    ) -> tuple[bool, bool, bytes, AnswerPlan | None]:
+    ) -> tuple[bool, bool, bytes, dict[str, object], AnswerPlan | None]:
         """Steps 4 to 6: read and check the body, apply the user's limits (which depend on the op),
-        check ownership, write the gateway's metadata into the body.
+        check ownership, write the gateway's metadata into the body (returned too: the signed
+        identity covers it).
 
         (A function of its own, so the parsed body is freed before a long stream starts.)"""
         raw = await read_body(
@@ -139,7 +144,7 @@ class ChatKitEndpoint:
                 exchange.ownership = "denied"
                 raise
         injected = self.runtime.injected_metadata(headers, request.body.get("metadata"), identity, exchange.request_id)
-        return request.streaming, request.read_only, rewrite_body(request, injected), plan
+        return request.streaming, request.read_only, rewrite_body(request, injected), injected, plan
 
     async def _refuse(self, error: AuthError, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         """A 401, or with `auth.stream_errors` an in-chat error event for streaming ops."""

@@ -1,11 +1,14 @@
 """For backend authors: who the gateway says the user is, as a ChatKit `context`, in one call.
 
-The gateway writes `userId`, `userInfo`, `pageContext` and `requestId` into the body's `metadata`
-and sends `X-User-Id`. A backend that only the gateway can reach ("trusted network": a sidecar on
-localhost, a NetworkPolicy) may believe that as it stands. A backend that others can reach sets
-`upstream.identity_secret` in the gateway and the same secret here: the gateway then signs the
-identity into `X-ChatKit-Identity` (itsdangerous, valid for `max_age` seconds), and a body whose
-identity differs from the signed one is refused, so a caller cannot forge or alter it.
+The gateway writes `userId`, `userInfo` (its `issuer` the token's `iss`), `pageContext` and
+`requestId` into the body's `metadata`, and sends `X-User-Id` (and `X-User-Email` when the user
+has one). A backend that only the gateway can reach ("trusted network": a sidecar on localhost, a
+NetworkPolicy) may believe the body when those headers agree with it. A backend that others can
+reach sets `upstream.identity_secret` in the gateway and the same secret here: the gateway then
+signs `X-ChatKit-Identity` (itsdangerous, valid for `max_age` seconds) over that metadata, the
+issuer and `bodySha256`, the SHA-256 of the exact body bytes it sends. A caller can neither forge
+nor alter the identity, and a header captured from one request cannot vouch for another body
+(another op, another thread): `chatkit_context` checks the hash against the body it reads.
 
     from chatkit.server import ChatKitServer, StreamingResult
     from starlette.requests import Request
@@ -23,6 +26,10 @@ identity differs from the signed one is refused, so a caller cannot forge or alt
             return StreamingResponse(result, media_type="text/event-stream")
         return Response(result.json, media_type="application/json")
 
+An upload's body streams through the gateway unread, so its header is signed with
+`bodySha256: null`: an upload handler calls `verify_identity(header, secret)` without `body`, and
+`chatkit_context` never accepts such a header.
+
 `context["accessToken"]` is the user's token when the gateway forwards it
 (`upstream.forward_access_token`). Hand it to tools in HTTP headers (`mcp_headers(context)`), never
 in a prompt: whatever a model reads, a model can repeat.
@@ -33,7 +40,9 @@ gateway's runtime (httpx, python-jose, uvicorn) to use it.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -44,7 +53,10 @@ from itsdangerous import BadData, URLSafeTimedSerializer
 __all__ = [
     "IDENTITY_HEADER",
     "IDENTITY_SALT",
+    "METADATA_KEYS",
+    "SIGNED_KEYS",
     "InvalidIdentity",
+    "body_sha256",
     "chatkit_context",
     "context_from",
     "mcp_headers",
@@ -54,7 +66,10 @@ __all__ = [
 
 IDENTITY_SALT = "chatkit-gateway.identity"
 IDENTITY_HEADER = "X-ChatKit-Identity"
-IDENTITY_KEYS = ("userId", "userInfo", "requestId")
+# What the gateway writes into the body's `metadata`, and signs with the token's issuer and the
+# hash of the exact body bytes it sends.
+METADATA_KEYS = ("userId", "userInfo", "pageContext", "requestId")
+SIGNED_KEYS = (*METADATA_KEYS, "issuer", "bodySha256")
 
 # A secret, or several to rotate one: signing uses the last, verifying accepts any (itsdangerous).
 Secret = str | Sequence[str]
@@ -86,36 +101,73 @@ def _serializer_for(keys: tuple[str, ...]) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(list(keys), salt=IDENTITY_SALT)
 
 
+def body_sha256(body: bytes) -> str:
+    """`bodySha256` of a body: the unpadded base64url SHA-256 of its exact bytes."""
+    return base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode("ascii")
+
+
 def _checked_identity(value: object, where: str) -> dict[str, Any]:
+    """`value` if it is a whole signed identity (every key of `SIGNED_KEYS`, each of its type)."""
     if not isinstance(value, dict):
         raise InvalidIdentity(f"{where} is not an object")
-    user_id, user_info, request_id = (value.get(key) for key in IDENTITY_KEYS)
+    missing = [key for key in SIGNED_KEYS if key not in value]
+    if missing:
+        raise InvalidIdentity(f"{where} has no {', '.join(missing)}")
+    _check_metadata_identity(value, where)
+    issuer, digest = value["issuer"], value["bodySha256"]
+    if not isinstance(issuer, str) or not issuer:
+        raise InvalidIdentity(f"{where} has no string issuer")
+    if digest is not None and not isinstance(digest, str):
+        raise InvalidIdentity(f"{where} has a bodySha256 that is not a string")
+    return {key: value[key] for key in SIGNED_KEYS}
+
+
+def _check_metadata_identity(value: Mapping[str, Any], where: str) -> None:
+    user_id, user_info, page_context, request_id = (value.get(key) for key in METADATA_KEYS)
     if not isinstance(user_id, str) or not user_id:
         raise InvalidIdentity(f"{where} has no string userId")
     if not isinstance(user_info, dict):
         raise InvalidIdentity(f"{where} has no object userInfo")
+    if page_context is not None and not isinstance(page_context, dict):
+        raise InvalidIdentity(f"{where} has a pageContext that is not an object")
     if not isinstance(request_id, str):
         raise InvalidIdentity(f"{where} has no string requestId")
-    return value
 
 
-def sign_identity(identity: Mapping[str, Any], secret: Secret) -> str:
-    """The `X-ChatKit-Identity` value for `identity` (`userId`, `userInfo`, `requestId`)."""
+def sign_identity(identity: Mapping[str, Any], secret: Secret, *, body: bytes | None = None) -> str:
+    """The `X-ChatKit-Identity` value for `identity` (`userId`, `userInfo`, `pageContext`,
+    `requestId`, `issuer`) bound to `body`, the exact bytes sent with it (None: a streamed upload,
+    signed with `bodySha256: null`)."""
+    payload = {key: identity.get(key) for key in METADATA_KEYS}
+    payload["issuer"] = identity.get("issuer")
+    payload["bodySha256"] = None if body is None else body_sha256(body)
     try:
-        checked = _checked_identity({key: identity.get(key) for key in IDENTITY_KEYS}, "identity")
+        checked = _checked_identity(payload, "identity")
     except InvalidIdentity as exc:
         raise ValueError(str(exc)) from None
     return _serializer(secret).dumps(checked)
 
 
-def verify_identity(value: str, secret: Secret, *, max_age: int = 60) -> dict[str, Any]:
-    """The identity signed into `value`, or `InvalidIdentity` (bad signature, expired, malformed)."""
+def verify_identity(value: str, secret: Secret, *, max_age: int = 60, body: bytes | None = None) -> dict[str, Any]:
+    """The identity signed into `value`, or `InvalidIdentity` (bad signature, expired, malformed).
+
+    With `body`, the identity must have been signed for exactly these bytes: a captured header
+    replayed with another body (another op, another thread) is refused, and so is one signed
+    without a body hash (an upload's).
+    """
     try:
         payload = _serializer(secret).loads(value, max_age=max_age)
     except BadData as exc:
         # BadData covers a wrong signature, an expired or future timestamp and an unreadable payload.
         raise InvalidIdentity(f"{IDENTITY_HEADER} is not valid: {exc}") from None
-    return _checked_identity(payload, IDENTITY_HEADER)
+    identity = _checked_identity(payload, IDENTITY_HEADER)
+    if body is not None:
+        signed_digest = identity["bodySha256"]
+        if signed_digest is None:
+            raise InvalidIdentity(f"{IDENTITY_HEADER} was signed without a body hash (an upload's)")
+        if signed_digest != body_sha256(body):
+            raise InvalidIdentity(f"{IDENTITY_HEADER} was signed for another body")
+    return identity
 
 
 def header_value_of(value: str) -> str:
@@ -162,6 +214,27 @@ def _bearer_token(headers: Mapping[str, str]) -> str | None:
     return token if scheme.lower() == "bearer" and token and " " not in token else None
 
 
+def _check_user_headers(
+    headers: Mapping[str, str], user_id: str, user_info: Mapping[str, Any], *, required: bool
+) -> None:
+    """`X-User-Id` and `X-User-Email` must say what the identity says. `required`: each header
+    must be there exactly when the identity has its value (an email in one and not the other
+    disagrees); otherwise a header, when present, must agree."""
+    user_header = _header(headers, "x-user-id")
+    if user_header is None:
+        if required:
+            raise InvalidIdentity("X-User-Id is missing")
+    elif user_header != header_value_of(user_id):
+        raise InvalidIdentity("X-User-Id differs from the body's userId")
+    email = user_info.get("email")
+    email_header = _header(headers, "x-user-email")
+    if email_header is None:
+        if required and email is not None:
+            raise InvalidIdentity("X-User-Email is missing but userInfo has an email")
+    elif not isinstance(email, str) or email_header != header_value_of(email):
+        raise InvalidIdentity("X-User-Email differs from the body's userInfo.email")
+
+
 def context_from(
     headers: Mapping[str, str], body: bytes, *, secret: Secret | None = None, max_age: int = 60
 ) -> dict[str, Any]:
@@ -169,30 +242,26 @@ def context_from(
 
     Keys: `userId`, `userInfo`, `pageContext` (an object or None), `requestId`, and `accessToken`
     (the forwarded bearer token, or None). With `secret`, the signed `X-ChatKit-Identity` header is
-    required and the body's metadata must match it; without, the body's metadata is believed.
+    required, must have been signed for exactly this body, and the body's metadata must match it.
+    Without, the body's metadata is believed when `X-User-Id` and `X-User-Email` agree with it.
     """
-    metadata = _metadata_of(body)
-    identity = _checked_identity({key: metadata.get(key) for key in IDENTITY_KEYS}, "metadata")
+    verified = None
     if secret is not None:
         signed = _header(headers, IDENTITY_HEADER)
         if signed is None:
             raise InvalidIdentity(f"{IDENTITY_HEADER} is missing")
-        verified = verify_identity(signed, secret, max_age=max_age)
-        # The signature covers the header, not the body: a caller who replays a captured header
-        # with another body, or edits the body's identity, is caught here.
-        if any(verified[key] != identity[key] for key in IDENTITY_KEYS):
-            raise InvalidIdentity(f"the body's identity differs from {IDENTITY_HEADER}")
-    user_header = _header(headers, "x-user-id")
-    if user_header is not None and user_header != header_value_of(identity["userId"]):
-        raise InvalidIdentity("X-User-Id differs from the body's userId")
+        # The body hash binds the header to this body: a header captured from one request and
+        # replayed with another body (another op, another thread) is refused here.
+        verified = verify_identity(signed, secret, max_age=max_age, body=body)
+    metadata = _metadata_of(body)
     page_context = metadata.get("pageContext")
-    return {
-        "userId": identity["userId"],
-        "userInfo": identity["userInfo"],
-        "pageContext": page_context if isinstance(page_context, dict) else None,
-        "requestId": identity["requestId"],
-        "accessToken": _bearer_token(headers),
-    }
+    identity: dict[str, Any] = {key: metadata.get(key) for key in METADATA_KEYS}
+    identity["pageContext"] = page_context if isinstance(page_context, dict) else None
+    _check_metadata_identity(identity, "metadata")
+    if verified is not None and any(verified[key] != identity[key] for key in METADATA_KEYS):
+        raise InvalidIdentity(f"the body's identity differs from {IDENTITY_HEADER}")
+    _check_user_headers(headers, identity["userId"], identity["userInfo"], required=verified is None)
+    return {**identity, "accessToken": _bearer_token(headers)}
 
 
 async def chatkit_context(request: RequestLike, *, secret: Secret | None = None, max_age: int = 60) -> dict[str, Any]:

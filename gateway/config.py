@@ -20,9 +20,18 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ENV_PREFIX",
@@ -84,6 +93,20 @@ def _check_origin(value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
         raise ValueError(f"{value!r} is not an origin like 'https://app.example.com'")
     return value.rstrip("/").lower()
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _reachable_under(url: str, base: str) -> bool:
+    """Whether `url` is `base` followed by some path: same scheme, host and port as written (no name
+    resolution; an omitted port is the scheme's default), and `url`'s path starts with `base`'s."""
+    target, prefix = urlsplit(url), urlsplit(base)  # both lower-case the scheme and the host
+    if (target.scheme, target.hostname) != (prefix.scheme, prefix.hostname):
+        return False
+    if (target.port or DEFAULT_PORTS[target.scheme]) != (prefix.port or DEFAULT_PORTS[prefix.scheme]):
+        return False
+    return unquote(target.path or "/").startswith(unquote(prefix.path))
 
 
 class ServerConfig(_Section):
@@ -148,8 +171,19 @@ class UpstreamConfig(_Section):
 
     @field_validator("uploads_url")
     @classmethod
-    def _uploads_url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value, trailing_slash=True)
+    def _uploads_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        _check_http_url(value, trailing_slash=True)
+        url = info.data.get("url")  # absent when `url` itself was refused
+        if isinstance(url, str) and _reachable_under(url, value):
+            # `{uploads_path}REST` would then deliver a raw client body to the ChatKit endpoint, past
+            # the metadata rewrite and every JSON check (docs/security.md, "The uploads URL").
+            raise ValueError(
+                "upstream.url can be reached under it (same origin, and upstream.url's path starts with "
+                "this path); give uploads a path of their own, e.g. '/uploads/'"
+            )
+        return value
 
     @field_validator("identity_secret")
     @classmethod
@@ -187,6 +221,8 @@ class IssuerConfig(_Section):
     algorithms: tuple[Text, ...] = ("RS256",)
     leeway_seconds: Seconds = 30.0
     required_claims: tuple[Text, ...] = ("exp", "iat", "sub")
+    # Written before the user id claim, so the same `sub` from two issuers names two users.
+    user_id_prefix: Text = ""
 
     @field_validator("issuer")
     @classmethod
@@ -210,6 +246,20 @@ class IssuerConfig(_Section):
         return value
 
 
+def _check_distinct_prefixes(issuers: tuple[IssuerConfig, ...]) -> None:
+    # Two issuers may each have a user whose `sub` is "alice"; a backend keyed by user id would
+    # hand one the other's threads. Distinct prefixes keep their ids apart.
+    first: dict[str, int] = {}
+    for index, item in enumerate(issuers):
+        if item.user_id_prefix in first:
+            other = first[item.user_id_prefix]
+            raise ValueError(
+                f"entries {other} ({issuers[other].issuer}) and {index} ({item.issuer}) have the same "
+                f"user_id_prefix {item.user_id_prefix!r}; with several issuers each needs its own"
+            )
+        first[item.user_id_prefix] = index
+
+
 class AuthConfig(_Section):
     bearer: Flag = True
     cookie_names: tuple[Text, ...] = ("auth_token",)
@@ -226,6 +276,8 @@ class AuthConfig(_Section):
         names = [item.issuer for item in value]
         if len(names) != len(set(names)):
             raise ValueError("each issuer may appear once")
+        if len(value) > 1:
+            _check_distinct_prefixes(value)
         return value
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 __all__ = [
     "FORWARDED_BODY_HEADERS",
     "FORWARDED_REQUEST_HEADERS",
+    "FORWARDED_UPLOAD_HEADERS",
     "HOP_BY_HOP_HEADERS",
     "Headers",
     "TrustedProxies",
@@ -56,6 +57,9 @@ FORWARDED_REQUEST_HEADERS = frozenset(
 )
 # For a body the gateway re-encodes (the ChatKit JSON), the content type is the gateway's own.
 FORWARDED_BODY_HEADERS = FORWARDED_REQUEST_HEADERS - {b"content-type"}
+# An upload's body goes on byte for byte, so the coding the client applied to it (RFC 9110 8.4)
+# must go with it, or the backend stores compressed bytes as if they were the file.
+FORWARDED_UPLOAD_HEADERS = FORWARDED_REQUEST_HEADERS | {b"content-encoding"}
 DROPPED_RESPONSE_HEADERS = HOP_BY_HOP_HEADERS | {b"set-cookie", b"server", b"date"}
 SSE_REPLACED_HEADERS = frozenset({b"content-length", b"cache-control", b"x-accel-buffering", b"content-encoding"})
 SSE_HEADERS: Headers = [(b"cache-control", b"no-cache, no-transform"), (b"x-accel-buffering", b"no")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -17,6 +17,7 @@ from .auth.verify import Principal
 from .backend import IDENTITY_HEADER, sign_identity
 from .clock import Clock
 from .config import GatewayConfig
+from .errors import UnknownIssuer
 from .headers import (
     FORWARDED_REQUEST_HEADERS,
     Headers,
@@ -25,7 +26,7 @@ from .headers import (
     header_value,
     upstream_request_headers,
 )
-from .identity import Identity, identity_of
+from .identity import Identity, identity_of, user_id_prefixes
 from .observe import Observer
 from .ownership import Owners, OwnershipPolicy, open_store
 from .pagecontext import PageContextPolicy
@@ -46,6 +47,7 @@ class Runtime:
     trusted_proxies: TrustedProxies = field(init=False)
     origin_policy: OriginPolicy = field(init=False)
     page_context: PageContextPolicy = field(init=False)
+    user_id_prefixes: Mapping[str, str] = field(init=False)
     upstream: Upstream | None = None
     authenticator: Authenticator | None = None
     limiter: RateLimiter | None = None
@@ -61,6 +63,7 @@ class Runtime:
         self.trusted_proxies = TrustedProxies(self.config.server.trusted_proxies)
         self.origin_policy = OriginPolicy(self.config)
         self.page_context = PageContextPolicy(self.config.metadata, frozenset(self.config.security.allowed_origins))
+        self.user_id_prefixes = user_id_prefixes(self.config.auth.issuers)
 
     async def start(self) -> None:
         self._stop = asyncio.get_running_loop().create_future()
@@ -151,7 +154,11 @@ class Runtime:
         principal = await self.authenticator.authenticate(headers)
         if principal.source == "cookie":
             self.origin_policy.check(headers)
-        return principal, identity_of(principal, self.config.identity)
+        prefix = self.user_id_prefixes.get(principal.issuer)
+        if prefix is None:
+            # Not one of `auth.issuers` (the verifier returns no other): never a user without a prefix.
+            raise UnknownIssuer()
+        return principal, identity_of(principal, self.config.identity, prefix)
 
     def base_headers(
         self, scope: Scope, request_id: str, *, allow: frozenset[bytes] = FORWARDED_REQUEST_HEADERS
@@ -183,14 +190,28 @@ class Runtime:
         injected["requestId"] = request_id
         return injected
 
-    def identity_headers(self, principal: Principal, identity: Identity, request_id: str) -> Headers:
-        """`X-User-Id`, `X-User-Email`, the signed `X-ChatKit-Identity`, the forwarded token (SPEC 6)."""
+    def identity_headers(
+        self,
+        principal: Principal,
+        identity: Identity,
+        request_id: str,
+        *,
+        metadata: Mapping[str, object] | None = None,
+        body: bytes | None = None,
+    ) -> Headers:
+        """`X-User-Id`, `X-User-Email`, the signed `X-ChatKit-Identity`, the forwarded token.
+
+        The signature covers what the gateway wrote into the body (`metadata`, from
+        `injected_metadata`), the token's issuer, and the SHA-256 of `body`, the exact bytes sent
+        upstream, so a captured header cannot vouch for another request. An upload, whose body
+        streams, has no `metadata` or `body`: its hash is null.
+        """
         result = identity.headers()
         secret = self.config.upstream.identity_secret
         if secret is not None:
-            signed = sign_identity(
-                {"userId": identity.user_id, "userInfo": identity.user_info(), "requestId": request_id}, secret
-            )
+            if metadata is None:
+                metadata = {"userId": identity.user_id, "userInfo": identity.user_info(), "requestId": request_id}
+            signed = sign_identity({**metadata, "issuer": identity.issuer}, secret, body=body)
             result.append((IDENTITY_HEADER.lower().encode("ascii"), signed.encode("ascii")))
         if self.config.upstream.forward_access_token:
             result.append((b"authorization", b"Bearer " + principal.token.encode("ascii")))

@@ -2,9 +2,9 @@
 
 ChatKit uploads (direct, or phase two of a two-phase upload) are multipart or raw bodies of up to
 `server.max_upload_bytes`. They are never parsed or held whole: the body goes to
-`{upstream.uploads_url}REST` as it arrives. REST comes from the request path, so it is checked
-before it is joined to the configured URL: no dot segments, no empty segments, no backslashes, no
-encoded slashes or NULs (any of which could move the request elsewhere on the backend).
+`{upstream.uploads_url}REST` as it arrives. REST comes from the request path, so `check_rest` judges
+it, segment by segment as the backend will read it, before it is joined to the configured URL
+(docs/security.md, "Upload paths").
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ import contextlib
 import logging
 import re
 import time
+import unicodedata
 from typing import TYPE_CHECKING
+from urllib.parse import unquote_to_bytes
 
 from starlette.types import Receive, Scope, Send
 
 from .body import ClientDisconnected, declared_length, stream_body
 from .errors import GatewayError, InvalidUploadPath, MethodNotAllowed, NotFound, PayloadTooLarge
-from .headers import Headers, header_value, request_id_from
+from .headers import FORWARDED_UPLOAD_HEADERS, Headers, header_value, request_id_from
 from .observe import Exchange
 from .relay import RelayOutcome, read_answer, relay_response
 from .responses import send_error
@@ -29,31 +31,71 @@ if TYPE_CHECKING:
 
     from .runtime import Runtime
 
-__all__ = ["UploadEndpoint", "upload_target"]
+__all__ = ["UploadEndpoint", "check_rest", "upload_target"]
 
 logger = logging.getLogger("chatkit_gateway.uploads")
 
 UPLOAD_METHODS = frozenset({"POST", "PUT"})
-# Checked on the raw (still percent-encoded) path: `%2e%2e`, `%2f`, `%5c` and `%00` are the
-# encoded forms of the dot segment, slash, backslash and NUL that the plain checks look for.
 # An upload's JSON answer (the attachment) is read whole to record its id; it is small.
 MAX_ANSWER_BYTES = 1024 * 1024
-FORBIDDEN_IN_REST = re.compile(rb"(^|/)\.\.?(/|$)|//|\\|%2e%2e|%2f|%5c|%00|%2e(/|$)|[\x00-\x20\x7f]", re.IGNORECASE)
+# RFC 3986 3.3: what a path may hold as it is (pchar and "/"), plus "%" for escapes. Anything else
+# (space, controls, a backslash, bytes over 0x7f) is no target a client sends for an upload URL.
+RAW_REST = re.compile(rb"[A-Za-z0-9._~!$&'()*+,;=:@%/-]+")
+MALFORMED_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+DOT_SEGMENTS = frozenset({".", ".."})
+# Servlet containers (Tomcat, Jetty) drop a `;parameter` before they resolve dots: `..;/` is `../`.
+DOT_SEGMENT_PARAMETERS = ("..;", ".;")
+# In a decoded segment: a `/` or `\` (encoded, so it would split the segment on the backend), a `%`
+# (double encoding: `%252e` is `.` to a stack that decodes twice), NUL and the other controls.
+FORBIDDEN_IN_SEGMENT = re.compile(r"[/\\%\x00-\x1f\x7f-\x9f]")
+
+
+def check_rest(rest: bytes) -> None:
+    """Raise `InvalidUploadPath` unless every segment of REST names something under `uploads_url`.
+
+    RFC 3986 5.2.4 removes `.` and `..` segments when a path is resolved, and servers (nginx, most
+    frameworks, any front that normalizes) do it after percent-decoding: `%2e%2e`, `.%2e` and `%2E.`
+    are all `..` to them. So each segment is judged as decoded exactly once, which is how the backend
+    reads it: a pattern over the raw bytes misses encoded forms (`%2e./` passed one), and decoding
+    twice would judge another path than the backend's. A `%` left after one decoding is refused
+    rather than trusted, for stacks that do decode twice. Non-ASCII segments are judged in NFKC form
+    too, since some backends fold U+FF0E FULLWIDTH FULL STOP or U+2025 TWO DOT LEADER into dots.
+    """
+    if not RAW_REST.fullmatch(rest) or MALFORMED_ESCAPE.search(rest):
+        raise InvalidUploadPath()
+    segments = rest.split(b"/")
+    if len(segments) > 1 and not segments[-1]:
+        segments.pop()  # a trailing slash adds no step
+    for raw_segment in segments:
+        try:
+            segment = unquote_to_bytes(raw_segment).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidUploadPath() from None
+        forms = (segment,) if segment.isascii() else (segment, unicodedata.normalize("NFKC", segment))
+        for form in forms:
+            if (
+                not form
+                or form in DOT_SEGMENTS
+                or form.startswith(DOT_SEGMENT_PARAMETERS)
+                or FORBIDDEN_IN_SEGMENT.search(form)
+            ):
+                raise InvalidUploadPath()
 
 
 def upload_target(raw_path: bytes, prefix: bytes, base_url: str, query: bytes) -> str:
-    """`{base_url}REST?query` for a raw request path under `prefix`, or `InvalidUploadPath`."""
+    """`{base_url}REST?query` for a raw request path under `prefix`, or `InvalidUploadPath`.
+
+    REST goes on as received (still encoded), so the backend decodes the very bytes checked here.
+    """
     if not raw_path.startswith(prefix):
         raise InvalidUploadPath()
     rest = raw_path[len(prefix) :]
-    if not rest or rest.startswith(b"/") or FORBIDDEN_IN_REST.search(rest):
-        raise InvalidUploadPath()
+    check_rest(rest)
     try:
-        rest_text = rest.decode("ascii")
         query_text = query.decode("ascii")
     except UnicodeDecodeError:
         raise InvalidUploadPath() from None
-    return base_url + rest_text + (f"?{query_text}" if query_text else "")
+    return base_url + rest.decode("ascii") + (f"?{query_text}" if query_text else "")
 
 
 class UploadEndpoint:
@@ -113,7 +155,7 @@ class UploadEndpoint:
         declared = declared_length(headers)
         if declared is not None and declared > limit:
             raise PayloadTooLarge()
-        upstream_headers = self.runtime.base_headers(scope, request_id)
+        upstream_headers = self.runtime.base_headers(scope, request_id, allow=FORWARDED_UPLOAD_HEADERS)
         upstream_headers.extend(identity)
         if declared is not None:
             upstream_headers.append((b"content-length", str(declared).encode("ascii")))

@@ -50,9 +50,9 @@ async def warm_request_path(runtime: Runtime) -> None:
     for _ in range(ROUNDS):
         for token in (rsa_token, ec_token):
             principal = (await verifier.verify(token)).with_source("bearer")
-        identity = identity_of(principal, runtime.config.identity)
+        identity = identity_of(principal, runtime.config.identity, "warmup:")
         request = parse_chatkit_request(SAMPLE_BODY)
         injected = runtime.injected_metadata(SAMPLE_HEADERS, request.body.get("metadata"), identity, "warmup")
-        rewrite_body(request, injected)
+        body = rewrite_body(request, injected)
         runtime.base_headers(scope, "warmup")
-        runtime.identity_headers(principal, identity, "warmup")
+        runtime.identity_headers(principal, identity, "warmup", metadata=injected, body=body)

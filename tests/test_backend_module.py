@@ -20,6 +20,7 @@ from gateway.backend import (
     IDENTITY_HEADER,
     IDENTITY_SALT,
     InvalidIdentity,
+    body_sha256,
     chatkit_context,
     context_from,
     header_value_of,
@@ -31,15 +32,24 @@ from gateway.identity import header_value_of as gateway_header_value_of
 
 SECRET = "s" * 32
 OTHER_SECRET = "o" * 32
-IDENTITY: dict[str, Any] = {
-    "userId": "user-1",
-    "userInfo": {"id": "user-1", "name": "Ada Lovelace", "email": "ada@example.com"},
-    "requestId": "req-123",
-}
+ISSUER = "https://idp.example.com"
+USER_INFO = {"id": "user-1", "name": "Ada Lovelace", "email": "ada@example.com", "issuer": ISSUER}
+IDENTITY: dict[str, Any] = {"userId": "user-1", "userInfo": USER_INFO, "requestId": "req-123"}
 PAGE = {"url": "https://app.example.com/docs", "title": "Docs"}
 
 
-def signed_at(offset: int, payload: object = IDENTITY, secret: str = SECRET, salt: str = IDENTITY_SALT) -> str:
+def chatkit_body(metadata: dict[str, Any] | None = None, **extra: Any) -> bytes:
+    body: dict[str, Any] = {"type": "threads.list", "params": {}, **extra}
+    body["metadata"] = {**IDENTITY, "pageContext": PAGE} if metadata is None else metadata
+    return json.dumps(body).encode()
+
+
+BODY = chatkit_body()
+# What the gateway signs for BODY, and what `verify_identity` gives back.
+SIGNED: dict[str, Any] = {**IDENTITY, "pageContext": PAGE, "issuer": ISSUER, "bodySha256": body_sha256(BODY)}
+
+
+def signed_at(offset: int, payload: object = SIGNED, secret: str = SECRET, salt: str = IDENTITY_SALT) -> str:
     """A header value signed `offset` seconds from now: itsdangerous's own clock seam, not a patch."""
 
     class ShiftedSigner(TimestampSigner):
@@ -49,10 +59,9 @@ def signed_at(offset: int, payload: object = IDENTITY, secret: str = SECRET, sal
     return URLSafeTimedSerializer(secret, salt=salt, signer=ShiftedSigner).dumps(payload)
 
 
-def chatkit_body(metadata: dict[str, Any] | None = None, **extra: Any) -> bytes:
-    body: dict[str, Any] = {"type": "threads.list", "params": {}, **extra}
-    body["metadata"] = {**IDENTITY, "pageContext": PAGE} if metadata is None else metadata
-    return json.dumps(body).encode()
+def sign(body: bytes | None = BODY, secret: str | list[str] = SECRET, **changes: Any) -> str:
+    """The header the gateway sends with `body` (None: an upload's), `changes` laid over the identity."""
+    return sign_identity({**SIGNED, **changes}, secret, body=body)
 
 
 def starlette_request(body: bytes, headers: list[tuple[str, str]]) -> Request:
@@ -75,34 +84,50 @@ def starlette_request(body: bytes, headers: list[tuple[str, str]]) -> Request:
     return Request(scope, receive)
 
 
-def gateway_headers(**extra: str) -> dict[str, str]:
-    return {IDENTITY_HEADER: sign_identity(IDENTITY, SECRET), "X-User-Id": "user-1", **extra}
+def user_headers(**extra: str) -> dict[str, str]:
+    """The identity headers the gateway sends for IDENTITY."""
+    return {"X-User-Id": "user-1", "X-User-Email": "ada@example.com", **extra}
+
+
+def gateway_headers(body: bytes = BODY, **extra: str) -> dict[str, str]:
+    return {IDENTITY_HEADER: sign(body), **user_headers(), **extra}
 
 
 # ------------------------------------------------------------------------------------- sign, verify
 
 
 def test_signed_identity_verifies_to_the_same_dict() -> None:
-    assert verify_identity(sign_identity(IDENTITY, SECRET), SECRET) == IDENTITY
+    assert verify_identity(sign(), SECRET) == SIGNED
+    assert verify_identity(sign(), SECRET, body=BODY) == SIGNED
 
 
 def test_signing_keeps_only_the_identity_keys() -> None:
-    value = sign_identity({**IDENTITY, "pageContext": PAGE, "accessToken": "tok"}, SECRET)
-    assert verify_identity(value, SECRET) == IDENTITY
+    value = sign_identity({**SIGNED, "accessToken": "tok", "bodySha256": "ignored"}, SECRET, body=BODY)
+    assert verify_identity(value, SECRET) == SIGNED
+
+
+def test_body_sha256_is_the_unpadded_base64url_digest_of_the_exact_bytes() -> None:
+    assert body_sha256(b"") == "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU"
+    assert body_sha256(b"{}") != body_sha256(b"{} ")
 
 
 def test_signed_value_is_header_safe() -> None:
-    value = sign_identity({**IDENTITY, "userInfo": {"id": "user-1", "name": "Zoë 你好\n"}}, SECRET)
+    value = sign(userInfo={"id": "user-1", "name": "Zoë 你好\n"})
     assert value.isascii() and value.isprintable()
 
 
-def test_signing_a_malformed_identity_is_a_programming_error() -> None:
-    with pytest.raises(ValueError, match="userId"):
-        sign_identity({"userInfo": {}, "requestId": "r"}, SECRET)
+@pytest.mark.parametrize(
+    ("identity", "missing"),
+    [({"userInfo": {}, "requestId": "r", "issuer": ISSUER}, "userId"), ({**IDENTITY, "issuer": None}, "issuer")],
+    ids=["no-user-id", "no-issuer"],
+)
+def test_signing_a_malformed_identity_is_a_programming_error(identity: dict[str, Any], missing: str) -> None:
+    with pytest.raises(ValueError, match=missing):
+        sign_identity(identity, SECRET, body=BODY)
 
 
 def test_tampered_signature_is_refused() -> None:
-    value = sign_identity(IDENTITY, SECRET)
+    value = sign()
     payload, signature = value.rsplit(".", 1)
     # The first character carries six signature bits; the last one carries padding bits too.
     tampered = f"{payload}.{'B' if signature[0] == 'A' else 'A'}{signature[1:]}"
@@ -111,8 +136,8 @@ def test_tampered_signature_is_refused() -> None:
 
 
 def test_payload_swapped_under_a_valid_signature_is_refused() -> None:
-    genuine = sign_identity(IDENTITY, SECRET)
-    forged = sign_identity({**IDENTITY, "userId": "admin"}, OTHER_SECRET)
+    genuine = sign()
+    forged = sign(secret=OTHER_SECRET, userId="admin")
     # rsplit: a compressed payload itself starts with "." (itsdangerous's URL-safe format).
     spliced = forged.rsplit(".", 2)[0] + "." + genuine.rsplit(".", 2)[1] + "." + genuine.rsplit(".", 2)[2]
     assert spliced != genuine
@@ -123,7 +148,7 @@ def test_payload_swapped_under_a_valid_signature_is_refused() -> None:
 @pytest.mark.parametrize(
     ("value", "secret"),
     [
-        (sign_identity(IDENTITY, OTHER_SECRET), SECRET),
+        (sign(secret=OTHER_SECRET), SECRET),
         (signed_at(0, salt="itsdangerous"), SECRET),
         ("", SECRET),
         ("garbage", SECRET),
@@ -143,8 +168,8 @@ def test_expired_identity_is_refused() -> None:
 
 
 def test_identity_within_max_age_is_accepted() -> None:
-    assert verify_identity(signed_at(-59), SECRET) == IDENTITY
-    assert verify_identity(signed_at(-300), SECRET, max_age=600) == IDENTITY
+    assert verify_identity(signed_at(-59), SECRET) == SIGNED
+    assert verify_identity(signed_at(-300), SECRET, max_age=600) == SIGNED
     with pytest.raises(InvalidIdentity):
         verify_identity(signed_at(-30), SECRET, max_age=10)
 
@@ -154,18 +179,44 @@ def test_identity_signed_in_the_future_is_refused() -> None:
         verify_identity(signed_at(5), SECRET)
 
 
+def _without(key: str) -> dict[str, Any]:
+    return {name: value for name, value in SIGNED.items() if name != key}
+
+
 @pytest.mark.parametrize(
     "payload",
     [
         [],
         "user-1",
-        {**IDENTITY, "userId": 5},
-        {**IDENTITY, "userId": ""},
-        {**IDENTITY, "userInfo": "Ada"},
-        {**IDENTITY, "requestId": None},
-        {"userId": "user-1", "userInfo": {}},
+        {**SIGNED, "userId": 5},
+        {**SIGNED, "userId": ""},
+        {**SIGNED, "userInfo": "Ada"},
+        {**SIGNED, "requestId": None},
+        _without("requestId"),
+        {**SIGNED, "pageContext": "docs"},
+        _without("pageContext"),
+        {**SIGNED, "issuer": ""},
+        _without("issuer"),
+        {**SIGNED, "bodySha256": 5},
+        _without("bodySha256"),
+        {"userId": "user-1", "userInfo": {}, "requestId": "r"},
     ],
-    ids=["list", "string", "numeric-user", "empty-user", "string-info", "null-request-id", "missing-request-id"],
+    ids=[
+        "list",
+        "string",
+        "numeric-user",
+        "empty-user",
+        "string-info",
+        "null-request-id",
+        "missing-request-id",
+        "string-page-context",
+        "missing-page-context",
+        "empty-issuer",
+        "missing-issuer",
+        "numeric-body-hash",
+        "missing-body-hash",
+        "unbound-three-key-payload",
+    ],
 )
 def test_signed_value_of_the_wrong_shape_is_refused(payload: object) -> None:
     with pytest.raises(InvalidIdentity):
@@ -173,9 +224,9 @@ def test_signed_value_of_the_wrong_shape_is_refused(payload: object) -> None:
 
 
 def test_rotated_secrets_accept_the_old_one_until_it_is_removed() -> None:
-    old = sign_identity(IDENTITY, OTHER_SECRET)
-    assert verify_identity(old, [OTHER_SECRET, SECRET]) == IDENTITY
-    assert verify_identity(sign_identity(IDENTITY, [OTHER_SECRET, SECRET]), SECRET) == IDENTITY  # signs with the last
+    old = sign(secret=OTHER_SECRET)
+    assert verify_identity(old, [OTHER_SECRET, SECRET]) == SIGNED
+    assert verify_identity(sign(secret=[OTHER_SECRET, SECRET]), SECRET) == SIGNED  # signs with the last
     with pytest.raises(InvalidIdentity):
         verify_identity(old, [SECRET])
 
@@ -183,80 +234,149 @@ def test_rotated_secrets_accept_the_old_one_until_it_is_removed() -> None:
 @pytest.mark.parametrize("secret", ["", [], [SECRET, ""]], ids=["empty", "no-keys", "one-empty"])
 def test_empty_secret_is_refused_rather_than_trusted(secret: str | list[str]) -> None:
     with pytest.raises(ValueError, match="empty"):
-        verify_identity(sign_identity(IDENTITY, SECRET), secret)
+        verify_identity(sign(), secret)
     with pytest.raises(ValueError, match="empty"):
-        context_from(gateway_headers(), chatkit_body(), secret=secret)
+        context_from(gateway_headers(), BODY, secret=secret)
+
+
+# ------------------------------------------------------------------------- the identity bound to its body
+
+# Bodies an attacker who captured the header of BODY (a `threads.list`) would like it to vouch for:
+# the same signed metadata, another op or thread, or the smallest change to the bytes.
+REPLAYED_BODIES = [
+    pytest.param(chatkit_body(type="threads.delete", params={"thread_id": "thr_victim"}), id="another-op"),
+    pytest.param(chatkit_body(params={"after": "thr_2"}), id="other-params"),
+    pytest.param(BODY + b" ", id="one-byte-appended"),
+    pytest.param(BODY.replace(b'"params": {}', b'"params":{}'), id="same-json-other-bytes"),
+    pytest.param(b"", id="empty"),
+]
+
+
+@pytest.mark.parametrize("body", REPLAYED_BODIES)
+def test_verify_identity_refuses_a_header_replayed_with_another_body(body: bytes) -> None:
+    header = sign()
+    assert verify_identity(header, SECRET, body=BODY) == SIGNED
+    with pytest.raises(InvalidIdentity, match="another body"):
+        verify_identity(header, SECRET, body=body)
+
+
+@pytest.mark.parametrize("body", REPLAYED_BODIES)
+def test_chatkit_context_refuses_a_header_replayed_with_another_body(body: bytes) -> None:
+    request = starlette_request(body, list(gateway_headers().items()))
+    with pytest.raises(InvalidIdentity, match="another body"):
+        asyncio.run(chatkit_context(request, secret=SECRET))
+
+
+@given(st.binary(max_size=256), st.binary(max_size=256))
+def test_a_header_vouches_for_its_own_body_and_no_other(signed_for: bytes, sent: bytes) -> None:
+    header = sign(body=signed_for)
+    assert verify_identity(header, SECRET, body=signed_for)["bodySha256"] == body_sha256(signed_for)
+    if sent != signed_for:
+        with pytest.raises(InvalidIdentity, match="another body"):
+            verify_identity(header, SECRET, body=sent)
+
+
+def test_an_uploads_header_has_no_body_hash_and_is_refused_wherever_a_body_is_checked() -> None:
+    upload = sign(body=None, pageContext=None)
+    assert verify_identity(upload, SECRET)["bodySha256"] is None  # an upload handler's check
+    with pytest.raises(InvalidIdentity, match="without a body hash"):
+        verify_identity(upload, SECRET, body=BODY)
+    with pytest.raises(InvalidIdentity, match="without a body hash"):
+        context_from({**gateway_headers(), IDENTITY_HEADER: upload}, BODY, secret=SECRET)
 
 
 # --------------------------------------------------------------------------------- context, signed
 
 
 def test_context_from_a_starlette_request_with_signed_identity() -> None:
-    body = chatkit_body()
-    request = starlette_request(body, list(gateway_headers(Authorization="Bearer tok-abc").items()))
+    request = starlette_request(BODY, list(gateway_headers(Authorization="Bearer tok-abc").items()))
     context = asyncio.run(chatkit_context(request, secret=SECRET))
     assert context == {**IDENTITY, "pageContext": PAGE, "accessToken": "tok-abc"}
-    assert asyncio.run(request.body()) == body  # still there for `server.process`
+    assert asyncio.run(request.body()) == BODY  # still there for `server.process`
 
 
 def test_signed_mode_requires_the_identity_header() -> None:
     with pytest.raises(InvalidIdentity, match="missing"):
-        context_from({"X-User-Id": "user-1"}, chatkit_body(), secret=SECRET)
+        context_from(user_headers(), BODY, secret=SECRET)
 
 
 @pytest.mark.parametrize(
     "metadata",
     [
-        {**IDENTITY, "userId": "admin"},
-        {**IDENTITY, "userInfo": {**IDENTITY["userInfo"], "email": "admin@example.com"}},
-        {**IDENTITY, "requestId": "req-other"},
+        {**IDENTITY, "userId": "admin", "pageContext": PAGE},
+        {**IDENTITY, "userInfo": {**USER_INFO, "email": "admin@example.com"}, "pageContext": PAGE},
+        {**IDENTITY, "requestId": "req-other", "pageContext": PAGE},
+        {**IDENTITY, "pageContext": {**PAGE, "title": "Admin console"}},
+        dict(IDENTITY),
     ],
-    ids=["user-id-changed", "user-info-changed", "replayed-on-another-request"],
+    ids=["user-id-changed", "user-info-changed", "request-id-changed", "page-context-changed", "page-context-dropped"],
 )
 def test_body_identity_that_differs_from_the_signed_one_is_refused(metadata: dict[str, Any]) -> None:
-    headers = {IDENTITY_HEADER: sign_identity(IDENTITY, SECRET)}
+    # Signed for exactly this body, so only the comparison with the metadata can catch it.
+    body = chatkit_body(metadata)
     with pytest.raises(InvalidIdentity, match="differs"):
-        context_from(headers, chatkit_body(metadata), secret=SECRET)
+        context_from(gateway_headers(body), body, secret=SECRET)
 
 
-def test_signed_mode_still_checks_x_user_id() -> None:
-    with pytest.raises(InvalidIdentity, match="X-User-Id"):
-        context_from(gateway_headers(**{"X-User-Id": "admin"}), chatkit_body(), secret=SECRET)
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-User-Id": "admin"}, {"X-User-Email": "admin@example.com"}],
+    ids=["x-user-id", "x-user-email"],
+)
+def test_signed_mode_still_checks_the_user_headers(headers: dict[str, str]) -> None:
+    with pytest.raises(InvalidIdentity, match="differs"):
+        context_from(gateway_headers(**headers), BODY, secret=SECRET)
 
 
 @pytest.mark.parametrize("name", ["x-chatkit-identity", "X-CHATKIT-IDENTITY", "X-ChatKit-Identity"])
 def test_header_names_match_in_any_case(name: str) -> None:
-    context = context_from({name: sign_identity(IDENTITY, SECRET)}, chatkit_body(), secret=SECRET)
+    context = context_from({name: sign()}, BODY, secret=SECRET)
     assert context["userId"] == "user-1"
 
 
 def test_two_different_identity_headers_are_refused() -> None:
-    other = sign_identity({**IDENTITY, "userId": "admin"}, SECRET)
-    headers = [(IDENTITY_HEADER, sign_identity(IDENTITY, SECRET)), (IDENTITY_HEADER, other)]
+    headers = [(IDENTITY_HEADER, sign()), (IDENTITY_HEADER, sign(userId="admin"))]
     with pytest.raises(InvalidIdentity, match="conflicting"):
-        asyncio.run(chatkit_context(starlette_request(chatkit_body(), headers), secret=SECRET))
+        asyncio.run(chatkit_context(starlette_request(BODY, headers), secret=SECRET))
 
 
 # ------------------------------------------------------------------------------- context, trusted
 
 
 def test_trusted_network_mode_reads_the_body_metadata() -> None:
-    context = context_from({"x-user-id": "user-1"}, chatkit_body())
+    context = context_from({"x-user-id": "user-1", "x-user-email": "ada@example.com"}, BODY)
     assert context == {**IDENTITY, "pageContext": PAGE, "accessToken": None}
 
 
-def test_trusted_network_mode_without_x_user_id_header() -> None:
-    assert context_from({}, chatkit_body())["userId"] == "user-1"
+NO_EMAIL = {**IDENTITY, "userInfo": {"id": "user-1", "issuer": ISSUER}}
 
 
-def test_trusted_network_mode_refuses_x_user_id_that_differs() -> None:
-    with pytest.raises(InvalidIdentity, match="X-User-Id"):
-        context_from({"X-User-Id": "someone-else"}, chatkit_body())
+@pytest.mark.parametrize(
+    ("headers", "metadata", "message"),
+    [
+        ({"X-User-Email": "ada@example.com"}, IDENTITY, "X-User-Id is missing"),
+        ({"X-User-Id": "someone-else", "X-User-Email": "ada@example.com"}, IDENTITY, "X-User-Id differs"),
+        ({"X-User-Id": "user-1"}, IDENTITY, "X-User-Email is missing"),
+        ({"X-User-Id": "user-1", "X-User-Email": "mallory@example.com"}, IDENTITY, "X-User-Email differs"),
+        ({"X-User-Id": "user-1", "X-User-Email": "ada@example.com"}, NO_EMAIL, "X-User-Email differs"),
+    ],
+    ids=["no-x-user-id", "other-user", "email-only-in-body", "other-email", "email-only-in-header"],
+)
+def test_trusted_network_mode_refuses_headers_that_disagree_with_the_body(
+    headers: dict[str, str], metadata: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidIdentity, match=message):
+        context_from(headers, chatkit_body(metadata))
 
 
-def test_x_user_id_is_compared_in_the_gateways_header_encoding() -> None:
-    metadata = {**IDENTITY, "userId": "zoë\n"}
-    assert context_from({"X-User-Id": "zo%C3%AB%0A"}, chatkit_body(metadata))["userId"] == "zoë\n"
+def test_trusted_network_mode_without_an_email_on_either_side() -> None:
+    assert context_from({"X-User-Id": "user-1"}, chatkit_body(NO_EMAIL))["userInfo"] == NO_EMAIL["userInfo"]
+
+
+def test_user_headers_are_compared_in_the_gateways_header_encoding() -> None:
+    metadata = {**IDENTITY, "userId": "zoë\n", "userInfo": {"email": "zoë@example.com"}}
+    headers = {"X-User-Id": "zo%C3%AB%0A", "X-User-Email": "zo%C3%AB@example.com"}
+    assert context_from(headers, chatkit_body(metadata))["userId"] == "zoë\n"
 
 
 @pytest.mark.parametrize(
@@ -284,12 +404,12 @@ def test_x_user_id_is_compared_in_the_gateways_header_encoding() -> None:
 )
 def test_body_without_a_gateway_identity_is_refused(body: bytes) -> None:
     with pytest.raises(InvalidIdentity):
-        context_from({}, body)
+        context_from(user_headers(), body)
 
 
 def test_page_context_that_is_not_an_object_becomes_none() -> None:
-    assert context_from({}, chatkit_body({**IDENTITY, "pageContext": "x"}))["pageContext"] is None
-    assert context_from({}, chatkit_body(dict(IDENTITY)))["pageContext"] is None
+    assert context_from(user_headers(), chatkit_body({**IDENTITY, "pageContext": "x"}))["pageContext"] is None
+    assert context_from(user_headers(), chatkit_body(dict(IDENTITY)))["pageContext"] is None
 
 
 @pytest.mark.parametrize(
@@ -304,19 +424,19 @@ def test_page_context_that_is_not_an_object_becomes_none() -> None:
     ids=["bearer", "lower-case-scheme", "basic", "empty", "space-in-token"],
 )
 def test_access_token_is_the_forwarded_bearer_token(authorization: str, token: str | None) -> None:
-    assert context_from({"Authorization": authorization}, chatkit_body())["accessToken"] == token
+    assert context_from(user_headers(Authorization=authorization), BODY)["accessToken"] == token
 
 
 # ------------------------------------------------------------------------------------- mcp_headers
 
 
 def test_mcp_headers_carry_the_token_and_the_user() -> None:
-    context = context_from({"Authorization": "Bearer tok-1"}, chatkit_body())
+    context = context_from(user_headers(Authorization="Bearer tok-1"), BODY)
     assert mcp_headers(context) == {"Authorization": "Bearer tok-1", "X-User-Id": "user-1"}
 
 
 def test_mcp_headers_without_a_forwarded_token_carry_only_the_user() -> None:
-    assert mcp_headers(context_from({}, chatkit_body())) == {"X-User-Id": "user-1"}
+    assert mcp_headers(context_from(user_headers(), BODY)) == {"X-User-Id": "user-1"}
 
 
 def test_mcp_headers_are_header_safe_for_any_user_id() -> None:

@@ -165,7 +165,7 @@ def test_requests_are_recorded_as_received_except_debug_routes(client: httpx.Cli
     client.post(
         "/chatkit?x=1", content=b'{"type":"threads.list","params":{}}', headers=[("x-dup", "a"), ("x-dup", "b")]
     )
-    client.post("/files", content=b"\xff\xfe")
+    client.post("/uploads/files", content=b"\xff\xfe")
 
     first, second = backend.requests()
     assert (first["method"], first["path"], first["query_string"]) == ("POST", "/chatkit", "x=1")
@@ -185,7 +185,7 @@ def test_http_errors_invalid_request_unknown_thread_and_redirect(client: httpx.C
 
 
 def test_direct_upload_creates_attachment_usable_in_a_message(client: httpx.Client, backend: Backend) -> None:
-    uploaded = client.post("/files", files={"file": ("notes.txt", b"hello notes", "text/plain")}).json()
+    uploaded = client.post("/uploads/files", files={"file": ("notes.txt", b"hello notes", "text/plain")}).json()
 
     assert uploaded == {"id": uploaded["id"], "name": "notes.txt", "mime_type": "text/plain", "type": "file"}
     assert backend.attachment(uploaded["id"]) == {"size": 11, "sha256": hashlib.sha256(b"hello notes").hexdigest()}
@@ -203,8 +203,12 @@ def test_two_phase_upload_stores_bytes_and_serves_the_preview(
     params = {"name": "cat.png", "size": len(data), "mime_type": "image/png"}
     created = post(client, "attachments.create", params).json()
     descriptor = created["upload_descriptor"]
-    assert descriptor == {"url": f"{backend.url}/attachments/{created['id']}/upload", "method": "POST", "headers": {}}
-    assert created["preview_url"] == f"{backend.url}/attachments/{created['id']}/content"
+    assert descriptor == {
+        "url": f"{backend.uploads_url}attachments/{created['id']}/upload",
+        "method": "POST",
+        "headers": {},
+    }
+    assert created["preview_url"] == f"{backend.uploads_url}attachments/{created['id']}/content"
 
     if method == "POST":
         done = client.post(descriptor["url"], files={"file": ("cat.png", data, "image/png")})

@@ -257,12 +257,15 @@ def test_get_page_context_reads_the_page(app: AppPage, page_server: PageServer) 
     assert bare == {"url": page_server.page_url_without_fragment, "path": PAGE_PATH}
 
 
-def test_a_cookie_signed_in_page_sends_identity_and_page_context(app: AppPage, page_server: PageServer) -> None:
+def test_a_cookie_signed_in_page_sends_identity_and_page_context(
+    app: AppPage, page_server: PageServer, session_idp: LoopbackIdP
+) -> None:
     report = app.metadata(app.whoami())
 
     metadata = report["metadata"]
     assert metadata["userId"] == "browser-user"
-    assert metadata["userInfo"] == {"id": "browser-user", "name": "Browser User", "email": "b@example.com"}
+    user_info = {"id": "browser-user", "name": "Browser User", "email": "b@example.com", "issuer": session_idp.issuer}
+    assert metadata["userInfo"] == user_info
     assert metadata["pageContext"] == expected_page_context(page_server)
     assert metadata["requestId"]
     assert report["x-user-id"] == "browser-user"

@@ -214,7 +214,7 @@ def test_an_upload_pausing_longer_than_the_timeout_gets_408(
     # off (it sees a disconnect), never completed.
     wait_until(lambda: clean_backend.requests() != [], timeout=2)
     for request in clean_backend.requests():
-        assert (request["method"], request["path"]) == ("PUT", "/attachments/atc_missing/upload")
+        assert (request["method"], request["path"]) == ("PUT", "/uploads/attachments/atc_missing/upload")
         assert request["body_length"] <= len(sent) < declared
 
 

@@ -75,7 +75,7 @@ def test_the_example_shows_every_default() -> None:
     compare(defaults, example, "")
     issuer = example["auth"]["issuers"][0]
     issuer_defaults = load_config(EXAMPLE, environ={}).auth.issuers[0]
-    for key in ("algorithms", "leeway_seconds", "required_claims"):
+    for key in ("algorithms", "leeway_seconds", "required_claims", "user_id_prefix"):
         shown = issuer[key]
         assert shown == (
             list(getattr(issuer_defaults, key)) if isinstance(shown, list) else getattr(issuer_defaults, key)
@@ -198,6 +198,54 @@ def test_redacted_hides_secrets() -> None:
     assert "x" * 40 not in repr(shown) and "pw@" not in repr(shown)
 
 
+# (upstream.url, upstream.uploads_url): `{uploads_url}REST` could be the ChatKit endpoint itself.
+UPLOADS_ABOVE_THE_ENDPOINT = [
+    pytest.param("http://b:8001/chatkit", "http://b:8001/", id="root"),
+    pytest.param("http://b:8001/api/chatkit", "http://b:8001/api/", id="parent"),
+    pytest.param("http://b:8001/chatkit/", "http://b:8001/chatkit/", id="endpoint-itself"),
+    pytest.param("http://B:8001/chatkit", "http://b:8001/", id="host-case"),
+    pytest.param("http://b/chatkit", "http://b:80/", id="default-port-written"),
+    pytest.param("https://b/chatkit", "https://b:443/", id="default-https-port"),
+    pytest.param("http://b:8001/chatkit", "HTTP://b:8001/", id="scheme-case"),
+    pytest.param("http://b:8001/api/chatkit", "http://b:8001/%61pi/", id="encoded-path"),
+    pytest.param("http://b:8001", "http://b:8001/", id="endpoint-at-root"),
+]
+# Uploads of their own: another path, host, port or scheme.
+UPLOADS_OF_THEIR_OWN = [
+    pytest.param("http://b:8001/chatkit", "http://b:8001/uploads/", id="sibling-path"),
+    pytest.param("http://b:8001/chatkit", "http://b:8001/chatkit-uploads/", id="shared-word"),
+    pytest.param("http://b:8001/chatkit", "http://files:8001/", id="other-host"),
+    pytest.param("http://b:8001/chatkit", "http://b:8002/", id="other-port"),
+    pytest.param("http://b/chatkit", "https://b/", id="other-scheme"),
+]
+
+
+@pytest.mark.parametrize(("url", "uploads_url"), UPLOADS_ABOVE_THE_ENDPOINT)
+def test_an_uploads_url_above_the_chatkit_endpoint_is_refused_naming_both_keys(url: str, uploads_url: str) -> None:
+    environ = {**MINIMAL, "CHATKIT_GATEWAY__UPSTREAM__URL": url, "CHATKIT_GATEWAY__UPSTREAM__UPLOADS_URL": uploads_url}
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ=environ)
+    assert re.search(r"upstream\.uploads_url: .*upstream\.url", str(caught.value)), caught.value
+
+
+@pytest.mark.parametrize(("url", "uploads_url"), UPLOADS_OF_THEIR_OWN)
+def test_an_uploads_url_beside_the_chatkit_endpoint_is_accepted(url: str, uploads_url: str) -> None:
+    environ = {**MINIMAL, "CHATKIT_GATEWAY__UPSTREAM__URL": url, "CHATKIT_GATEWAY__UPSTREAM__UPLOADS_URL": uploads_url}
+    assert load_config(environ=environ).upstream.uploads_url == uploads_url
+
+
+def test_serve_refuses_to_start_with_uploads_above_the_chatkit_endpoint(tmp_path: Path) -> None:
+    config = tmp_path / "uploads.toml"
+    config.write_text(
+        EXAMPLE.read_text().replace(
+            '# uploads_url = "http://127.0.0.1:8001/uploads/"', 'uploads_url = "http://127.0.0.1:8001/"'
+        )
+    )
+    result = run_cli("serve", "--config", str(config), env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert "upstream.uploads_url" in result.stderr and "upstream.url" in result.stderr.replace("uploads_url", "")
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
@@ -243,3 +291,49 @@ def test_serve_refuses_to_start_on_a_bad_config(tmp_path: Path) -> None:
     bad.write_text('[upstream]\nurl = "nope"\n')
     result = run_cli("serve", "--config", str(bad), env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 2 and "upstream.url" in result.stderr
+
+
+def with_issuers(*prefixes: str | None) -> dict[str, str]:
+    """MINIMAL with one issuer per item, each with that `user_id_prefix` (None: left at its default)."""
+    entries = [
+        f'{{issuer = "https://idp{index}.example.com", audiences = ["chatkit"]'
+        + ("" if prefix is None else f', user_id_prefix = "{prefix}"')
+        + "}"
+        for index, prefix in enumerate(prefixes)
+    ]
+    return {**MINIMAL, "CHATKIT_GATEWAY__AUTH__ISSUERS": f"[{', '.join(entries)}]"}
+
+
+@pytest.mark.parametrize(
+    ("prefixes", "named"),
+    [
+        ((None, None), r"entries 0 \(https://idp0\.example\.com\) and 1 \(https://idp1\.example\.com\)"),
+        (("", None), r"entries 0 \(https://idp0\.example\.com\) and 1 \(https://idp1\.example\.com\)"),
+        (("a:", "b:", "a:"), r"entries 0 \(https://idp0\.example\.com\) and 2 \(https://idp2\.example\.com\)"),
+    ],
+    ids=["both-default", "default-and-empty", "first-and-third"],
+)
+def test_several_issuers_with_one_user_id_prefix_are_refused_naming_the_entries(
+    prefixes: tuple[str | None, ...], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"auth\.issuers: {named} have the same user_id_prefix"):
+        load_config(environ=with_issuers(*prefixes))
+
+
+def test_distinct_user_id_prefixes_are_accepted_and_one_issuer_needs_none() -> None:
+    config = load_config(environ=with_issuers("corp:", "partner:"))
+    assert [issuer.user_id_prefix for issuer in config.auth.issuers] == ["corp:", "partner:"]
+    assert load_config(environ=MINIMAL).auth.issuers[0].user_id_prefix == ""
+
+
+def test_serve_refuses_to_start_with_two_issuers_and_one_prefix(tmp_path: Path) -> None:
+    config = tmp_path / "two.toml"
+    config.write_text(
+        '[upstream]\nurl = "http://127.0.0.1:8001/chatkit"\n'
+        '[[auth.issuers]]\nissuer = "https://a.example.com"\naudiences = ["chatkit"]\n'
+        '[[auth.issuers]]\nissuer = "https://b.example.com"\naudiences = ["chatkit"]\n'
+    )
+    result = run_cli("serve", "--config", str(config), env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert "https://a.example.com" in result.stderr and "https://b.example.com" in result.stderr
+    assert "user_id_prefix" in result.stderr

@@ -120,7 +120,9 @@ def test_signed_in_chat_streams_the_reply_and_shows_what_the_backend_received(
 
     received = json.loads(page.locator("#received").inner_text())
     assert received["userId"] == "demo|ada"
-    assert received["userInfo"] == {"id": "demo|ada", "name": "ada", "email": "ada@example.com"}
+    issuer = re.search(r"identity provider: (http://127\.0\.0\.1:\d+)/", demo.log())
+    assert issuer is not None, demo.log()
+    assert received["userInfo"] == {"id": "demo|ada", "name": "ada", "email": "ada@example.com", "issuer": issuer[1]}
     assert received["pageContext"]["url"] == f"{demo.url}/"
     assert received["pageContext"]["path"] == "/"
     assert received["pageContext"]["title"] == "chatkit-gateway demo"

@@ -9,12 +9,15 @@ arrive has the configured upstream's path (`/chatkit`), no query and the backend
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.support.fixtures import Backend
-from tests.support.gateway import RunningGateway
+from tests.support.gateway import RunningGateway, gateway_config, start_gateway
+from tests.support.idp import LoopbackIdP
+from tests.support.nginx import RunningNginx, serve_nginx_config
 from tests.support.rawhttp import RawResponse, address_of, exchange, request_bytes
 
 BODY = b'{"type":"threads.list","params":{}}'
@@ -190,6 +193,129 @@ def test_path_tricks_with_credentials_never_change_the_upstream_path_or_host(
         assert response.json() == {"data": [], "has_more": False}
     elif response.status == 404:
         assert response.error_code == "not_found"
+
+
+# ---------------------------------------------------------------------------------- upload paths
+
+UPLOADS = b"/chatkit/uploads/"
+# A body that would speak for another user if it reached the ChatKit endpoint un-rewritten.
+FORGED_BODY = b'{"type":"threads.list","params":{},"metadata":{"userId":"mallory","userInfo":{"roles":["admin"]}}}'
+
+# REST after the uploads path, each a way to step out of `upstream.uploads_url` (to `/chatkit`, in
+# the end) on some backend or front: judged as decoded once, refused with 400 before any upstream
+# request. A double encoding (`%252e`) is refused too: a stack that decodes twice would see a dot.
+UPLOAD_PATH_ATTACKS = [
+    pytest.param(b"%2e./%2e./chatkit", id="encoded-dot-then-dot"),
+    pytest.param(b".%2e/.%2e/chatkit", id="dot-then-encoded-dot"),
+    pytest.param(b"%2e%2e/chatkit", id="encoded-dot-dot"),
+    pytest.param(b"%2E%2e/chatkit", id="encoded-dot-dot-mixed-case"),
+    pytest.param(b"%2e/chatkit", id="encoded-dot"),
+    pytest.param(b"./chatkit", id="dot"),
+    pytest.param(b"../chatkit", id="dot-dot"),
+    pytest.param(b"attachments/../../chatkit", id="dot-dot-after-a-segment"),
+    pytest.param(b"..;/chatkit", id="dot-dot-semicolon"),
+    pytest.param(b".;/chatkit", id="dot-semicolon"),
+    pytest.param(b"..;jsessionid=x/chatkit", id="dot-dot-path-parameter"),
+    pytest.param(b"..%3b/chatkit", id="dot-dot-encoded-semicolon"),
+    pytest.param(b"a%2f..%2f..%2fchatkit", id="encoded-slash"),
+    pytest.param(b"a%2F..%2F..%2Fchatkit", id="encoded-slash-upper-case"),
+    pytest.param(b"a%5c..%5c..%5cchatkit", id="encoded-backslash"),
+    pytest.param(b"a%5C..%5C..%5Cchatkit", id="encoded-backslash-upper-case"),
+    pytest.param(b"a\\..\\..\\chatkit", id="backslash"),
+    pytest.param(b"attachments/atc%00.png/upload", id="encoded-nul"),
+    pytest.param(b"attachments/atc%0a/upload", id="encoded-newline"),
+    pytest.param(b"attachments/atc%7f/upload", id="encoded-del"),
+    pytest.param(b"%252e%252e/chatkit", id="double-encoded-dot-dot"),
+    pytest.param(b"%25%32%65%25%32%65/chatkit", id="double-encoded-every-byte"),
+    pytest.param(b"%c0%ae%c0%ae/chatkit", id="overlong-utf8-dot-dot"),
+    pytest.param(b"%ef%bc%8e%ef%bc%8e/chatkit", id="fullwidth-dot-dot"),
+    pytest.param(b"%e2%80%a5/chatkit", id="two-dot-leader"),
+    pytest.param(b"attachments/%ff/upload", id="invalid-utf8"),
+    pytest.param(b"attachments/%zz/upload", id="malformed-escape"),
+    pytest.param(b"attachments/%2", id="truncated-escape"),
+    pytest.param(b"attachments//upload", id="empty-segment"),
+    pytest.param(b"/chatkit", id="leading-slash"),
+    pytest.param(b"", id="nothing"),
+]
+
+
+@pytest.mark.parametrize("rest", UPLOAD_PATH_ATTACKS)
+@pytest.mark.parametrize("credentials", [True, False], ids=["bearer", "anonymous"])
+def test_upload_paths_that_could_leave_the_uploads_url_get_400_and_the_backend_gets_nothing(
+    gateway: RunningGateway, clean_backend: Backend, token: str, rest: bytes, credentials: bool
+) -> None:
+    headers = [auth(token)] if credentials else []
+    response = send(gateway, post(UPLOADS + rest, *headers, body=FORGED_BODY))
+
+    assert response.status == 400, response
+    assert response.headers["content-type"] == "application/json"
+    assert response.error_code == "invalid_upload_path"
+    assert clean_backend.requests() == []
+
+
+# A backend behind a front that routes on the normalized path, as nginx does: it decodes, removes
+# dot segments (RFC 3986 5.2.4), then picks the location; `proxy_pass` with a URI sends that path.
+NORMALIZING_FRONT = """
+server {
+    listen {{LISTEN}};
+    location = /chatkit { proxy_pass http://{{BACKEND}}/chatkit; }
+    location /uploads/ { proxy_pass http://{{BACKEND}}; }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def fronted_gateway(backend: Backend, session_idp: LoopbackIdP) -> Iterator[tuple[RunningNginx, RunningGateway]]:
+    """The gateway with uploads of their own (`/uploads/`), in front of nginx in front of the backend."""
+    with serve_nginx_config(NORMALIZING_FRONT, BACKEND=backend_netloc(backend)) as front:
+        with start_gateway(gateway_config(front.url, session_idp)) as gateway:
+            yield front, gateway
+
+
+@pytest.mark.parametrize(
+    "rest",
+    [
+        pytest.param(b"%2e./chatkit", id="encoded-dot-then-dot"),
+        pytest.param(b".%2e/chatkit", id="dot-then-encoded-dot"),
+        pytest.param(b"%2E%2E/chatkit", id="encoded-dot-dot"),
+    ],
+)
+def test_behind_a_normalizing_front_a_forged_body_never_reaches_the_chatkit_endpoint(
+    fronted_gateway: tuple[RunningNginx, RunningGateway], clean_backend: Backend, token: str, rest: bytes
+) -> None:
+    front, gateway = fronted_gateway
+    # The premise: sent to the front directly, this upload path is the ChatKit endpoint.
+    direct = exchange(address_of(front.url), post(b"/uploads/" + rest, body=FORGED_BODY))
+    assert direct.status == 200, direct
+    assert [(r["path"], r["json"]["metadata"]["userId"]) for r in clean_backend.requests()] == [("/chatkit", "mallory")]
+    clean_backend.reset()
+
+    response = send(gateway, post(UPLOADS + rest, auth(token), body=FORGED_BODY))
+
+    assert response.status == 400, response
+    assert response.error_code == "invalid_upload_path"
+    assert clean_backend.requests() == []
+
+
+# REST the backend's own upload URLs may hold: forwarded, still encoded as received.
+UPLOAD_PATHS_FORWARDED = [
+    pytest.param(b"attachments/atc_x/upload", id="plain"),
+    pytest.param(b"attachments/atc%5Fx/upload", id="encoded-underscore"),
+    pytest.param(b"attachments/caf%C3%A9/upload", id="encoded-utf8"),
+    pytest.param(b"attachments/a...b/upload", id="dots-inside-a-name"),
+    pytest.param(b"attachments/.../upload", id="three-dots"),
+]
+
+
+@pytest.mark.parametrize("rest", UPLOAD_PATHS_FORWARDED)
+def test_upload_paths_that_stay_under_the_uploads_url_are_forwarded_as_received(
+    gateway: RunningGateway, clean_backend: Backend, token: str, rest: bytes
+) -> None:
+    response = send(gateway, post(UPLOADS + rest, auth(token), body=b"{}"))
+
+    assert response.status == 404, response  # the backend's answer: no such attachment
+    (received,) = clean_backend.requests()
+    assert (received["method"], received["raw_path"]) == ("POST", "/uploads/" + rest.decode())
 
 
 # ------------------------------------------------------------------------------------------ Host

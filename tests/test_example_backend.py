@@ -21,9 +21,10 @@ from gateway.backend import IDENTITY_HEADER, sign_identity
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "backend" / "app.py"
 SECRET = "example-secret-" + "x" * 32
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.user-token.signature"
+ISSUER = "https://idp.example.com"
 IDENTITY: dict[str, Any] = {
     "userId": "user-ada",
-    "userInfo": {"id": "user-ada", "name": "Ada Lovelace", "email": "ada@example.com"},
+    "userInfo": {"id": "user-ada", "name": "Ada Lovelace", "email": "ada@example.com", "issuer": ISSUER},
     "requestId": "req-1",
 }
 PAGE = {"url": "https://app.example.com/pricing", "title": "Pricing"}
@@ -42,18 +43,25 @@ def example() -> Iterator[ModuleType]:
         del sys.modules[spec.name]
 
 
-def create_message(text: str, identity: dict[str, Any] = IDENTITY) -> dict[str, Any]:
+def create_message(text: str, identity: dict[str, Any] = IDENTITY) -> bytes:
     content = [{"type": "input_text", "text": text}]
     params = {"input": {"content": content, "attachments": [], "inference_options": {}}}
-    return {"type": "threads.create", "params": params, "metadata": {**identity, "pageContext": PAGE}}
+    body = {"type": "threads.create", "params": params, "metadata": {**identity, "pageContext": PAGE}}
+    return json.dumps(body).encode()
 
 
-def gateway_headers(identity: dict[str, Any] = IDENTITY) -> dict[str, str]:
-    """What the gateway sends with `upstream.identity_secret` and `forward_access_token` set."""
+def list_threads(identity: dict[str, Any]) -> bytes:
+    return json.dumps({"type": "threads.list", "params": {}, "metadata": identity}).encode()
+
+
+def gateway_headers(body: bytes, identity: dict[str, Any] = IDENTITY) -> dict[str, str]:
+    """What the gateway sends with `body` when `upstream.identity_secret` and `forward_access_token` are set."""
+    metadata = json.loads(body)["metadata"]
     return {
-        IDENTITY_HEADER: sign_identity(identity, SECRET),
+        IDENTITY_HEADER: sign_identity({**metadata, **identity, "issuer": ISSUER}, SECRET, body=body),
         "X-User-Id": identity["userId"],
         "Authorization": f"Bearer {TOKEN}",
+        "Content-Type": "application/json",
     }
 
 
@@ -66,7 +74,8 @@ def assistant_texts(stream: str) -> list[str]:
 def test_reply_names_the_user_and_the_token_reaches_only_the_tool_headers(example: ModuleType) -> None:
     model = example.OfflineModel()
     with TestClient(example.create_app(SECRET, model)) as client:
-        response = client.post("/chatkit", json=create_message("hi"), headers=gateway_headers())
+        body = create_message("hi")
+        response = client.post("/chatkit", content=body, headers=gateway_headers(body))
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     assert assistant_texts(response.text) == ["Hello, Ada Lovelace! You said: hi"]
@@ -82,7 +91,7 @@ def test_reply_names_the_user_and_the_token_reaches_only_the_tool_headers(exampl
 def test_request_without_the_signed_identity_is_refused(example: ModuleType) -> None:
     model = example.OfflineModel()
     with TestClient(example.create_app(SECRET, model)) as client:
-        response = client.post("/chatkit", json=create_message("hi"), headers={"X-User-Id": "user-ada"})
+        response = client.post("/chatkit", content=create_message("hi"), headers={"X-User-Id": "user-ada"})
     assert response.status_code == 403
     assert model.calls == []
 
@@ -91,19 +100,36 @@ def test_body_identity_edited_after_signing_is_refused(example: ModuleType) -> N
     model = example.OfflineModel()
     forged = {**IDENTITY, "userId": "user-admin"}
     with TestClient(example.create_app(SECRET, model)) as client:
-        response = client.post("/chatkit", json=create_message("hi", forged), headers=gateway_headers())
+        headers = gateway_headers(create_message("hi"))
+        response = client.post("/chatkit", content=create_message("hi", forged), headers=headers)
+    assert response.status_code == 403
+    assert model.calls == []
+
+
+def test_a_header_captured_from_one_request_cannot_vouch_for_another(example: ModuleType) -> None:
+    model = example.OfflineModel()
+    with TestClient(example.create_app(SECRET, model)) as client:
+        captured = gateway_headers(list_threads(IDENTITY))
+        assert client.post("/chatkit", content=list_threads(IDENTITY), headers=captured).status_code == 200
+        # The same user's metadata, copied verbatim into a message the user never sent.
+        response = client.post("/chatkit", content=create_message("transfer everything"), headers=captured)
     assert response.status_code == 403
     assert model.calls == []
 
 
 def test_each_user_sees_only_their_own_threads(example: ModuleType) -> None:
-    grace = {"userId": "user-grace", "userInfo": {"id": "user-grace", "name": "Grace"}, "requestId": "req-2"}
+    grace = {
+        "userId": "user-grace",
+        "userInfo": {"id": "user-grace", "name": "Grace", "issuer": ISSUER},
+        "requestId": "req-2",
+    }
     with TestClient(example.create_app(SECRET)) as client:
-        client.post("/chatkit", json=create_message("hi"), headers=gateway_headers())
+        body = create_message("hi")
+        client.post("/chatkit", content=body, headers=gateway_headers(body))
 
         def threads_of(identity: dict[str, Any]) -> list[str]:
-            body = {"type": "threads.list", "params": {}, "metadata": identity}
-            response = client.post("/chatkit", json=body, headers=gateway_headers(identity))
+            body = list_threads(identity)
+            response = client.post("/chatkit", content=body, headers=gateway_headers(body, identity))
             assert response.status_code == 200
             return [thread["id"] for thread in response.json()["data"]]
 
@@ -113,7 +139,17 @@ def test_each_user_sees_only_their_own_threads(example: ModuleType) -> None:
 
 def test_trusted_network_mode_reads_the_identity_from_metadata(example: ModuleType) -> None:
     model = example.OfflineModel()
+    headers = {"X-User-Id": "user-ada", "X-User-Email": "ada@example.com"}
     with TestClient(example.create_app(None, model)) as client:
-        response = client.post("/chatkit", json=create_message("hello"), headers={"X-User-Id": "user-ada"})
+        response = client.post("/chatkit", content=create_message("hello"), headers=headers)
     assert assistant_texts(response.text) == ["Hello, Ada Lovelace! You said: hello"]
     assert model.calls[0].tools[0].headers == {"X-User-Id": "user-ada"}  # no token was forwarded
+
+
+def test_trusted_network_mode_refuses_an_email_header_that_disagrees(example: ModuleType) -> None:
+    model = example.OfflineModel()
+    headers = {"X-User-Id": "user-ada", "X-User-Email": "mallory@example.com"}
+    with TestClient(example.create_app(None, model)) as client:
+        response = client.post("/chatkit", content=create_message("hello"), headers=headers)
+    assert response.status_code == 403
+    assert model.calls == []

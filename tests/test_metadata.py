@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from gateway.backend import context_from, verify_identity
+from gateway.backend import InvalidIdentity, body_sha256, context_from, verify_identity
 from tests.support.chatkit import REQUESTS, post, user_input
 from tests.support.gateway import RunningGateway, bearer, gateway_config, start_gateway, user_token
 
@@ -55,12 +55,21 @@ def client(identity_gateway: RunningGateway, clean_backend: Backend, rich_token:
         yield http
 
 
-USER_INFO = {"id": "u-42", "name": "Ada Lovelace", "email": "ada@example.com", "groups": ["eng"]}
+@pytest.fixture(scope="module")
+def user_info(session_idp: LoopbackIdP) -> dict[str, Any]:
+    """`userInfo` for `rich_token`: its issuer is the token's `iss`; `groups` is an extra claim."""
+    return {
+        "id": "u-42",
+        "name": "Ada Lovelace",
+        "email": "ada@example.com",
+        "issuer": session_idp.issuer,
+        "groups": ["eng"],
+    }
 
 
 @pytest.mark.parametrize("op", list(REQUESTS))
 def test_every_request_type_carries_exactly_the_gateways_identity(
-    op: str, client: httpx.Client, clean_backend: Backend, rich_token: str
+    op: str, client: httpx.Client, clean_backend: Backend, rich_token: str, user_info: dict[str, Any]
 ) -> None:
     build, _ = REQUESTS[op]
     params = build(client)
@@ -72,15 +81,23 @@ def test_every_request_type_carries_exactly_the_gateways_identity(
     assert sent["json"]["metadata"] == {
         "threadHint": "kept",
         "userId": "u-42",
-        "userInfo": USER_INFO,
+        "userInfo": user_info,
         "requestId": request_id,
     }
     assert sent["json"]["params"] == params
     headers = dict(sent["headers"])
     assert headers["x-user-id"] == "u-42" and headers["x-user-email"] == "ada@example.com"
     assert headers["authorization"] == f"Bearer {rich_token}"
-    signed = verify_identity(headers["x-chatkit-identity"], SECRET)
-    assert signed == {"userId": "u-42", "userInfo": USER_INFO, "requestId": request_id}
+    received = sent["body"].encode()
+    signed = verify_identity(headers["x-chatkit-identity"], SECRET, body=received)
+    assert signed == {
+        "userId": "u-42",
+        "userInfo": user_info,
+        "pageContext": None,
+        "requestId": request_id,
+        "issuer": user_info["issuer"],
+        "bodySha256": body_sha256(received),  # of the exact bytes the backend received
+    }
     assert int(headers["content-length"]) == sent["body_length"]
 
 
@@ -115,22 +132,64 @@ def test_spoofed_identity_headers_never_reach_the_backend(
 
 
 def test_spoofed_body_identity_is_replaced_and_other_metadata_kept(
-    client: httpx.Client, clean_backend: Backend
+    client: httpx.Client, clean_backend: Backend, user_info: dict[str, Any]
 ) -> None:
     client.post("/chatkit", json={"type": "threads.list", "params": {}, "metadata": {**CLIENT_METADATA, "x": [1, 2]}})
     metadata = recorded(clean_backend, "threads.list")["json"]["metadata"]
-    assert metadata["userId"] == "u-42" and metadata["userInfo"] == USER_INFO and metadata["x"] == [1, 2]
+    assert metadata["userId"] == "u-42" and metadata["userInfo"] == user_info and metadata["x"] == [1, 2]
     assert metadata["requestId"] != "forged"
 
 
 def test_the_backend_helper_rebuilds_the_context_from_what_arrived(
-    client: httpx.Client, clean_backend: Backend, rich_token: str
+    client: httpx.Client, clean_backend: Backend, rich_token: str, user_info: dict[str, Any]
 ) -> None:
     client.post("/chatkit", json={"type": "threads.list", "params": {}})
     sent = recorded(clean_backend, "threads.list")
     context = context_from(dict(sent["headers"]), sent["body"].encode(), secret=SECRET)
-    assert context["userId"] == "u-42" and context["userInfo"] == USER_INFO
+    assert context["userId"] == "u-42" and context["userInfo"] == user_info
     assert context["accessToken"] == rich_token
+
+
+def test_the_signed_identity_covers_the_page_context_the_backend_received(
+    client: httpx.Client, clean_backend: Backend
+) -> None:
+    header = {"X-ChatKit-Page-Context": json.dumps({"title": "Order 42", "path": "/orders/42"})}
+    client.post("/chatkit", json={"type": "threads.list", "params": {}}, headers=header)
+    sent = recorded(clean_backend, "threads.list")
+    signed = verify_identity(dict(sent["headers"])["x-chatkit-identity"], SECRET, body=sent["body"].encode())
+    assert (
+        signed["pageContext"] == sent["json"]["metadata"]["pageContext"] == {"title": "Order 42", "path": "/orders/42"}
+    )
+
+
+def replayed(sent: dict[str, Any], **changes: Any) -> bytes:
+    """The body a captured request would carry with `changes`: its signed metadata kept as it was."""
+    return json.dumps({**sent["json"], **changes}).encode()  # not the gateway's compact separators
+
+
+# A header captured from a `threads.list` (a proxy log, a compromised tool), sent straight to a
+# backend that others can reach, within its 60 s, with the user's metadata copied verbatim.
+REPLAYS = [
+    pytest.param({"type": "threads.delete", "params": {"thread_id": "thr_victim"}}, id="another-op"),
+    pytest.param({"params": {"limit": 1, "order": "asc"}}, id="other-params"),
+    pytest.param({}, id="same-json-re-encoded"),
+]
+
+
+@pytest.mark.parametrize("changes", REPLAYS)
+def test_a_captured_identity_header_cannot_vouch_for_another_body(
+    client: httpx.Client, clean_backend: Backend, changes: dict[str, Any]
+) -> None:
+    client.post("/chatkit", json={"type": "threads.list", "params": {}})
+    sent = recorded(clean_backend, "threads.list")
+    headers = dict(sent["headers"])
+    assert context_from(headers, sent["body"].encode(), secret=SECRET)["userId"] == "u-42"
+    body = replayed(sent, **changes)
+    assert body != sent["body"].encode()
+    with pytest.raises(InvalidIdentity, match="another body"):
+        verify_identity(headers["x-chatkit-identity"], SECRET, body=body)
+    with pytest.raises(InvalidIdentity, match="another body"):
+        context_from(headers, body, secret=SECRET)
 
 
 PAGE = {"url": "https://app.example.com/orders/42?tab=items#x", "title": "Order 42", "path": "/orders/42"}

@@ -121,7 +121,9 @@ def test_stream_errors_mode_answers_streaming_ops_in_band(backend: Backend, sess
 
 def test_two_issuers_each_verify_their_own_tokens(backend: Backend, session_idp: LoopbackIdP, idp: LoopbackIdP) -> None:
     config = gateway_config(
-        backend.url, session_idp, {"auth": {"issuers": [issuer_entry(session_idp), issuer_entry(idp)]}}
+        backend.url,
+        session_idp,
+        {"auth": {"issuers": [issuer_entry(session_idp, user_id_prefix="a:"), issuer_entry(idp, user_id_prefix="b:")]}},
     )
     with start_gateway(config) as gw, httpx.Client(base_url=gw.url, trust_env=False) as client:
         for provider in (session_idp, idp):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import socket
@@ -75,6 +76,25 @@ def test_two_phase_upload_through_the_gateway(
     assert done_item(events, "user_message")["attachments"][0]["id"] == attachment_id
 
 
+def test_an_upload_keeps_the_clients_content_encoding(
+    client: httpx.Client, upload_setup: tuple[Backend, RunningGateway]
+) -> None:
+    backend = upload_setup[0]
+    created = post(client, "attachments.create", {"name": "z.pdf", "size": 1, "mime_type": "application/pdf"}).json()
+    data = gzip.compress(os.urandom(50_000))
+
+    done = client.put(
+        created["upload_descriptor"]["url"],
+        content=data,
+        headers={"content-type": "application/pdf", "content-encoding": "gzip"},
+    )
+
+    assert done.status_code == 200, done.text
+    (upload,) = [request for request in backend.requests() if request["method"] == "PUT"]
+    assert [value for name, value in upload["headers"] if name == "content-encoding"] == ["gzip"]
+    assert backend.attachment(created["id"])["sha256"] == hashlib.sha256(data).hexdigest()
+
+
 def test_chunked_upload_without_length_is_streamed(
     client: httpx.Client, upload_setup: tuple[Backend, RunningGateway]
 ) -> None:
@@ -111,21 +131,26 @@ BASE = "http://backend:8001/uploads/"
 @pytest.mark.parametrize(
     "raw",
     [
-        b"/chatkit/uploads/../admin",
-        b"/chatkit/uploads/a/../../admin",
-        b"/chatkit/uploads/%2e%2e/admin",
-        b"/chatkit/uploads/%2E%2E/admin",
-        b"/chatkit/uploads/a/%2e/b",
-        b"/chatkit/uploads//evil.example/x",
-        b"/chatkit/uploads/a//b",
-        b"/chatkit/uploads/a\\b",
-        b"/chatkit/uploads/a%5cb",
-        b"/chatkit/uploads/a%2fb",
-        b"/chatkit/uploads/a%00b",
-        b"/chatkit/uploads/.",
-        b"/chatkit/uploads/",
-        b"/chatkit/uploads/a b",
-        b"/chatkit/uploads/\xc3\xa9",
+        pytest.param(b"/chatkit/uploads/../admin", id="dot-dot"),
+        pytest.param(b"/chatkit/uploads/a/../../admin", id="dot-dot-after-a-segment"),
+        pytest.param(b"/chatkit/uploads/%2e%2e/admin", id="encoded-dot-dot"),
+        pytest.param(b"/chatkit/uploads/%2E%2E/admin", id="encoded-dot-dot-upper-case"),
+        pytest.param(b"/chatkit/uploads/%2e./admin", id="encoded-dot-then-dot"),
+        pytest.param(b"/chatkit/uploads/a/%2e/b", id="encoded-dot"),
+        pytest.param(b"/chatkit/uploads/..;/admin", id="dot-dot-semicolon"),
+        pytest.param(b"/chatkit/uploads//evil.example/x", id="leading-slash"),
+        pytest.param(b"/chatkit/uploads/a//b", id="empty-segment"),
+        pytest.param(b"/chatkit/uploads/a\\b", id="backslash"),
+        pytest.param(b"/chatkit/uploads/a%5cb", id="encoded-backslash"),
+        pytest.param(b"/chatkit/uploads/a%2fb", id="encoded-slash"),
+        pytest.param(b"/chatkit/uploads/a%00b", id="encoded-nul"),
+        pytest.param(b"/chatkit/uploads/%252e%252e/admin", id="double-encoded-dot-dot"),
+        pytest.param(b"/chatkit/uploads/%ff", id="invalid-utf8"),
+        pytest.param(b"/chatkit/uploads/.", id="dot"),
+        pytest.param(b"/chatkit/uploads/", id="nothing"),
+        pytest.param(b"/chatkit/uploads/a b", id="space"),
+        pytest.param(b"/chatkit/uploads/\xc3\xa9", id="raw-non-ascii"),
+        pytest.param(b"/chatkit/upload/files", id="outside-the-prefix"),
     ],
 )
 def test_upload_paths_that_could_leave_the_uploads_url_are_refused(raw: bytes) -> None:
@@ -133,9 +158,10 @@ def test_upload_paths_that_could_leave_the_uploads_url_are_refused(raw: bytes) -
         upload_target(raw, b"/chatkit/uploads/", BASE, b"")
 
 
-def test_upload_path_and_query_are_appended_to_the_uploads_url() -> None:
-    target = upload_target(b"/chatkit/uploads/attachments/atc_1/upload", b"/chatkit/uploads/", BASE, b"sig=abc%2F")
-    assert target == "http://backend:8001/uploads/attachments/atc_1/upload?sig=abc%2F"
+def test_upload_path_and_query_are_appended_to_the_uploads_url_as_received() -> None:
+    raw = b"/chatkit/uploads/attachments/caf%C3%A9/upload/"
+    target = upload_target(raw, b"/chatkit/uploads/", BASE, b"sig=abc%2F")
+    assert target == "http://backend:8001/uploads/attachments/caf%C3%A9/upload/?sig=abc%2F"
 
 
 def test_a_refused_upload_path_gets_400_over_http(upload_setup: tuple[Backend, RunningGateway], token: str) -> None:

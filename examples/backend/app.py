@@ -3,8 +3,10 @@ apart, and hands the user's token to its tools in HTTP headers, never to the mod
 
     CHATKIT_IDENTITY_SECRET=<upstream.identity_secret> uvicorn app:app --app-dir examples/backend --port 8001
 
-Without `CHATKIT_IDENTITY_SECRET` it runs in "trusted network" mode and believes the body's
-metadata as it stands: only do that when nothing but the gateway can reach it.
+With the secret, it believes only identities the gateway signed for exactly the body that arrived
+(a signed header copied onto another request is refused). Without `CHATKIT_IDENTITY_SECRET` it
+runs in "trusted network" mode and believes the body's metadata when `X-User-Id` and
+`X-User-Email` agree with it: only do that when nothing but the gateway can reach it.
 """
 
 from __future__ import annotations
@@ -198,6 +200,7 @@ def create_app(secret: str | None, model: OfflineModel | None = None) -> Starlet
 
     async def chatkit_endpoint(request: Request) -> Response:
         try:
+            # Reads the body and checks it against the signed hash; `process` below gets the same bytes.
             context = await chatkit_context(request, secret=secret)
         except InvalidIdentity:
             # Not the gateway's word (or not any more): refuse without saying what was wrong.

@@ -2,7 +2,8 @@
 
 It is written the way `gateway.backend` tells backend authors to write one: the ChatKit `context`
 comes from `chatkit_context(request, secret=...)`, which accepts only requests whose identity the
-gateway signed (`upstream.identity_secret`, random per run). Each answer begins with a
+gateway signed (`upstream.identity_secret`, random per run) for exactly the body that arrived, so a
+signed header copied onto another request is refused. Each answer begins with a
 `client_effect` event named `demo.context` carrying that context (without any token), which the
 demo page shows, and then streams a reply word by word that names the user, the page and the text.
 """
@@ -127,6 +128,7 @@ def create_backend_app(identity_secret: str, *, word_delay: float = WORD_DELAY_S
 
     async def chatkit_endpoint(request: Request) -> Response:
         try:
+            # Reads the body and checks it against the signed hash; `process` then gets the same bytes.
             context = await chatkit_context(request, secret=identity_secret)
         except InvalidIdentity as exc:
             return _error(403, "forbidden", str(exc))

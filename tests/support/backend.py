@@ -4,8 +4,10 @@
 
 The user's text picks the reply (see `EchoServer.respond`): plain text is echoed word by word,
 `/slow N`, `/big K`, `/unicode`, `/error MSG`, `/crash`, `/die`, `/whoami`, `/forever`, `/tool`
-and `/ask` exercise the paths a proxy can get wrong. `/_debug/*` lets a test see what arrived
-(headers and bodies byte for byte) and what was stored; those routes are not recorded.
+and `/ask` exercise the paths a proxy can get wrong. Uploads and previews live under `/uploads/`, a
+prefix of their own (the gateway refuses an `upstream.uploads_url` above the ChatKit endpoint).
+`/_debug/*` lets a test see what arrived (headers and bodies byte for byte) and what was stored;
+those routes are not recorded.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ FOREVER_PAUSE = 0.2
 UNICODE_REPLY = "héllo wörld 你好 🌍 \u2028 end"
 HALF_FRAME = b'data: {"type":"thr'
 REDIRECT_TRAP = "http://127.0.0.1:9/trap"
+UPLOADS_PREFIX = "/uploads"
 
 
 class RequestContext(TypedDict):
@@ -381,6 +384,7 @@ def describe_request(scope: Scope, body: bytes) -> dict[str, Any]:
     return {
         "method": scope["method"],
         "path": scope["path"],
+        "raw_path": scope.get("raw_path", scope["path"].encode()).decode("latin-1"),
         "query_string": scope["query_string"].decode("latin-1"),
         "headers": [[name.decode("latin-1"), value.decode("latin-1")] for name, value in scope["headers"]],
         "body": text,
@@ -535,9 +539,9 @@ def create_backend_app(delay: float, public_base: str) -> Starlette:
     routes = [
         Route("/chatkit", chatkit_endpoint, methods=["POST"]),
         Route("/cookie/chatkit", chatkit_with_cookie, methods=["POST"]),
-        Route("/files", direct_upload, methods=["POST"]),
-        Route("/attachments/{attachment_id}/upload", phase_two_upload, methods=["POST", "PUT"]),
-        Route("/attachments/{attachment_id}/content", attachment_content, methods=["GET"]),
+        Route(f"{UPLOADS_PREFIX}/files", direct_upload, methods=["POST"]),
+        Route(f"{UPLOADS_PREFIX}/attachments/{{attachment_id}}/upload", phase_two_upload, methods=["POST", "PUT"]),
+        Route(f"{UPLOADS_PREFIX}/attachments/{{attachment_id}}/content", attachment_content, methods=["GET"]),
         Route("/redirect", redirect, methods=["GET", "POST"]),
         Route("/_debug/health", health, methods=["GET"]),
         Route("/_debug/requests", debug_requests, methods=["GET"]),
@@ -554,9 +558,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay", type=float, default=0.05, help="seconds between streamed words")
-    parser.add_argument("--public-base", help="base of upload and preview URLs (default: own address)")
+    parser.add_argument("--public-base", help="base of upload and preview URLs (default: own /uploads)")
     args = parser.parse_args(argv)
-    public_base = args.public_base or f"http://{args.host}:{args.port}"
+    public_base = args.public_base or f"http://{args.host}:{args.port}{UPLOADS_PREFIX}"
     config = uvicorn.Config(
         create_backend_app(args.delay, public_base),
         host=args.host,

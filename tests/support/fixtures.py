@@ -34,8 +34,14 @@ class Backend:
     def chatkit_url(self) -> str:
         return f"{self.url}/chatkit"
 
+    @property
+    def uploads_url(self) -> str:
+        """Where the backend takes uploads: a prefix of its own, not above `/chatkit`."""
+        return f"{self.url}/uploads/"
+
     def requests(self) -> list[dict[str, Any]]:
-        """Every non-debug request received: method, path, query_string, headers, body, json, body_length."""
+        """Every non-debug request received: method, path, raw_path, query_string, headers, body, json,
+        body_length."""
         result: list[dict[str, Any]] = self._get("/_debug/requests")
         return result
 

@@ -94,7 +94,8 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
 def gateway_config(upstream_base: str, idp: Issuer, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     base: dict[str, Any] = {
         "server": {"host": "127.0.0.1"},
-        "upstream": {"url": f"{upstream_base}/chatkit", "uploads_url": f"{upstream_base}/"},
+        # The test backend's uploads prefix (tests.support.backend.UPLOADS_PREFIX).
+        "upstream": {"url": f"{upstream_base}/chatkit", "uploads_url": f"{upstream_base}/uploads/"},
         "auth": {"issuers": [issuer_entry(idp)]},
         "logging": {"level": "info", "format": "json"},
     }

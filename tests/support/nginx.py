@@ -1,10 +1,11 @@
 """A real nginx (the Debian package) for the tests, serving one of the documented snippets verbatim.
 
 `start_nginx(snippet, GATEWAY=..., APP=...)` fills the `{{NAME}}` placeholders of a file under
-`deploy/nginx/`, includes it unchanged in a minimal main configuration (one process, a temporary
-prefix, logs and temp files inside it), starts `nginx` on a free loopback port and stops it by
-its PID. `echo_app()` is the protected application of the forward-auth snippet: it answers every
-request with the method, path, headers (as a list of pairs, so duplicates show) and body it got.
+`deploy/nginx/` (`serve_nginx_config` takes a test's own snippet instead), includes it unchanged in
+a minimal main configuration (one process, a temporary prefix, logs and temp files inside it),
+starts `nginx` on a free loopback port and stops it by its PID. `echo_app()` is the protected
+application of the forward-auth snippet: it answers every request with the method, path, headers
+(as a list of pairs, so duplicates show) and body it got.
 """
 
 from __future__ import annotations
@@ -86,10 +87,15 @@ def _listening(port: int) -> bool:
 @contextmanager
 def start_nginx(snippet: str, **values: str) -> Iterator[RunningNginx]:
     """nginx serving `deploy/nginx/<snippet>` with its placeholders filled; LISTEN is chosen here."""
+    with serve_nginx_config((NGINX_SNIPPETS / snippet).read_text(encoding="utf-8"), **values) as running:
+        yield running
+
+
+@contextmanager
+def serve_nginx_config(snippet_text: str, **values: str) -> Iterator[RunningNginx]:
+    """nginx serving `snippet_text` (an `http`-level snippet) with its placeholders filled, as `start_nginx`."""
     port = free_port()
-    text = fill_placeholders(
-        (NGINX_SNIPPETS / snippet).read_text(encoding="utf-8"), {"LISTEN": f"127.0.0.1:{port}", **values}
-    )
+    text = fill_placeholders(snippet_text, {"LISTEN": f"127.0.0.1:{port}", **values})
     with tempfile.TemporaryDirectory(prefix="chatkit-gateway-nginx-") as folder:
         root = Path(folder)
         (root / "snippet.conf").write_text(text, encoding="utf-8")
