@@ -179,6 +179,14 @@ def peers(with_nginx: bool = True) -> Iterator[tuple[Peer, Peer, Peer | None, Si
                 "/readyz",
             )
             started.append(gateway)
+            # The thread the upstream lists is the bench user's (ownership is on, as by default):
+            # presented once, it is recorded for them (`unknown = "claim"`).
+            httpx.post(
+                f"{gateway.url}/chatkit",
+                json={"type": "threads.get_by_id", "params": {"thread_id": "thr_bench"}},
+                headers={"authorization": f"Bearer {signer.token()}"},
+                trust_env=False,
+            ).raise_for_status()
             nginx = None
             if with_nginx and os.path.exists(NGINX):
                 nginx = start_nginx(root, upstream)

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import load, measure, observe, peers, verify
+from bench import load, measure, observe, ownership, peers, verify
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Results:
     verify: verify.VerifyFigures | None = None
     observe: observe.ObserveFigures | None = None
     first_request: dict[str, float] = field(default_factory=dict)
+    ownership: list[str] = field(default_factory=list)
 
 
 def percentile(values: list[int], q: float) -> float:
@@ -171,6 +172,7 @@ def run(plan: Plan) -> Results:
         run_json(plan, subjects, token, results)
         run_sse(plan, subjects, token, results)
         run_storms(plan, subjects, int(upstream.url.rsplit(":", 1)[1]), token, results)
+        results.ownership = ownership.run(gateway, signer, seconds=plan.json_seconds)
         config = Path(gateway.process.args[-1])  # type: ignore[index]
         run_first_request(plan, [sys.executable, "-m", "gateway", "serve", "--config", str(config)], signer, results)
     results.verify = verify.run(plan.verify_samples)
