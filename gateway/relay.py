@@ -486,6 +486,8 @@ async def _pump(
             logger.warning("upstream stream broke: %s", type(exc).__name__)
             if not sse:
                 return
+            if watch is not None and outcome.refused is None and (held := await watch.rest()):
+                await send({"type": "http.response.body", "body": held, "more_body": True})
             await send({"type": "http.response.body", "body": UPSTREAM_BROKE_EVENT, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
     except asyncio.CancelledError:

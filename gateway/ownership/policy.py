@@ -107,9 +107,11 @@ class OwnershipPolicy:
     async def _check_one(self, user_id: str, item_id: str) -> None:
         owner = self.owners.cached(item_id)
         if owner is None:
-            owner = (await self.owners.owners_of((item_id,))).get(item_id)
-        if owner is None and self.claim_unknown:
-            owner = await self.owners.claim(item_id, user_id)
+            if self.claim_unknown:
+                # One step: the owner on record, or this user if there was none.
+                owner = await self.owners.claim(item_id, user_id)
+            else:
+                owner = (await self.owners.owners_of((item_id,))).get(item_id)
         if owner != user_id:
             raise NotOwned()
 

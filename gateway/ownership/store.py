@@ -1,8 +1,9 @@
 """Where owners are recorded: one record per thread or attachment id, `id -> user id`.
 
 A record is made once and never changed: `claim` writes it only when the id has none (SQL
-`INSERT ... ON CONFLICT DO NOTHING`, Redis `SET NX`) and answers the owner on record either way, so
-two replicas racing for one id agree on the first. `release` removes a record, and only its
+`INSERT ... ON CONFLICT DO NOTHING`; in Redis a script that sets the key only if it is absent, as
+`SET NX` does, and returns the owner in the same round trip) and answers the owner on record
+either way, so two replicas racing for one id agree on the first. `release` removes a record, and only its
 owner's. Three stores behind one protocol:
 
 - `SQLiteStore`, the default: a local file in WAL mode, written with `synchronous = FULL` (a record
@@ -44,6 +45,13 @@ SQLITE_BUSY_TIMEOUT_MS = 2000
 SQLITE_IDS_PER_QUERY = 500
 CLAIM_ATTEMPTS = 3
 
+# Set-if-absent (never overwritten) and read back, atomically and in one round trip.
+CLAIM_SCRIPT = """
+local owner = redis.call('GET', KEYS[1])
+if owner then return owner end
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return ARGV[1]
+"""
 # Compare-and-delete in one step: a record goes only if it still names this owner.
 RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -207,6 +215,7 @@ class RedisStore:
             decode_responses=True,
         )
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+        self._claim = self._redis.register_script(CLAIM_SCRIPT)
         self._release = self._redis.register_script(RELEASE_SCRIPT)
         self._down_until = -math.inf
         self._last_reason = ""
@@ -242,15 +251,8 @@ class RedisStore:
         return {item_id: str(value) for item_id, value in zip(ids, values, strict=True) if value is not None}
 
     async def claim(self, item_id: str, owner: str) -> str:
-        key = REDIS_KEY_PREFIX + item_id
         with self._translate():
-            for _ in range(CLAIM_ATTEMPTS):
-                if await self._redis.set(key, owner, nx=True):
-                    return owner
-                holder = await self._redis.get(key)
-                if holder is not None:
-                    return str(holder)
-        raise StoreUnavailable("ClaimRace", "the record kept disappearing")
+            return str(await self._claim(keys=[REDIS_KEY_PREFIX + item_id], args=[owner]))
 
     async def release(self, item_id: str, owner: str) -> None:
         with self._translate():

@@ -65,32 +65,36 @@ class ThreadCreatedWatch:
         return data[:relayable]
 
     async def rest(self) -> bytes:
-        """What is held back when the stream ends: an unfinished last event. It is recorded like any
-        other (a lenient client might still read it), or dropped if that fails."""
+        """What is held back when the stream ends or breaks: an unfinished last event. It is
+        recorded like any other (a lenient client might still read it); dropped if that fails, or
+        if it may be an unreadable `thread.created`."""
         held, self._held = self._held, b""
         self.active = False
         if held:
             try:
-                await self._event(held)
+                if not await self._event(held):
+                    return b""
             except GatewayError:
                 return b""
         return held
 
-    async def _event(self, raw: bytes) -> None:
+    async def _event(self, raw: bytes) -> bool:
+        """Look at one event; whether it could be read (JSON, or no `thread.created` in it)."""
         data = [line[5:].removeprefix(b" ") for line in LINE_END.split(raw) if line.startswith(b"data:")]
         if not data:
-            return  # a comment or a keep-alive: not an event
+            return True  # a comment or a keep-alive: not an event
         self._seen += 1
         payload = b"\n".join(data)
         if THREAD_CREATED not in payload:
-            return
+            return True
         try:
             event = json.loads(payload)
         except (ValueError, RecursionError):
-            return
+            return False
         if not isinstance(event, dict) or event.get("type") != "thread.created":
-            return
+            return True
         thread = event.get("thread")
         thread_id = thread.get("id") if isinstance(thread, dict) else None
         if isinstance(thread_id, str) and thread_id:
             await self._record(thread_id)
+        return True

@@ -96,3 +96,15 @@ def test_a_thread_id_is_not_an_attachment_id(users: tuple[Backend, httpx.Client,
     backend, alice, bob = users
     thread = thread_of(alice)
     assert_error(refused_unseen(backend, bob, "attachments.delete", {"attachment_id": thread}), 404, "not_found")
+
+
+def test_an_upload_answer_naming_another_users_attachment_is_not_relayed(
+    users: tuple[Backend, httpx.Client, httpx.Client],
+) -> None:
+    """Upload URLs are the backend's to guard (docs/security.md); what the gateway can still do is
+    keep the answer, which describes alice's attachment, from bob."""
+    _, alice, bob = users
+    created = post(alice, "attachments.create", {"name": "a.txt", "size": 3, "mime_type": "text/plain"}).json()
+    response = bob.post(created["upload_descriptor"]["url"], files={"file": ("a.txt", b"xyz", "text/plain")})
+    assert_error(response, 404, "not_found")
+    assert created["id"] not in response.text

@@ -138,3 +138,15 @@ async def test_a_huge_first_event_is_let_go_unless_it_may_create_a_thread() -> N
     watch = ThreadCreatedWatch(Recorder())
     with pytest.raises(OwnershipUnavailable):
         await watch.feed(b'data: {"type":"thread.created","thread":{"title":"' + b"x" * MAX_HELD_BYTES)
+
+
+@pytest.mark.anyio
+async def test_an_unreadable_unfinished_thread_created_is_dropped_and_any_other_let_go() -> None:
+    recorder = Recorder()
+    watch = ThreadCreatedWatch(recorder)
+    assert await watch.feed(ITEM + b'data: {"type":"thread.created","thread":{"id":"thr_cut') == ITEM
+    assert await watch.rest() == b""
+    watch = ThreadCreatedWatch(recorder)
+    assert await watch.feed(ITEM + b'data: {"type":"thr') == ITEM
+    assert await watch.rest() == b'data: {"type":"thr'
+    assert recorder.recorded == []
