@@ -156,13 +156,19 @@ class OwnershipPolicy:
         if not isinstance(page, dict) or not isinstance(page.get("data"), list):
             return body
         threads: list[Any] = page["data"]
-        ids = [thread["id"] for thread in threads if isinstance(thread, dict) and isinstance(thread.get("id"), str)]
-        owners = await self.owners.owners_of(ids)
-        kept = [t for t in threads if isinstance(t, dict) and owners.get(t.get("id")) == user_id]  # type: ignore[arg-type]
+        ids = [_thread_id(thread) for thread in threads]
+        owners = await self.owners.owners_of([item_id for item_id in ids if item_id])
+        kept = [thread for thread, item_id in zip(threads, ids, strict=True) if owners.get(item_id) == user_id]
         if len(kept) == len(threads):
             return body  # the backend's bytes, as they came
         page["data"] = kept
         return json.dumps(page, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _thread_id(thread: object) -> str:
+    """A listed thread's id, or "" (an entry without one belongs to nobody)."""
+    item_id = thread.get("id") if isinstance(thread, dict) else None
+    return item_id if isinstance(item_id, str) else ""
 
 
 def _json(body: bytes) -> object:
