@@ -193,14 +193,8 @@ class ChatKitEndpoint:
         ownership = runtime.ownership
         try:
             if not streaming:
-                if ownership is not None and plan is not None:
-                    if small_body is None and plan.reads_answer:
-                        small_body = await read_answer(response, MAX_READ_ANSWER_BYTES)
-                    answer = await ownership.answer(plan, response.status_code, small_body)
-                    if answer is not None and (plan.reads_answer or answer is not small_body):
-                        # The body goes out whole, maybe shorter (a filtered list): its own length.
-                        response.headers["content-length"] = str(len(answer))
-                    small_body = answer
+                if plan is not None:
+                    small_body = await self._owned_answer(plan, response, small_body)
                 await relay_response(response, send, receive, body=small_body, extra_headers=extra, outcome=outcome)
                 return
             runtime.open_streams += 1
@@ -222,6 +216,20 @@ class ChatKitEndpoint:
                 runtime.upstream_or_fail().release_stream()
         finally:
             exchange.record(outcome)
+
+    async def _owned_answer(self, plan: AnswerPlan, response: httpx.Response, body: bytes | None) -> bytes | None:
+        """A JSON answer as ownership lets it go: its new id recorded, or a list filtered (read whole
+        for that), or a deleted id's record removed."""
+        ownership = self.runtime.ownership
+        if ownership is None:
+            return body
+        if body is None and plan.reads_answer:
+            body = await read_answer(response, MAX_READ_ANSWER_BYTES)
+        answer = await ownership.answer(plan, response.status_code, body)
+        if answer is not None and (plan.reads_answer or answer is not body):
+            # The body goes out whole, maybe shorter (a filtered list): its own length.
+            response.headers["content-length"] = str(len(answer))
+        return answer
 
 
 async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
