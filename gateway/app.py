@@ -34,7 +34,7 @@ from .chatkit import parse_chatkit_request, require_json_content_type, rewrite_b
 from .clock import SYSTEM_CLOCK, Clock
 from .config import GatewayConfig
 from .cors import CrossOrigin
-from .errors import AuthError, GatewayError, HeadersTooLarge, MethodNotAllowed, NotFound, NotOwned
+from .errors import AuthError, GatewayError, HeadersTooLarge, MethodNotAllowed, NotFound, NotOwned, URITooLong
 from .headers import FORWARDED_BODY_HEADERS, Headers, request_id_from
 from .identity import Identity
 from .observe import Exchange
@@ -50,6 +50,13 @@ __all__ = ["Gateway", "create_app"]
 logger = logging.getLogger("chatkit_gateway")
 
 JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+# The longest request target (path, `?` and query, in bytes) served: RFC 9112 3 recommends
+# supporting 8,000 octets; the upload URL the gateway builds from a longer one can exceed what
+# httpx accepts (65,536), which used to end in a plain-text 500.
+MAX_REQUEST_TARGET_BYTES = 8 * 1024
+# Enough for any op's `type` near the start of a body; an unauthenticated client gets no more
+# of the gateway's reading and parsing than this (with `auth.stream_errors`).
+MAX_REFUSED_BODY_BYTES = 64 * 1024
 # A JSON answer ownership must read whole (a `threads.list` page to filter) may be this large.
 MAX_READ_ANSWER_BYTES = 32 * 1024 * 1024
 SSE_ERROR_HEADERS: Headers = [
@@ -152,10 +159,7 @@ class ChatKitEndpoint:
             with contextlib.suppress(GatewayError):
                 request = parse_chatkit_request(
                     await read_body(
-                        receive,
-                        scope["headers"],
-                        self.config.server.max_body_bytes,
-                        self.config.server.body_timeout_seconds,
+                        receive, scope["headers"], MAX_REFUSED_BODY_BYTES, self.config.server.body_timeout_seconds
                     )
                 )
                 if request.streaming:
@@ -236,6 +240,22 @@ async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
     await send_error(send, NotFound())
 
 
+def request_target_bytes(scope: Scope) -> int:
+    """The length of the request target as the client sent it: raw path, `?` and query."""
+    path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+    query: bytes = scope.get("query_string", b"")
+    return len(path) + (1 + len(query) if query else 0)
+
+
+async def refuse_scope(scope: Scope, receive: Receive, send: Send) -> None:
+    """Anything but HTTP (uvicorn runs with WebSockets off, so this is a second line): a WebSocket
+    handshake is closed before acceptance, which the server answers with 403; other kinds get nothing."""
+    if scope["type"] == "websocket":
+        message = await receive()
+        if message["type"] == "websocket.connect":
+            await send({"type": "websocket.close", "code": 1008})
+
+
 class Gateway:
     """The ASGI application: CORS where it applies, then the ChatKit endpoint by exact path, the
     upload prefix, and the router (the other routes, the lifespan, and a JSON 404)."""
@@ -253,12 +273,29 @@ class Gateway:
         self.entry: ASGIApp = CrossOrigin(self.dispatch, runtime.config)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self.router(scope, receive, send)
+            else:
+                await refuse_scope(scope, receive, send)
+            return
+        if request_target_bytes(scope) > MAX_REQUEST_TARGET_BYTES:
+            await send_error(send, URITooLong())
+            return
         # httptools sets no bound on header size (a 1 MB header block is accepted), so the
         # gateway sets its own before any header is read for meaning.
-        if scope["type"] == "http" and sum(map(len, chain.from_iterable(scope["headers"]))) > self.max_header_bytes:
+        if sum(map(len, chain.from_iterable(scope["headers"]))) > self.max_header_bytes:
             await send_error(send, HeadersTooLarge())
             return
-        await self.entry(scope, receive, send)
+        try:
+            await self.entry(scope, receive, send)
+        except Exception:
+            # The routes answer every error they expect; anything else is a bug, and still gets
+            # a JSON 500 rather than uvicorn's plain-text one. The log line passes the credential
+            # redaction (logs.py) like every other.
+            logger.exception("unhandled error")
+            with contextlib.suppress(RuntimeError):  # the response may have started already
+                await send_error(send, GatewayError(), request_id_from(scope["headers"]))
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

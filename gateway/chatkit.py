@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import InvalidChatKitRequest, InvalidJSON, UnsupportedMediaType
 from .headers import header_value
+from .jsondepth import nesting_exceeds
 
 __all__ = [
     "GATEWAY_METADATA_KEYS",
@@ -30,6 +31,9 @@ __all__ = [
 ]
 
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abAB]")
+# Levels of nesting a body may have (the top-level object is level 1). ChatKit bodies nest well
+# under 20; parsing, the lone-surrogate check and re-serialising all recurse once per level.
+MAX_JSON_DEPTH = 256
 STREAMING_TYPES = frozenset(
     {
         "threads.create",
@@ -111,6 +115,8 @@ def parse_chatkit_request(raw: bytes) -> ChatKitRequest:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidJSON("The request body is not valid UTF-8.") from None
+    if nesting_exceeds(text, MAX_JSON_DEPTH):
+        raise InvalidJSON("The request body is nested too deeply.")
     try:
         body = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_object_without_duplicates)
     except InvalidJSON:

@@ -16,7 +16,8 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     │   ├── TokenNotYetValid       token_not_yet_valid
     │   ├── UnknownIssuer          unknown_issuer
     │   ├── UnknownKey             unknown_key
-    │   └── InvalidClaims          invalid_claims
+    │   ├── InvalidClaims          invalid_claims
+    │   └── AmbiguousCredentials   ambiguous_credentials
     ├── Forbidden (403)
     │   └── OriginNotAllowed       origin_not_allowed
     ├── NotFound (404)             not_found
@@ -24,6 +25,7 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     ├── MethodNotAllowed (405)     method_not_allowed
     ├── RequestTimeout (408)       request_timeout
     ├── PayloadTooLarge (413)      payload_too_large
+    ├── URITooLong (414)           uri_too_long
     ├── UnsupportedMediaType (415) unsupported_media_type
     ├── RateLimited (429)          rate_limited
     ├── HeadersTooLarge (431)      headers_too_large
@@ -41,6 +43,7 @@ from __future__ import annotations
 import json
 
 __all__ = [
+    "AmbiguousCredentials",
     "AuthError",
     "BadRequest",
     "Forbidden",
@@ -66,6 +69,7 @@ __all__ = [
     "TokenNotYetValid",
     "UnknownIssuer",
     "UnknownKey",
+    "URITooLong",
     "UnsupportedMediaType",
     "UpstreamBadResponse",
     "UpstreamError",
@@ -150,6 +154,11 @@ class InvalidClaims(AuthError):
     default_message = "The token's claims are not acceptable."
 
 
+class AmbiguousCredentials(AuthError):
+    code = "ambiguous_credentials"
+    default_message = "The request carries more than one credential cookie of the same name."
+
+
 class Forbidden(GatewayError):
     status = 403
     code = "forbidden"
@@ -190,6 +199,12 @@ class PayloadTooLarge(GatewayError):
     status = 413
     code = "payload_too_large"
     default_message = "The request body is too large."
+
+
+class URITooLong(GatewayError):
+    status = 414
+    code = "uri_too_long"
+    default_message = "The request target is too long."
 
 
 class UnsupportedMediaType(GatewayError):

@@ -22,12 +22,17 @@ from urllib.parse import urlsplit
 
 from .auth.origin import origin_of
 from .config import MetadataConfig
+from .jsondepth import nesting_exceeds
 
 __all__ = ["PAGE_CONTEXT_KEYS", "PageContextPolicy"]
 
 PAGE_CONTEXT_KEYS = ("url", "title", "path", "description", "headings")
 
 BASE64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+# A page context is a flat object: one nested deeper than this is not one, and is not parsed.
+MAX_HEADER_DEPTH = 32
+# Query and fragment: where pages keep tokens, reset codes and session ids (`?token=...#access_token=`).
+QUERY_OR_FRAGMENT = re.compile(r"[?#]")
 # Line and paragraph breaks become spaces so that words stay apart; tabs likewise.
 BREAKS = frozenset("\t\n\v\f\r\x1c\x1d\x1e\x85\u2028\u2029")
 # Bidirectional overrides and isolates reorder how text is displayed ("Trojan Source",
@@ -70,6 +75,8 @@ def _decode_header(raw: bytes) -> dict[str, object] | None:
 
 
 def _load_object(text: str) -> dict[str, object] | None:
+    if nesting_exceeds(text, MAX_HEADER_DEPTH):
+        return None
     try:
         value = json.loads(text)
     except (ValueError, RecursionError):
@@ -159,7 +166,9 @@ class PageContextPolicy:
         return text
 
     def _url(self, url: str) -> str | None:
-        url = url[: self.max_chars]
+        # Scheme, host and path only, as the Referer fallback keeps them (an authority cannot hold
+        # `?` or `#`, so the first of either ends the path).
+        url = QUERY_OR_FRAGMENT.split(url, maxsplit=1)[0][: self.max_chars]
         origin = origin_of(url)
         if origin is None or not self._origin_allowed(origin):
             return None
@@ -169,7 +178,7 @@ class PageContextPolicy:
         return url
 
     def _path(self, path: str) -> str | None:
-        path = path[: self.max_chars]
+        path = QUERY_OR_FRAGMENT.split(path, maxsplit=1)[0][: self.max_chars]
         # "//host" and "/\host" are protocol-relative to browsers: a backend that builds a link
         # from the path would point at another site.
         if not path.startswith("/") or path.startswith(("//", "/\\")):

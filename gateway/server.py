@@ -37,6 +37,10 @@ def uvicorn_config(config: GatewayConfig, app: Gateway | None = None) -> uvicorn
         loop="uvloop",
         http="httptools",
         lifespan="on",
+        # ChatKit is plain HTTP. With a WebSocket library installed uvicorn would take upgrades
+        # itself: a websocket scope the gateway has no use for, and (websockets at debug level)
+        # the handshake headers, credentials included, in the log.
+        ws="none",
         # The gateway applies `server.trusted_proxies` itself; uvicorn's own proxy-header handling
         # would trust X-Forwarded-For from any loopback peer and rewrite the client address.
         proxy_headers=False,
@@ -76,7 +80,7 @@ class GatewayServer(uvicorn.Server):
 
 
 def run(config: GatewayConfig) -> int:
-    configure_logging(config.logging)
+    configure_logging(config.logging, cookie_names=config.auth.cookie_names)
     logger.info("configuration", extra={"fields": {"config": redacted(config)}})
     server = GatewayServer(config)
     server.run()

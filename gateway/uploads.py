@@ -138,6 +138,10 @@ class UploadEndpoint:
         except ClientDisconnected:
             exchange.client_disconnected = True
             return
+        except Exception:
+            # The app's last resort answers and logs it; the access line still says what happened.
+            exchange.status, exchange.error = 500, "internal_error"
+            raise
 
     async def _forward(
         self,

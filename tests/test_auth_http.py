@@ -481,6 +481,58 @@ def test_cookie_header_over_16_kb_is_refused_before_parsing(
     assert clean_backend.requests() == []
 
 
+# Cookie tossing (RFC 6265 8.5-8.6): a sibling subdomain or a plain-http page adds a second
+# `auth_token` for the same host. Which one counts must never be a parser's choice.
+AMBIGUOUS_COOKIES: list[Any] = [
+    pytest.param(["auth_token={user}; auth_token={other}"], id="two-valid-tokens-in-one-header"),
+    pytest.param(["auth_token={user}", "auth_token={other}"], id="two-valid-tokens-in-two-headers"),
+    pytest.param(["auth_token=garbage; auth_token={user}"], id="garbage-then-valid"),
+    pytest.param(["auth_token={user}; auth_token=garbage"], id="valid-then-garbage"),
+    pytest.param(["auth_token={user}; auth_token="], id="valid-then-empty"),
+    pytest.param(['auth_token = {other} ;auth_token="{user}"'], id="spaced-and-quoted"),
+]
+
+
+def cookie_headers(templates: list[str], forge: Forge, origin: str) -> list[tuple[str, str]]:
+    user, other = forge.rs256(), forge.rs256(forge.claims(sub="mallory"))
+    headers = [("cookie", template.format(user=user, other=other)) for template in templates]
+    return [*headers, ("origin", origin), ("content-type", "application/json")]
+
+
+@pytest.mark.parametrize("templates", AMBIGUOUS_COOKIES)
+def test_a_credential_cookie_with_two_values_gets_401_ambiguous_credentials(
+    http: httpx.Client, clean_backend: Backend, forge: Forge, templates: list[str]
+) -> None:
+    response = http.post("/chatkit", content=BODY, headers=cookie_headers(templates, forge, _origin(http)))
+    assert_refused(response, "ambiguous_credentials", bearer=False)
+    assert clean_backend.requests() == []
+
+
+@pytest.mark.parametrize(
+    "templates",
+    [
+        pytest.param(["auth_token={user}; auth_token={user}"], id="same-value-twice"),
+        pytest.param(["auth_token={user}", 'auth_token="{user}"'], id="same-value-quoted-in-a-second-header"),
+        pytest.param(["auth_token={user}; other={other}; other=x"], id="other-cookie-twice"),
+    ],
+)
+def test_a_credential_cookie_repeated_with_one_value_is_accepted(
+    http: httpx.Client, clean_backend: Backend, forge: Forge, templates: list[str]
+) -> None:
+    response = http.post("/chatkit", content=BODY, headers=cookie_headers(templates, forge, _origin(http)))
+    assert response.status_code == 200, response.text
+    assert forwarded_user(clean_backend) == "user-1"
+
+
+def test_a_bearer_token_is_not_made_ambiguous_by_cookies(
+    http: httpx.Client, clean_backend: Backend, forge: Forge
+) -> None:
+    headers = cookie_headers(["auth_token={other}; auth_token=garbage"], forge, "")
+    response = http.post("/chatkit", content=BODY, headers=[*headers, ("authorization", f"Bearer {forge.rs256()}")])
+    assert response.status_code == 200, response.text
+    assert forwarded_user(clean_backend) == "user-1"
+
+
 # -- a gateway of our own: its log, its key fetches -------------------------------------------
 
 

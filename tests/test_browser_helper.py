@@ -127,8 +127,8 @@ class PageServer:
         return f"{self.origin}{PAGE_PATH}?tab=items#summary"
 
     @property
-    def page_url_without_fragment(self) -> str:
-        return f"{self.origin}{PAGE_PATH}?tab=items"
+    def page_url_without_query(self) -> str:
+        return f"{self.origin}{PAGE_PATH}"
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +218,7 @@ def app(
 
 def expected_page_context(page_server: PageServer) -> dict[str, str]:
     return {
-        "url": page_server.page_url_without_fragment,
+        "url": page_server.page_url_without_query,
         "title": "Orders",
         "path": PAGE_PATH,
         "description": DESCRIPTION,
@@ -247,14 +247,14 @@ def test_get_page_context_reads_the_page(app: AppPage, page_server: PageServer) 
     bare = app.page.evaluate("window.helper.getPageContext({maxHeadings: 0})")
 
     assert context == {
-        "url": page_server.page_url_without_fragment,
+        "url": page_server.page_url_without_query,
         "title": "Orders",
         "path": PAGE_PATH,
         "description": DESCRIPTION,
         "headings": HEADINGS,
     }
     assert first == ["Order 42"]
-    assert bare == {"url": page_server.page_url_without_fragment, "path": PAGE_PATH}
+    assert bare == {"url": page_server.page_url_without_query, "path": PAGE_PATH}
 
 
 def test_a_cookie_signed_in_page_sends_identity_and_page_context(

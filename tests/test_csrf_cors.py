@@ -88,6 +88,18 @@ CSRF: list[Any] = [
     pytest.param({"referer": "https://app.example.com.evil.example/chat"}, 403, id="referer-suffix-trick"),
     pytest.param({"referer": "javascript:alert(1)"}, 403, id="referer-not-http"),
     pytest.param({"origin": "app.example.com"}, 403, id="origin-without-scheme"),
+    # An Origin is exactly scheme://host[:port]; anything more is not a browser's, whatever host it names.
+    pytest.param({"origin": "https://evil.example@app.example.com"}, 403, id="origin-with-userinfo"),
+    pytest.param({"origin": f"{APP}/"}, 403, id="origin-with-path"),
+    pytest.param({"origin": f"{APP}/chat"}, 403, id="origin-with-long-path"),
+    pytest.param({"origin": f"{APP}?x=1"}, 403, id="origin-with-query"),
+    pytest.param({"origin": f"{APP}#top"}, 403, id="origin-with-fragment"),
+    pytest.param(
+        {"origin": "https://evil.example@app.example.com", "referer": f"{APP}/chat"},
+        403,
+        id="userinfo-origin-with-allowed-referer",
+    ),
+    pytest.param({"referer": "https://evil.example@app.example.com/chat"}, 403, id="referer-with-userinfo"),
 ]
 
 
@@ -147,6 +159,8 @@ def test_origin_is_checked_only_after_the_cookie_is_verified(
         pytest.param("http://127.0.0.1:{other}", 403, id="same-host-other-port"),
         pytest.param("http://localhost:{port}", 403, id="other-host-same-port"),
         pytest.param(APP, 403, id="unlisted-origin"),
+        pytest.param("http://evil.example@127.0.0.1:{port}", 403, id="own-origin-behind-userinfo"),
+        pytest.param("{self}/", 403, id="own-origin-with-path"),
     ],
 )
 def test_without_allowed_origins_only_the_gateways_own_origin_may_use_cookies(
@@ -269,7 +283,16 @@ def test_cookie_request_from_a_cors_allowed_origin_passes_the_origin_check(
     assert_never_wildcard(response)
 
 
-@pytest.mark.parametrize("origin", [APP, EVIL, "null"])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        pytest.param(APP, id="allowed"),
+        pytest.param(EVIL, id="foreign"),
+        pytest.param("null", id="null"),
+        pytest.param(f"{EVIL}@app.example.com", id="allowed-host-behind-userinfo"),
+        pytest.param(f"{APP}/", id="allowed-with-a-path"),
+    ],
+)
 def test_allow_origin_is_never_a_wildcard_or_a_reflection(
     cors_gateway: RunningGateway, clean_backend: Backend, token: str, origin: str
 ) -> None:
@@ -281,3 +304,5 @@ def test_allow_origin_is_never_a_wildcard_or_a_reflection(
     ]
     for response in answers:
         assert_never_wildcard(response)
+        if origin != APP:
+            assert "access-control-allow-origin" not in response.headers

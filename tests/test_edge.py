@@ -8,6 +8,7 @@ arrive has the configured upstream's path (`/chatkit`), no query and the backend
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.support.fixtures import Backend
-from tests.support.gateway import RunningGateway, gateway_config, start_gateway
+from tests.support.gateway import RunningGateway, gateway_config, start_gateway, user_token
 from tests.support.idp import LoopbackIdP
 from tests.support.nginx import RunningNginx, serve_nginx_config
 from tests.support.rawhttp import RawResponse, address_of, exchange, request_bytes
@@ -464,4 +465,271 @@ def test_a_declared_10_gb_body_gets_413_at_once(gateway: RunningGateway, clean_b
     assert response.status == 413, response
     assert response.error_code == "payload_too_large"
     assert response.elapsed < 1.0 and time.monotonic() - started < 2.0
+    assert clean_backend.requests() == []
+
+
+# --------------------------------------------------------------------------------- long targets
+
+MAX_TARGET_BYTES = 8 * 1024  # the request target bound: raw path, "?" and query, in bytes
+
+
+def padded_target(path: bytes, total: int) -> bytes:
+    """`path?q=...` of exactly `total` bytes."""
+    return path + b"?q=" + b"a" * (total - len(path) - 3)
+
+
+def options(target: bytes) -> bytes:
+    headers = [(b"host", b"gateway.test"), (b"origin", b"https://app.example.com")]
+    return request_bytes("OPTIONS", target, [*headers, (b"access-control-request-method", b"POST")])
+
+
+def get(target: bytes, *headers: tuple[bytes, bytes]) -> bytes:
+    return request_bytes("GET", target, [(b"host", b"gateway.test"), *headers])
+
+
+def put(target: bytes, token: str) -> bytes:
+    body = b"upload bytes"
+    headers = [(b"host", b"gateway.test"), auth(token), (b"content-type", b"application/octet-stream"), length(body)]
+    return request_bytes("PUT", target, headers, body)
+
+
+LONG_TARGETS: dict[str, Any] = {
+    "chatkit-query": lambda token: post(padded_target(b"/chatkit", MAX_TARGET_BYTES + 1), auth(token)),
+    "chatkit-without-credentials": lambda token: post(padded_target(b"/chatkit", MAX_TARGET_BYTES + 1)),
+    "upload-path": lambda token: put(b"/chatkit/uploads/" + b"a" * MAX_TARGET_BYTES, token),
+    # ~65,500 bytes: httpx refuses the upload URL built from it (InvalidURL), once a plain-text 500.
+    "upload-path-65500": lambda token: put(b"/chatkit/uploads/" + b"a" * 65_500, token),
+    "upload-query": lambda token: put(padded_target(b"/chatkit/uploads/attachments/x/upload", 20_000), token),
+    "healthz": lambda token: get(padded_target(b"/healthz", MAX_TARGET_BYTES + 1)),
+    "auth-verify": lambda token: get(padded_target(b"/auth/verify", MAX_TARGET_BYTES + 1), auth(token)),
+    "unknown-route": lambda token: get(b"/" + b"n" * MAX_TARGET_BYTES),
+    "cors-preflight": lambda token: options(padded_target(b"/chatkit", MAX_TARGET_BYTES + 1)),
+}
+
+
+@pytest.mark.parametrize("case", list(LONG_TARGETS))
+def test_a_request_target_over_8_kib_gets_a_json_414_on_every_route(
+    gateway: RunningGateway, clean_backend: Backend, token: str, case: str
+) -> None:
+    response = send(gateway, LONG_TARGETS[case](token), timeout=10)
+
+    assert response.status == 414, response
+    assert response.headers["content-type"] == "application/json"
+    assert response.error_code == "uri_too_long"
+    assert clean_backend.requests() == []
+
+
+def test_a_request_target_of_exactly_8_kib_is_served(
+    gateway: RunningGateway, clean_backend: Backend, token: str
+) -> None:
+    response = send(gateway, post(padded_target(b"/chatkit", MAX_TARGET_BYTES), auth(token)))
+
+    assert response.status == 200, response
+    assert len(assert_only_configured_upstream(clean_backend)) == 1
+
+
+# ---------------------------------------------------------------------------------- deep JSON
+
+MAX_DEPTH = 256  # levels of JSON nesting, the top-level value being level 1
+
+
+def nested_body(levels: int, *, at: str = "extra") -> bytes:
+    """A threads.list body whose `at` member holds arrays, so that the whole body has `levels` levels."""
+    inner = b"[" * (levels - 1) + b"]" * (levels - 1)
+    return b'{"type":"threads.list","params":{},"' + at.encode() + b'":' + inner + b"}"
+
+
+def reported_body(levels: int) -> bytes:
+    """The reported shape: arrays under `params`, and a surrogate pair that sends the parsed body
+    to a re-encode (which recursed once per level, a few frames deeper than the parse)."""
+    return b'{"type":"threads.list","e":"\\ud83d\\ude00","params":' + b"[" * levels + b"]" * levels + b"}"
+
+
+# Where the parse still fits the interpreter's recursion limit and the re-encode no longer does
+# depends on the stack below the app: the whole band around the limit is tried (972-976 levels
+# gave 500s before the bound).
+AROUND_THE_RECURSION_LIMIT = range(900, 1001)
+
+DEEP_BODIES: dict[str, bytes] = {
+    "reported-979-levels": reported_body(979),
+    "257-levels": nested_body(MAX_DEPTH + 1),
+    "257-levels-in-metadata": nested_body(MAX_DEPTH + 1, at="metadata"),
+    "100000-levels": nested_body(100_000),
+    "objects-20000-levels": b'{"type":"threads.list","params":' + b'{"a":' * 20_000 + b"1" + b"}" * 20_001,
+}
+
+
+@pytest.mark.parametrize("case", list(DEEP_BODIES))
+def test_json_nested_deeper_than_256_levels_gets_400_invalid_json(
+    gateway: RunningGateway, clean_backend: Backend, token: str, case: str
+) -> None:
+    response = send(gateway, post(b"/chatkit", auth(token), body=DEEP_BODIES[case]))
+
+    assert response.status == 400, response
+    assert response.error_code == "invalid_json"
+    assert clean_backend.requests() == []
+
+
+def test_the_reported_body_gets_400_at_every_depth_around_the_recursion_limit(
+    gateway: RunningGateway, clean_backend: Backend, token: str
+) -> None:
+    for levels in AROUND_THE_RECURSION_LIMIT:
+        response = send(gateway, post(b"/chatkit", auth(token), body=reported_body(levels)))
+        assert (response.status, response.error_code) == (400, "invalid_json"), (levels, response)
+    assert clean_backend.requests() == []
+
+
+def test_json_nested_256_levels_deep_reaches_the_backend(
+    gateway: RunningGateway, clean_backend: Backend, token: str
+) -> None:
+    body = nested_body(MAX_DEPTH)
+    response = send(gateway, post(b"/chatkit", auth(token), body=body))
+
+    assert response.error_code != "invalid_json", response
+    (received,) = assert_only_configured_upstream(clean_backend)
+    assert received["json"]["extra"] == json.loads(body)["extra"]
+
+
+# ----------------------------------------------------------------------------- upgrades
+
+WS_HANDSHAKE = [
+    (b"connection", b"Upgrade"),
+    (b"upgrade", b"websocket"),
+    (b"sec-websocket-version", b"13"),
+    (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+]
+H2C = [(b"connection", b"Upgrade, HTTP2-Settings"), (b"upgrade", b"h2c"), (b"http2-settings", b"AAMAAABkAAQAAP__")]
+
+
+def credentials(token: str) -> list[tuple[bytes, bytes]]:
+    return [auth(token), (b"cookie", b"auth_token=" + token.encode()), (b"origin", b"http://gateway.test")]
+
+
+UPGRADES: dict[str, Any] = {
+    "websocket-chatkit": lambda token: get(b"/chatkit", *WS_HANDSHAKE, *credentials(token)),
+    "websocket-chatkit-cross-site-cookie": lambda token: get(
+        b"/chatkit", *WS_HANDSHAKE, (b"cookie", b"auth_token=" + token.encode()), (b"origin", b"https://evil.example")
+    ),
+    "websocket-healthz": lambda token: get(b"/healthz", *WS_HANDSHAKE),
+    "websocket-unknown-route": lambda token: get(b"/socket", *WS_HANDSHAKE, auth(token)),
+    "websocket-uploads": lambda token: get(b"/chatkit/uploads/x", *WS_HANDSHAKE, auth(token)),
+    "h2c-post-chatkit": lambda token: post(b"/chatkit", *H2C, auth(token)),
+    "h2c-get-healthz": lambda token: get(b"/healthz", *H2C),
+}
+
+
+@pytest.mark.parametrize("case", list(UPGRADES))
+def test_an_upgrade_request_is_answered_as_plain_http_without_switching_protocols(
+    gateway: RunningGateway, clean_backend: Backend, token: str, case: str
+) -> None:
+    response = send(gateway, UPGRADES[case](token))
+
+    assert response.status not in (0, 101, 500), response
+    assert response.headers.get("upgrade") is None
+    # Upgraded or not, nothing reaches the backend over a route that is not its own.
+    assert_only_configured_upstream(clean_backend)
+
+
+# ------------------------------------------------------ a debug-level gateway with stream errors
+
+
+@pytest.fixture(scope="module")
+def debug_gateway(backend: Backend, session_idp: LoopbackIdP) -> Iterator[RunningGateway]:
+    """Logging at `debug` (where libraries print headers), and answering refused streaming ops in-chat
+    (so an unauthenticated body is read and parsed)."""
+    overrides = {"logging": {"level": "debug", "format": "json"}, "auth": {"stream_errors": True}}
+    with start_gateway(gateway_config(backend.url, session_idp, overrides)) as running:
+        yield running
+
+
+def streaming_body(size: int) -> bytes:
+    """A threads.create body of exactly `size` bytes."""
+    head = b'{"type":"threads.create","params":{"input":{"content":[{"type":"input_text","text":"'
+    tail = b'"}],"attachments":[],"inference_options":{}}}}'
+    return head + b"x" * (size - len(head) - len(tail)) + tail
+
+
+@pytest.mark.parametrize(
+    ("size", "answer"),
+    [
+        pytest.param(1024, "in-chat", id="1-kib"),
+        pytest.param(64 * 1024, "in-chat", id="64-kib"),
+        pytest.param(64 * 1024 + 1, "plain-401", id="64-kib-and-1-byte"),
+        pytest.param(1024 * 1024, "plain-401", id="1-mib"),
+    ],
+)
+def test_an_unauthenticated_body_is_read_to_64_kib_at_most_to_find_its_op(
+    debug_gateway: RunningGateway, clean_backend: Backend, size: int, answer: str
+) -> None:
+    response = send(debug_gateway, post(b"/chatkit", body=streaming_body(size)), timeout=10)
+
+    if answer == "in-chat":
+        assert response.status == 200, response
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert b'"type":"error"' in response.body
+    else:
+        assert response.status == 401, response
+        assert response.error_code == "missing_credentials"
+    assert clean_backend.requests() == []
+
+
+def test_deep_json_without_credentials_gets_the_plain_401(
+    debug_gateway: RunningGateway, clean_backend: Backend
+) -> None:
+    bodies = [reported_body(levels) for levels in AROUND_THE_RECURSION_LIMIT] + [DEEP_BODIES["100000-levels"]]
+    for body in bodies:
+        response = send(debug_gateway, post(b"/chatkit", body=body))
+        assert (response.status, response.error_code) == (401, "missing_credentials"), (len(body), response)
+    assert clean_backend.requests() == []
+
+
+def test_no_credential_or_traceback_reaches_a_debug_log_whatever_is_sent(
+    debug_gateway: RunningGateway, clean_backend: Backend, session_idp: LoopbackIdP
+) -> None:
+    valid = user_token(session_idp, sub="logged-user")
+    forged = valid.rsplit(".", 1)[0] + ".c2lnbmF0dXJlLW9mLWEtZm9yZ2VkLXRva2VuLW5ldmVyLWxvZ2dlZA"
+    side_cookie = b"s3ss10n-c00k1e-v4lue-never-logged"
+    requests: list[bytes] = []
+    for token in (valid, forged):
+        cookie = (b"cookie", b"auth_token=" + token.encode() + b"; session=" + side_cookie)
+        own_origin = (b"origin", b"http://gateway.test")
+        requests += [
+            post(b"/chatkit", auth(token)),
+            post(b"/chatkit", cookie, own_origin),
+            post(b"/chatkit", cookie, (b"origin", b"https://evil.example@gateway.test")),
+            post(b"/chatkit", auth(token), body=DEEP_BODIES["reported-979-levels"]),
+            post(b"/chatkit", cookie, own_origin, body=b'{"type":"threads.list","params":{"x":"\\ud800"}}'),
+            post(padded_target(b"/chatkit", MAX_TARGET_BYTES + 1), auth(token)),
+            post(b"/chatkit?access_token=" + token.encode(), auth(token)),
+            put(b"/chatkit/uploads/" + b"a" * 65_500, token),
+            put(b"/chatkit/uploads/attachments/x/upload?token=" + token.encode(), token),
+            get(b"/auth/verify", cookie, own_origin),
+            *(make(token) for make in UPGRADES.values()),
+            get(b"/socket", *WS_HANDSHAKE, cookie, (b"authorization", b"Basic " + token.encode())),
+        ]
+    for data in requests:
+        response = send(debug_gateway, data, timeout=10)
+        assert response.status != 0, "the gateway must answer every one of these"
+
+    log = debug_gateway.log()  # read while the gateway still runs: the file goes with it
+    assert '"level":"debug"' in log, "nothing at debug level was logged, so this check would prove less"
+    for line in log.splitlines():
+        assert isinstance(json.loads(line), dict), line
+    for secret in (valid, forged, valid.rsplit(".", 1)[1], forged.rsplit(".", 1)[1], side_cookie.decode()):
+        assert secret not in log
+    for text in ("Bearer ey", "auth_token=ey", "Traceback", '"level":"error"', "No supported WebSocket library"):
+        assert text not in log
+
+
+def test_bytes_after_an_upgrade_request_are_never_served_as_a_request(
+    gateway: RunningGateway, clean_backend: Backend, token: str
+) -> None:
+    # What follows an `Upgrade` head is the other protocol's, so uvicorn never parses it: a
+    # request hidden there (in what Content-Length calls the body) must not reach the backend.
+    hidden = post(b"/chatkit", auth(token))
+    head = [(b"host", b"gateway.test"), JSON_CT, *H2C, auth(token), length(hidden)]
+    response = send(gateway, request_bytes("POST", b"/chatkit", head, hidden), linger=1.0)
+
+    assert response.status == 400, response
+    assert response.trailing == b""
     assert clean_backend.requests() == []

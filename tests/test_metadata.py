@@ -205,7 +205,8 @@ def test_page_context_from_the_header(client: httpx.Client, clean_backend: Backe
     header = page_header({**PAGE, "secret": "dropped", "headings": ["Order 42", "Items"]}, encoding)
     client.post("/chatkit", json={"type": "threads.list", "params": {}}, headers={"X-ChatKit-Page-Context": header})
     page = recorded(clean_backend, "threads.list")["json"]["metadata"]["pageContext"]
-    assert page == {**PAGE, "headings": "Order 42, Items"}
+    # The URL loses its query and fragment, as the Referer fallback's does (docs/security.md).
+    assert page == {**PAGE, "url": "https://app.example.com/orders/42", "headings": "Order 42, Items"}
 
 
 def test_page_context_from_the_body_when_no_header(client: httpx.Client, clean_backend: Backend) -> None:

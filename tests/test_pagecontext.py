@@ -39,6 +39,10 @@ def from_body(value: object, rules: PageContextPolicy | None = None) -> dict[str
     return (rules or policy()).from_request(None, value, None)
 
 
+def from_body_and_header(header: bytes, body: object) -> dict[str, str] | None:
+    return policy().from_request(header, body, None)
+
+
 # ------------------------------------------------------------------------------------------ sources
 
 
@@ -235,6 +239,45 @@ def test_configured_origin_matches_in_any_case_and_default_port() -> None:
 )
 def test_url_that_is_not_a_plain_allowed_http_url_is_dropped(url: str) -> None:
     assert from_body({"url": url, "title": "T"}, policy(allowed=())) == {"title": "T"}
+
+
+# Pages keep tokens, reset codes and session ids in the query and fragment; the backend gets what
+# the Referer fallback would give it: scheme, host and path.
+QUERY_AND_FRAGMENT: list[Any] = [
+    pytest.param(f"{APP}/docs/intro?token=secret", f"{APP}/docs/intro", id="query"),
+    pytest.param(f"{APP}/docs/intro#access_token=secret", f"{APP}/docs/intro", id="fragment"),
+    pytest.param(f"{APP}/docs/intro?a=1#frag", f"{APP}/docs/intro", id="query-and-fragment"),
+    pytest.param(f"{APP}/docs/intro#frag?token=secret", f"{APP}/docs/intro", id="question-mark-in-fragment"),
+    pytest.param(f"{APP}?token=secret", APP, id="query-without-path"),
+    pytest.param(f"{APP}/docs/intro?", f"{APP}/docs/intro", id="empty-query"),
+    pytest.param("https://evil.example?@app.example.com/", None, id="userinfo-lookalike-in-query"),
+    pytest.param("https://evil.example#@app.example.com/", None, id="userinfo-lookalike-in-fragment"),
+]
+
+
+@pytest.mark.parametrize("source", ["header", "body"])
+@pytest.mark.parametrize(("url", "kept"), QUERY_AND_FRAGMENT)
+def test_url_loses_its_query_and_fragment(source: str, url: str, kept: str | None) -> None:
+    page = {"url": url, "title": "T"}
+    found = from_header(as_json(page)) if source == "header" else from_body(page)
+    assert found == ({"url": kept, "title": "T"} if kept else {"title": "T"})
+
+
+@pytest.mark.parametrize(
+    ("path", "kept"),
+    [
+        pytest.param("/docs?token=secret", "/docs", id="query"),
+        pytest.param("/docs#access_token=secret", "/docs", id="fragment"),
+        pytest.param("/?a=1#b", "/", id="root"),
+    ],
+)
+def test_path_loses_its_query_and_fragment(path: str, kept: str) -> None:
+    assert from_body({"path": path}) == {"path": kept}
+
+
+def test_deeply_nested_header_is_not_parsed_and_the_body_is_used() -> None:
+    header = b'{"url":"' + APP.encode() + b'/x","extra":' + b"[" * 40 + b"]" * 40 + b"}"
+    assert from_body_and_header(header, PAGE) == PAGE
 
 
 @pytest.mark.parametrize(

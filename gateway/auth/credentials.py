@@ -3,6 +3,11 @@
 Only the extraction happens here; what the token is worth is `verify.py`'s business. A header
 too large to hold a token of `auth.max_token_bytes` is refused before it is parsed
 (security-anchors.md §0.1 item 14).
+
+A cookie named in `auth.cookie_names` that appears twice with different values is refused
+(`AmbiguousCredentials`): a sibling subdomain or a plain-http page can set a second `auth_token`
+for the same host (RFC 6265 8.5-8.6, "cookie tossing"), and which one a parser keeps (starlette's
+keeps the last) would then decide who the user is.
 """
 
 from __future__ import annotations
@@ -11,10 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from starlette.requests import cookie_parser
-
 from ..config import AuthConfig
-from ..errors import InvalidToken
+from ..errors import AmbiguousCredentials, InvalidToken
 
 __all__ = ["Credential", "CredentialSource", "extract_credential"]
 
@@ -51,12 +54,28 @@ def extract_credential(headers: Sequence[tuple[bytes, bytes]], auth: AuthConfig)
         header = b"; ".join(cookies)
         if len(header) > MAX_COOKIE_HEADER_BYTES:
             raise InvalidToken("The Cookie header is too large.")
-        jar = cookie_parser(header.decode("latin-1"))
+        jar = _named_cookies(header.decode("latin-1"), auth.cookie_names)
+        if any(len(values) > 1 for values in jar.values()):
+            raise AmbiguousCredentials()
         for cookie_name in auth.cookie_names:
-            cookie = jar.get(cookie_name, "")
+            cookie = next(iter(jar.get(cookie_name, ())), "")
             if cookie:
                 return Credential(cookie, "cookie")
     return None
+
+
+def _named_cookies(header: str, names: Sequence[str]) -> dict[str, set[str]]:
+    """Every value each of `names` has in a Cookie header (RFC 6265 4.2.1 `name=value; ...`)."""
+    found: dict[str, set[str]] = {}
+    for pair in header.split(";"):
+        name, equals, value = pair.partition("=")
+        name = name.strip()
+        if equals and name in names:
+            value = value.strip()
+            if len(value) > 1 and value[0] == value[-1] == '"':  # RFC 6265 4.1.1: a quoted cookie-value
+                value = value[1:-1]
+            found.setdefault(name, set()).add(value)
+    return found
 
 
 def _ascii(value: bytes) -> str:

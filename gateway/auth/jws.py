@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, NoReturn
 
 from gateway.errors import InvalidToken
+from gateway.jsondepth import nesting_exceeds
 
 __all__ = [
     "ACCEPTED_TYPES",
@@ -41,7 +42,6 @@ ACCEPTED_TYPES = frozenset({"jwt", "at+jwt"})
 _MALFORMED = "The token is malformed."
 _BAD_HEADER = "The token header is not acceptable."
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
-_STRUCTURE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
@@ -158,7 +158,8 @@ def _parse_object(raw: bytes, *, max_bytes: int) -> Mapping[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidToken(_MALFORMED) from None
-    _check_depth(text)
+    if nesting_exceeds(text, MAX_JSON_DEPTH):
+        raise InvalidToken(_MALFORMED)
     try:
         value = _DECODER.decode(text)
     except (ValueError, RecursionError):
@@ -170,20 +171,6 @@ def _parse_object(raw: bytes, *, max_bytes: int) -> Mapping[str, Any]:
     if _SURROGATE_ESCAPE.search(text):
         _reject_lone_surrogates(value)
     return MappingProxyType(value)
-
-
-def _check_depth(text: str) -> None:
-    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
-        return  # the common case: too few brackets to nest too deep, whatever their order
-    depth = 0
-    for match in _STRUCTURE.finditer(text):
-        char = text[match.start()]
-        if char in "[{":
-            depth += 1
-            if depth > MAX_JSON_DEPTH:
-                raise InvalidToken(_MALFORMED)
-        elif char in "]}":
-            depth -= 1
 
 
 def _reject_lone_surrogates(value: Any) -> None:

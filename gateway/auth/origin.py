@@ -8,10 +8,17 @@ frames, some redirects), is refused (SPEC 10).
 Allowed origins are `security.allowed_origins` plus `cors.allow_origins`. When
 `security.allowed_origins` is empty, the gateway's own origin (the request's `Host`, which a
 browser sets and a page cannot) is allowed, so a same-origin deployment works unconfigured.
+
+An `Origin` is exactly `scheme://host[:port]` (RFC 6454 7.1): a value with userinfo, a path, a
+query or a fragment (`https://evil.example@app.example.com`) is never sent by a browser, and a
+lenient parse of it could find an allowed host in it; it is refused whatever it contains. A
+`Referer` with userinfo (which browsers strip, Fetch "strip url for use as a referrer") is
+likewise refused.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -20,6 +27,9 @@ from ..errors import OriginNotAllowed
 from ..headers import header_value
 
 __all__ = ["OriginPolicy", "origin_of"]
+
+# `scheme "://" host [ ":" port ]` and nothing else: no `@`, `/`, `?`, `#`, `\` or space.
+SERIALIZED_ORIGIN = re.compile(r"https?://[^@/?#\\\s]+", re.IGNORECASE)
 
 
 def origin_of(url: str) -> str | None:
@@ -49,7 +59,12 @@ class OriginPolicy:
             return origin.decode("latin-1")
         referer = header_value(headers, b"referer")
         if referer is not None:
-            return origin_of(referer.decode("latin-1")) or "null"
+            text = referer.decode("latin-1")
+            try:
+                userinfo = "@" in urlsplit(text).netloc
+            except ValueError:
+                return "null"
+            return "null" if userinfo else origin_of(text) or "null"
         return None
 
     def check(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
@@ -57,7 +72,7 @@ class OriginPolicy:
         origin = self.request_origin(headers)
         if origin is None or origin == "null":
             raise OriginNotAllowed("Cookie-authenticated requests must come from an allowed origin.")
-        normalized = origin_of(origin)
+        normalized = origin_of(origin) if SERIALIZED_ORIGIN.fullmatch(origin) else None
         if normalized is None:
             raise OriginNotAllowed()
         if normalized in self.allowed:

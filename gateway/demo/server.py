@@ -115,6 +115,7 @@ def _server(app: ASGIApp, *, lifespan: Literal["on", "off"] = "off") -> DemoServ
         app,
         lifespan=lifespan,
         http="httptools",
+        ws="none",  # plain HTTP only, as the gateway's own server (gateway/server.py)
         proxy_headers=False,
         server_header=False,
         access_log=False,
@@ -199,7 +200,7 @@ def run_demo(host: str = LOOPBACK, port: int = 8000) -> int:
     # A new secret per run: only this run's gateway can sign identities its backend accepts.
     secret = secrets.token_urlsafe(32)
     config = demo_config(host=host, port=port, origins=origins, idp=idp, backend_url=backend_url, secret=secret)
-    configure_logging(LoggingConfig(level="info", format="text"))
+    configure_logging(LoggingConfig(level="info", format="text"), cookie_names=[COOKIE_NAME])
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.error").addFilter(ExpectedCancellation())
     front = DemoFront(create_page_app(idp), create_app(config))

@@ -51,12 +51,14 @@ function squash(text) {
 
 /**
  * Where the user is: `{url, title, path, description, headings}`, empty values left out.
- * `url` is `location.href` without the fragment; `headings` lists the text of the first
+ * `url` is `location.href` without the query and the fragment (either may carry a token, and the
+ * gateway drops both anyway); `headings` lists the text of the first
  * `maxHeadings` h1-h3 elements in document order (the gateway joins them with ", ").
  */
 export function getPageContext({maxHeadings = 5} = {}) {
   const context = {};
   const url = new URL(location.href);
+  url.search = "";
   url.hash = "";
   context.url = url.href;
   context.title = squash(document.title);

@@ -519,7 +519,7 @@ async def test_required_claims_from_config_are_enforced() -> None:
 async def test_each_issuer_uses_only_its_own_keys() -> None:
     other = "https://other.example.com"
     mine, theirs = StaticKeySource(JWKS), StaticKeySource([public_jwk(ATTACKER_EC, "their-ec")])
-    auth = auth_config(issuer_config(), issuer_config(other, algorithms=("ES256",)))
+    auth = auth_config(issuer_config(), issuer_config(other, algorithms=("ES256",), user_id_prefix="other:"))
     verifier = TokenVerifier(auth, {ISSUER: mine, other: theirs}, clock=FakeClock())
     theirs_token = make_token(header(alg="ES256", kid="their-ec"), claims(iss=other), ATTACKER_EC)
     assert (await verifier.verify(theirs_token)).issuer == other
