@@ -172,7 +172,7 @@ def run(plan: Plan) -> Results:
         run_json(plan, subjects, token, results)
         run_sse(plan, subjects, token, results)
         run_storms(plan, subjects, int(upstream.url.rsplit(":", 1)[1]), token, results)
-        results.ownership = ownership.run(gateway, signer, seconds=plan.json_seconds)
+        results.ownership = ownership.run(gateway, signer, seconds=max(1.0, plan.json_seconds / 2))
         config = Path(gateway.process.args[-1])  # type: ignore[index]
         run_first_request(plan, [sys.executable, "-m", "gateway", "serve", "--config", str(config)], signer, results)
     results.verify = verify.run(plan.verify_samples)
