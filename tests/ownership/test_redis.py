@@ -69,6 +69,10 @@ def test_redis_stopped_mid_run_fails_closed_then_recovers_without_a_restart(
             assert_error(refused_unseen(clean_backend, alice, "threads.create", create), 503, "ownership_unavailable")
             unseen = {"thread_id": "thr_not_seen_yet"}
             assert_error(refused_unseen(clean_backend, alice, "items.list", unseen), 503, "ownership_unavailable")
+            before = len(clean_backend.requests())
+            upload = alice.post("/chatkit/uploads/files", files={"file": ("a.txt", b"abc", "text/plain")})
+            assert_error(upload, 503, "ownership_unavailable")
+            assert len(clean_backend.requests()) == before
             ready = httpx.get(f"{gateway.url}/readyz", trust_env=False)
             assert ready.status_code == 503
             assert "ownership store (redis)" in ready.json()["reason"]
