@@ -67,6 +67,10 @@ def test_redis_stopped_mid_run_fails_closed_then_recovers_without_a_restart(
 
             create = {"input": user_input("hi")}
             assert_error(refused_unseen(clean_backend, alice, "threads.create", create), 503, "ownership_unavailable")
+            attach = {"name": "a.txt", "size": 1, "mime_type": "text/plain"}
+            assert_error(
+                refused_unseen(clean_backend, alice, "attachments.create", attach), 503, "ownership_unavailable"
+            )
             unseen = {"thread_id": "thr_not_seen_yet"}
             assert_error(refused_unseen(clean_backend, alice, "items.list", unseen), 503, "ownership_unavailable")
             before = len(clean_backend.requests())
