@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sqlite3
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+import tomli_w
 
 from tests.ownership.conftest import refused_unseen, signed_in
 from tests.support.chatkit import CHATKIT_PATH, post, sse_events, user_input
-from tests.support.gateway import RunningGateway, gateway_config, start_gateway
+from tests.support.gateway import RunningGateway, bearer, gateway_config, start_gateway, user_token
+from tests.support.procs import free_port, start_process, stop_process
 from tests.test_request_checks import assert_error
 
 if TYPE_CHECKING:
@@ -116,3 +119,29 @@ def test_an_attachment_that_cannot_be_recorded_gets_503_instead_of_its_id(
             response = post(alice, "attachments.create", {"name": "a.txt", "size": 1, "mime_type": "text/plain"})
         assert_error(response, 503, "ownership_unavailable")
         assert b"atc_" not in response.content
+
+
+def test_a_store_that_cannot_be_opened_keeps_the_gateway_unready_and_requests_out(
+    clean_backend: Backend, session_idp: LoopbackIdP, tmp_path: Path
+) -> None:
+    port = free_port()
+    unusable = tmp_path / "no-such-folder" / "owners.sqlite3"
+    config = gateway_config(
+        clean_backend.url, session_idp, {"server": {"port": port}, "ownership": {"sqlite_path": str(unusable)}}
+    )
+    path = tmp_path / "gateway.toml"
+    path.write_text(tomli_w.dumps(config))
+    url = f"http://127.0.0.1:{port}"
+    # Ready means alive here: /healthz answers while /readyz is 503.
+    process = start_process(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(path)], ready_url=f"{url}/healthz"
+    )
+    try:
+        ready = httpx.get(f"{url}/readyz", trust_env=False)
+        assert ready.status_code == 503
+        assert ready.json()["reason"] == "the ownership store (sqlite) cannot be reached"
+        with httpx.Client(base_url=url, headers=bearer(user_token(session_idp, "alice")), trust_env=False) as alice:
+            create = {"input": user_input("hi")}
+            assert_error(refused_unseen(clean_backend, alice, "threads.create", create), 503, "ownership_unavailable")
+    finally:
+        stop_process(process)
