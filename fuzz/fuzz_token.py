@@ -36,9 +36,9 @@ with atheris.instrument_imports(include=["gateway"]):
     from gateway.auth.verify import Principal, TokenVerifier
     from gateway.errors import AuthError
 
-from tests.auth.keys import (  # noqa: E402  (after the instrumented imports, so gateway is instrumented)
+from tests.support.clock import FakeClock  # noqa: E402  (as below)
+from tests.support.keys import (  # noqa: E402  (after the instrumented imports, so gateway is instrumented)
     ISSUER,
-    FakeClock,
     StaticKeySource,
     auth_config,
     b64url,

@@ -1,55 +1,78 @@
-"""The gateway application: one request, one readable path.
+"""The gateway application: the routes, and one ChatKit request's path read top to bottom.
 
-A ChatKit request goes, in this order, through:
+Only HTTP is served (a WebSocket handshake is refused). Every request's target and header block
+are bounded first (414, 431); CORS preflights are answered next, on every route (`cors.py`); then:
+
+| path | answered by |
+| --- | --- |
+| `{server.chatkit_path}` | `ChatKitEndpoint`, below |
+| `{server.uploads_path}REST` | `UploadEndpoint` (`uploads.py`) |
+| `/auth/verify`, `/auth/verify/...` | `ForwardAuthEndpoint` (`forward_auth.py`) |
+| `/healthz`, `/readyz`, `/metrics`, `/chatkit-gateway.js` | `probes.py` |
+| anything else | a JSON 404 |
+
+A ChatKit request goes, in this order, through (the numbers are those of `ChatKitEndpoint.handle`):
 
 1. the method and content-type checks (405, 415);
-2. credentials and their verification (401, `auth/`);
+2. credentials and their verification (401, `auth/`, through `Runtime.authenticate`);
 3. the origin check for cookie credentials (403, `auth/origin.py`);
 4. reading the body within its size limit (413) and parsing it (400, `chatkit.py`), then the
    user's limits, which depend on the op (429, `ratelimit.py`), then ownership: every thread or
    attachment id the request names must be the user's (404, `ownership/`);
-5. the body rewrite: authoritative identity and page context in `metadata` (`chatkit.py`,
-   `identity.py`, `pagecontext.py`);
-6. the relay to the ChatKit backend, streaming its answer back (`relay.py`, `transport.py`); the
-   owners of new threads and attachments are recorded on the way (`ownership/`).
+5. the rewrite: authoritative identity and page context in the body's `metadata`, and the headers
+   that go with it (`outbound.py`, with `chatkit.py`, `identity.py`, `pagecontext.py`);
+6. the exchange with the ChatKit backend (`upstream.py`, `transport.py`) and the relay of its
+   answer as it arrives (`relay.py`); a stream first takes one of the user's concurrent streams
+   (429) and a place among the gateway's open streams (503 beyond `upstream.max_streams`,
+   `streams.py`); the owners of new threads and attachments are recorded on the way, before the
+   answer that carries their ids is relayed (`ownership/`).
 
-Each step either passes the request on or raises a `GatewayError`, which `send_error` turns into
-the JSON error body; `observe.py` writes the request's log line and metrics when it ends.
+Every endpoint runs inside `Endpoint` (`endpoint.py`): a step either passes the request on or
+raises a `GatewayError`, which becomes the JSON error body, and `observe.py` writes the request's
+log line and metrics when it ends. What requests share lives in `runtime.py`. The whole is drawn
+in docs/architecture.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from itertools import chain
+from typing import NamedTuple
 
 import httpx
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .body import ClientDisconnected, read_body
+from .body import read_body
 from .chatkit import parse_chatkit_request, require_json_content_type, rewrite_body
 from .clock import SYSTEM_CLOCK, Clock
 from .config import GatewayConfig
 from .cors import CrossOrigin
+from .endpoint import Endpoint
 from .errors import AuthError, GatewayError, HeadersTooLarge, MethodNotAllowed, NotFound, NotOwned, URITooLong
-from .headers import FORWARDED_BODY_HEADERS, Headers, request_id_from
+from .forward_auth import ForwardAuthEndpoint
+from .headers import Headers
 from .identity import Identity
 from .observe import Exchange
+from .outbound import request_id_from
 from .ownership import AnswerPlan
-from .probes import ForwardAuthEndpoint, browser_helper_endpoint, healthz, metrics_endpoint, readyz_endpoint
-from .relay import RelayOutcome, read_answer, relay_response, stream_error_event
+from .probes import browser_helper_endpoint, healthz, metrics_endpoint, readyz_endpoint
+from .relay import RelayOutcome, relay_response, stream_error_event
 from .responses import send_error
 from .runtime import Runtime
 from .uploads import UploadEndpoint
+from .upstream import UpstreamAnswer, read_answer
 
 __all__ = ["Gateway", "create_app"]
 
 logger = logging.getLogger("chatkit_gateway")
 
-JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+Stop = asyncio.Future[None]
+# A JSON answer ownership must read whole (a `threads.list` page to filter) may be this large.
+MAX_READ_ANSWER_BYTES = 32 * 1024 * 1024
 # The longest request target (path, `?` and query, in bytes) served: RFC 9112 3 recommends
 # supporting 8,000 octets; the upload URL the gateway builds from a longer one can exceed what
 # httpx accepts (65,536), which used to end in a plain-text 500.
@@ -57,8 +80,6 @@ MAX_REQUEST_TARGET_BYTES = 8 * 1024
 # Enough for any op's `type` near the start of a body; an unauthenticated client gets no more
 # of the gateway's reading and parsing than this (with `auth.stream_errors`).
 MAX_REFUSED_BODY_BYTES = 64 * 1024
-# A JSON answer ownership must read whole (a `threads.list` page to filter) may be this large.
-MAX_READ_ANSWER_BYTES = 32 * 1024 * 1024
 SSE_ERROR_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-store"),
@@ -66,72 +87,66 @@ SSE_ERROR_HEADERS: Headers = [
 ]
 
 
-class ChatKitEndpoint:
+class RewrittenRequest(NamedTuple):
+    """The ChatKit request as it goes upstream: its body rewritten, and what its op implies."""
+
+    streaming: bool
+    read_only: bool
+    body: bytes
+    injected: dict[str, object]  # what the gateway wrote into `metadata` (the signed identity covers it)
+    plan: AnswerPlan | None  # what ownership learns from the answer (None: ownership is off)
+
+
+class ChatKitEndpoint(Endpoint):
     """`POST {server.chatkit_path}`: the ChatKit protocol endpoint (pure ASGI, streams untouched)."""
 
+    route = "chatkit"
+
     def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime.observer)
         self.runtime = runtime
         self.config = runtime.config
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
         headers: Headers = scope["headers"]
-        exchange = Exchange(request_id_from(headers), "chatkit", time.monotonic(), scope["method"])
+        # Step 1.
+        if scope["method"] != "POST":
+            raise MethodNotAllowed(headers={"Allow": "POST, OPTIONS"})
+        require_json_content_type(headers)
+        # Steps 2 and 3.
         try:
-            await self._handle(scope, receive, send, headers, exchange)
-        finally:
-            self.runtime.observer.finish(exchange)
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, headers: Headers, exchange: Exchange) -> None:
-        request_id = exchange.request_id
-        try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowed(headers={"Allow": "POST, OPTIONS"})
-            require_json_content_type(headers)
-            try:
-                principal, identity = await self.runtime.authenticate(headers)
-            except AuthError as error:
-                exchange.status, exchange.error = error.status, error.code
-                await self._refuse(error, scope, receive, send, request_id)
-                return
-            exchange.user_id, exchange.source = identity.user_id, principal.source
-            streaming, read_only, upstream_body, injected, plan = await self._rewrite(
-                receive, headers, identity, exchange
-            )
-            # The body was re-encoded: it goes upstream as what it now is, whatever the client said
-            # (a charset, a second Content-Type, one named in Connection).
-            upstream_headers = self.runtime.base_headers(scope, request_id, allow=FORWARDED_BODY_HEADERS)
-            upstream_headers.append(JSON_CONTENT_TYPE)
-            upstream_headers.extend(
-                self.runtime.identity_headers(principal, identity, request_id, metadata=injected, body=upstream_body)
-            )
-            limiter = self.runtime.limiter_or_fail()
-            slot = await limiter.open_stream(identity.user_id) if streaming else None
-            try:
-                response = await self._open(streaming, read_only, upstream_body, upstream_headers)
-                # Nothing of the request is needed while the answer streams back: let it go.
-                del upstream_body, upstream_headers, principal, identity, injected
-                await self._relay(response, receive, send, streaming, exchange, plan)
-            finally:
-                if slot is not None:
-                    await slot.close()
-        except GatewayError as error:
+            principal, identity = await self.runtime.authenticate(headers)
+        except AuthError as error:
             exchange.status, exchange.error = error.status, error.code
-            await send_error(send, error, request_id)
-        except ClientDisconnected:
-            exchange.client_disconnected = True
+            await self._refuse(error, scope, receive, send, exchange.request_id)
             return
-        except Exception:
-            # Nothing a client sends should get here; if something does, it gets a JSON 500 and
-            # the log gets the traceback (never the request's credentials or body).
-            logger.exception("unhandled error in the ChatKit endpoint")
-            exchange.status, exchange.error = 500, "internal_error"
-            with contextlib.suppress(RuntimeError):  # the response may have started already
-                await send_error(send, GatewayError(), request_id)
+        exchange.user_id, exchange.source = identity.user_id, principal.source
+        # Steps 4 and 5.
+        rewritten = await self._rewrite(receive, headers, identity, exchange)
+        upstream_headers = self.runtime.outbound.chatkit_headers(
+            scope, exchange.request_id, principal, identity, metadata=rewritten.injected, body=rewritten.body
+        )
+        # Step 6.
+        plan = rewritten.plan
+        if not rewritten.streaming:
+            answer = await self._open(rewritten, upstream_headers)
+            del rewritten, upstream_headers, principal, identity  # see below
+            await self._relay(answer, receive, send, exchange, plan)
+            return
+        slot = await self.runtime.limiter.open_stream(identity.user_id)
+        try:
+            async with self.runtime.streams as stop:
+                answer = await self._open(rewritten, upstream_headers)
+                # Nothing of the request is needed while the answer streams back: let it go.
+                del rewritten, upstream_headers, principal, identity
+                await self._relay(answer, receive, send, exchange, plan, stop)
+        finally:
+            await slot.close()
 
     async def _rewrite(
         self, receive: Receive, headers: Headers, identity: Identity, exchange: Exchange
-    ) -> tuple[bool, bool, bytes, dict[str, object], AnswerPlan | None]:
-        """Steps 4 to 6: read and check the body, apply the user's limits (which depend on the op),
+    ) -> RewrittenRequest:
+        """Steps 4 and 5: read and check the body, apply the user's limits (which depend on the op),
         check ownership, write the gateway's metadata into the body (returned too: the signed
         identity covers it).
 
@@ -142,7 +157,7 @@ class ChatKitEndpoint:
         exchange.bytes_in = len(raw)
         request = parse_chatkit_request(raw)
         exchange.set_op(request.op)
-        await self.runtime.limiter_or_fail().admit(identity.user_id, message=request.streaming)
+        await self.runtime.limiter.admit(identity.user_id, message=request.streaming)
         plan = None
         if self.runtime.ownership is not None:
             try:
@@ -150,8 +165,11 @@ class ChatKitEndpoint:
             except NotOwned:
                 exchange.ownership = "denied"
                 raise
-        injected = self.runtime.injected_metadata(headers, request.body.get("metadata"), identity, exchange.request_id)
-        return request.streaming, request.read_only, rewrite_body(request, injected), injected, plan
+        injected = self.runtime.outbound.injected_metadata(
+            headers, request.body.get("metadata"), identity, exchange.request_id
+        )
+        body = rewrite_body(request, injected)
+        return RewrittenRequest(request.streaming, request.read_only, body, injected, plan)
 
     async def _refuse(self, error: AuthError, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         """A 401, or with `auth.stream_errors` an in-chat error event for streaming ops."""
@@ -171,53 +189,45 @@ class ChatKitEndpoint:
                     return
         await send_error(send, error, request_id)
 
-    async def _open(
-        self, streaming: bool, read_only: bool, body: bytes, headers: Headers
-    ) -> tuple[httpx.Response, bytes | None]:
-        """Step 7a: send upstream; a small JSON answer comes back read whole."""
-        upstream = self.runtime.upstream_or_fail()
-        if not streaming:
-            return await upstream.send_json(upstream.url, headers, body, replayable=read_only)
-        return await upstream.send_stream(upstream.url, headers, body), None
+    async def _open(self, request: RewrittenRequest, headers: Headers) -> UpstreamAnswer:
+        """Step 6: send upstream; a small JSON answer comes back read whole."""
+        upstream = self.runtime.upstream
+        if not request.streaming:
+            return await upstream.send_json(upstream.url, headers, request.body, replayable=request.read_only)
+        return UpstreamAnswer(await upstream.send_stream(upstream.url, headers, request.body), None)
 
     async def _relay(
         self,
-        opened: tuple[httpx.Response, bytes | None],
+        answer: UpstreamAnswer,
         receive: Receive,
         send: Send,
-        streaming: bool,
         exchange: Exchange,
         plan: AnswerPlan | None,
+        stop: Stop | None = None,
     ) -> None:
-        """Step 7b: relay the answer (small JSON whole, anything else as it arrives)."""
-        response, small_body = opened
+        """Step 6, continued: relay the answer (small JSON whole, anything else as it arrives); a
+        stream gets the heartbeat and ends when `stop` does."""
+        response, small_body = answer
         extra = [(b"x-request-id", exchange.request_id.encode("ascii"))]
         outcome = RelayOutcome()
-        runtime = self.runtime
-        ownership = runtime.ownership
+        ownership = self.runtime.ownership
         try:
-            if not streaming:
+            if stop is None:
                 if plan is not None:
                     small_body = await self._owned_answer(plan, response, small_body)
                 await relay_response(response, send, receive, body=small_body, extra_headers=extra, outcome=outcome)
-                return
-            runtime.open_streams += 1
-            runtime.observer.open_streams.inc()
-            try:
+            else:
+                heartbeat = self.config.upstream.heartbeat_seconds
                 await relay_response(
                     response,
                     send,
                     receive,
                     extra_headers=extra,
-                    heartbeat_seconds=self.config.upstream.heartbeat_seconds,
-                    stop=runtime.stop,
+                    heartbeat_seconds=heartbeat,
+                    stop=stop,
                     outcome=outcome,
                     watch=ownership.stream_watch(plan) if ownership is not None and plan is not None else None,
                 )
-            finally:
-                runtime.open_streams -= 1
-                runtime.observer.open_streams.dec()
-                runtime.upstream_or_fail().release_stream()
         finally:
             exchange.record(outcome)
 
@@ -321,7 +331,7 @@ def create_app(
 ) -> Gateway:
     """Build the gateway. `transport` replaces the network to the backend (and `jwks_transport` to
     the identity providers); `clock` replaces time."""
-    runtime = Runtime(config=config, clock=clock, transport=transport, jwks_transport=jwks_transport)
+    runtime = Runtime(config, clock=clock, transport=transport, jwks_transport=jwks_transport)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:

@@ -3,7 +3,7 @@
 A ChatKit request is a JSON object `{"type": "<op>", "params": {...}, "metadata": {...}}` POSTed to
 one endpoint. The gateway does not validate `params` (the backend does, and new ops appear between
 releases); it checks what it relies on: an object, a string `type`, and JSON that every later step
-(rewrite, re-serialisation) can handle without surprise. The research notes list the ops of
+(rewrite, re-serialisation) can handle without surprise. The op lists below are those of
 openai-chatkit 1.6.5; whether a response streams is decided by its `Content-Type`, not by this list.
 """
 
@@ -67,7 +67,6 @@ READ_ONLY_TYPES = frozenset({"threads.get_by_id", "threads.list", "items.list"})
 class ChatKitRequest:
     op: str
     body: dict[str, Any]
-    raw: bytes
 
     @property
     def streaming(self) -> bool:
@@ -133,7 +132,7 @@ def parse_chatkit_request(raw: bytes) -> ChatKitRequest:
     op = body.get("type")
     if not isinstance(op, str) or not op:
         raise InvalidChatKitRequest("The request body must have a string 'type'.")
-    return ChatKitRequest(op=op, body=body, raw=raw)
+    return ChatKitRequest(op=op, body=body)
 
 
 GATEWAY_METADATA_KEYS = ("userId", "userInfo", "pageContext", "requestId")

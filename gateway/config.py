@@ -210,7 +210,7 @@ class JWKSConfig(_Section):
 
 
 # What python-jose 3.5.0 can verify: it has no RSASSA-PSS (PS256/384/512), so those are refused here
-# at start-up rather than failing every token at run time (security-anchors.md §2.6).
+# at start-up rather than failing every token at run time (docs/jwt-attacks.md, "python-jose 3.5.0").
 ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
 
 

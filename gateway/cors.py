@@ -1,4 +1,4 @@
-"""CORS for cross-origin browser apps (SPEC 4): Starlette's `CORSMiddleware`, only where it applies.
+"""CORS for cross-origin browser apps (docs/security.md): Starlette's `CORSMiddleware`, only where it applies.
 
 Starlette's middleware wraps `send` for every request, which on a stream means every chunk. A
 request without an `Origin` header (same-origin GETs, server-to-server calls, the bench) has no

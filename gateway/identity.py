@@ -20,7 +20,7 @@ from .config import IdentityConfig, IssuerConfig
 from .errors import InvalidClaims
 from .headers import Headers
 
-__all__ = ["Identity", "header_value_of", "identity_of", "user_id_prefixes"]
+__all__ = ["Identity", "header_bytes_of", "identity_of", "user_id_prefixes"]
 
 logger = logging.getLogger("chatkit_gateway")
 
@@ -49,9 +49,9 @@ class Identity:
         return info
 
     def headers(self) -> Headers:
-        result = [(b"x-user-id", header_value_of(self.user_id))]
+        result = [(b"x-user-id", header_bytes_of(self.user_id))]
         if self.email is not None:
-            result.append((b"x-user-email", header_value_of(self.email)))
+            result.append((b"x-user-email", header_bytes_of(self.email)))
         return result
 
 
@@ -102,6 +102,7 @@ def user_id_prefixes(issuers: tuple[IssuerConfig, ...]) -> Mapping[str, str]:
     return prefixes
 
 
-def header_value_of(value: str) -> bytes:
-    """The header form of a claim (the rule lives in `gateway.backend`, which backends import)."""
+def header_bytes_of(value: str) -> bytes:
+    """The header form of a claim, as ASCII bytes for ASGI: `gateway.backend.header_value_of`,
+    the rule backends import to compare the header with the claim, encoded."""
     return backend_header_value_of(value).encode("ascii")

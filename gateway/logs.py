@@ -110,7 +110,7 @@ class JSONFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         try:
-            # orjson: measured ~9x faster than `json` on an access line (0.4 against 3.9 us).
+            # orjson: several times faster than `json` (docs/BENCHMARKS.md, "Measured design choices").
             line = orjson.dumps(entry, default=str).decode()
         except orjson.JSONEncodeError:
             line = self._fallback(entry)
@@ -142,7 +142,7 @@ def _drop_websocket_library_hint(record: logging.LogRecord) -> bool:
 def configure_logging(config: LoggingConfig, *, cookie_names: Iterable[str] = ()) -> None:
     """Every line through one handler on stderr, with `cookie_names`' values redacted too."""
     # The logging HOWTO's "Optimization" switches: no line carries thread or process names, so
-    # don't compute them for every record (measured: a third of an access line's cost).
+    # don't compute them for every record (docs/BENCHMARKS.md, "Measured design choices").
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

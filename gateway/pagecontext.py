@@ -1,4 +1,4 @@
-"""Page context: what page the user is on, sanitised before it reaches the backend (SPEC 5, 10).
+"""Page context: what page the user is on, sanitised before it reaches the backend (docs/metadata.md).
 
 The browser says where the user is (URL, title, headings) so the backend can put it into a prompt.
 It is the client's word, not the gateway's: anything may arrive, so only a few keys survive, as
@@ -86,7 +86,7 @@ def _load_object(text: str) -> dict[str, object] | None:
 
 
 def _joined(items: Iterable[object], limit: int) -> str | None:
-    """A list of strings joined with ", " (SPEC 10), read only as far as the cap needs."""
+    """A list of strings joined with ", " (docs/metadata.md), read only as far as the cap needs."""
     parts: list[str] = []
     length = 0
     for item in items:

@@ -1,4 +1,5 @@
-"""Per-user rate limits (SPEC 7 and 10): requests per minute, messages per minute, concurrent streams.
+"""Per-user rate limits: requests per minute, messages per minute, concurrent streams
+(docs/operations.md, "Per-user limits").
 
 Every request takes one token from its user's request bucket; a streaming (message-producing)
 request takes one from the message bucket as well. A bucket holds as many tokens as its per-minute

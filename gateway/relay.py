@@ -1,19 +1,11 @@
-"""The exchange with the ChatKit backend, and the relay of its answer to the client.
+"""The relay of the ChatKit backend's answer to the client: status, headers, and a body that
+streams as it arrives.
 
-Two httpx clients over the gateway's own transport (`transport.py`), made once in the lifespan:
-
-- the **JSON client** serves ops that answer one JSON object. An `asyncio.Semaphore` of
-  `upstream.max_connections` admits them, which bounds the backend connections they hold; a wait
-  for it counts against the response deadline. A small answer is read whole and sent to the
-  client in one message;
-- the **stream client** serves ops that stream, and uploads. A stream may be quiet for minutes
-  while a tool runs, so its silence bound is its own (`upstream.stream_idle_timeout`), and
-  `upstream.max_streams` caps how many are open (503 beyond it).
-
-Both: response headers due within `connect_timeout` + `response_timeout` (the transport's head
-deadline), `trust_env=False` (no proxy variables or .netrc from the environment), no redirects
-followed, no cookie jar. Every httpx exception is translated here, in `Upstream._open` (and, for
-a small JSON body, in `send_json`), into a `GatewayError`.
+The answer comes from `upstream.py` (the clients to the backend). A small JSON answer was read
+whole there and goes out in one message; anything else is forwarded chunk by chunk by a `_Pump`,
+which also ends the exchange when the client leaves (ChatKit's stop button is a disconnect), when
+the shutdown grace is over, and when the backend breaks mid-stream (an SSE stream then ends with
+a ChatKit error event the chat can show).
 """
 
 from __future__ import annotations
@@ -22,28 +14,21 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
 import httpx
-from starlette.types import Message, Receive, Send
+from starlette.types import Receive, Send
 
-from .config import UpstreamConfig
-from .errors import GatewayError, Overloaded, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+from .errors import GatewayError
 from .headers import Headers, header_value, relay_response_headers
-from .transport import HTTP11Transport, InvalidResponse
 
-__all__ = ["ChunkWatch", "RelayOutcome", "Upstream", "read_answer", "relay_response", "stream_error_event"]
+__all__ = ["ChunkWatch", "RelayOutcome", "relay_response", "stream_error_event"]
 
 logger = logging.getLogger("chatkit_gateway.relay")
 
-# A JSON answer up to this size is read whole and sent in one message: measured cheaper than
-# streaming it (no chunked encoding, no per-response task group).
-SMALL_BODY_BYTES = 1024 * 1024
 HEARTBEAT = b": keepalive\n\n"
-WARM_ROUNDS = 10
 FRAME_END = b"\n\n"
 
 
@@ -59,227 +44,6 @@ UPSTREAM_BROKE_EVENT = FRAME_END + stream_error_event(
 SHUTDOWN_EVENT = FRAME_END + stream_error_event(
     "The server is restarting and ended this reply. Please try again.", allow_retry=True
 )
-
-
-class _NoCookies(httpx.Cookies):
-    """A cookie jar that keeps nothing."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-    def set_cookie_header(self, request: httpx.Request) -> None:
-        return None
-
-
-class UpstreamClient(httpx.AsyncClient):
-    """An `httpx.AsyncClient` without a cookie jar.
-
-    One client serves every user, so a jar would keep a `Set-Cookie` the backend sent while
-    answering one user and send it with the next user's request. (Measured, too: extracting
-    cookies was a tenth of a proxied request's CPU.)
-    """
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return _NO_COOKIES
-
-    @cookies.setter
-    def cookies(self, value: object) -> None:
-        return None
-
-
-_NO_COOKIES = _NoCookies()
-
-
-def _client(transport: httpx.AsyncBaseTransport) -> UpstreamClient:
-    # No proxy variables or .netrc from the environment; redirects are the client's to follow.
-    return UpstreamClient(transport=transport, trust_env=False, follow_redirects=False)
-
-
-class Upstream:
-    """The clients to the ChatKit backend and the admission rules in front of them."""
-
-    def __init__(self, config: UpstreamConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.config = config
-        self.header_deadline = config.connect_timeout + config.response_timeout
-        self.url = httpx.URL(config.url)  # parsed once, not per request
-        self._netloc = self.url.netloc
-        self._json_timeout = httpx.Timeout(
-            connect=config.connect_timeout, read=config.response_timeout, write=config.response_timeout, pool=None
-        ).as_dict()
-        # No read timeout by default would let a backend that answers headers and then hangs hold a
-        # stream forever; ChatKit streams can be quiet for minutes (tools), so the bound is long.
-        idle = config.stream_idle_timeout or None
-        self._stream_timeout = httpx.Timeout(connect=config.connect_timeout, read=idle, write=None, pool=None).as_dict()
-        self._gate = asyncio.Semaphore(config.max_connections)
-        self._open_streams = 0
-        # Pool sizes and timeouts live in the transports and in each request's extensions: with a
-        # `transport=`, httpx's own `limits=` and client timeouts would never be read.
-        self.json_client = _client(
-            transport or HTTP11Transport(max_keepalive=config.max_connections, keepalive_expiry=config.keepalive_expiry)
-        )
-        self.stream_client = _client(
-            transport
-            or HTTP11Transport(max_keepalive=config.stream_keepalive, keepalive_expiry=config.keepalive_expiry)
-        )
-
-    @property
-    def open_streams(self) -> int:
-        return self._open_streams
-
-    async def aclose(self) -> None:
-        await self.json_client.aclose()
-        await self.stream_client.aclose()
-
-    async def warm(self) -> None:
-        """Before ready: open one connection per client, through the same code a request runs
-        (an `OPTIONS`, relayed to nowhere), so the first request pays no handshake and no
-        first-run cost of the relay path."""
-
-        async def discard(message: Message) -> None:
-            return None
-
-        async def never(_: float = 0) -> Message:
-            await asyncio.sleep(3600)
-            return {"type": "http.disconnect"}
-
-        # A few rounds: Python specialises a function's bytecode after its first runs.
-        for _ in range(WARM_ROUNDS):
-            try:
-                response, body = await self.send_json(self.url, [], b"", method="OPTIONS")
-                await relay_response(response, discard, never, body=body)
-                async with asyncio.timeout(self.config.connect_timeout):
-                    response = await self.send_stream(self.url, [], b"", method="OPTIONS")
-                    try:
-                        await relay_response(response, discard, never)
-                    finally:
-                        self.release_stream()
-            except (GatewayError, TimeoutError) as exc:
-                logger.warning("upstream warm-up failed: %s", type(exc).__name__)
-                return
-
-    async def send_json(
-        self,
-        url: str | httpx.URL,
-        headers: Headers,
-        content: bytes,
-        *,
-        method: str = "POST",
-        replayable: bool = False,
-    ) -> tuple[httpx.Response, bytes | None]:
-        """Send through the gated JSON client; a small non-stream answer comes back read whole.
-
-        The response headers are due `header_deadline` after the call, waiting for the gate
-        included; after them, the body may not stall for longer than `response_timeout`.
-        `replayable`: sending the request twice changes nothing (the transport may then retry it
-        after the keep-alive race)."""
-        deadline = asyncio.get_running_loop().time() + self.header_deadline
-        await self._admit(deadline)
-        extensions: dict[str, object] = {"timeout": self._json_timeout, "head_deadline": deadline}
-        if replayable:
-            extensions["replayable"] = True
-        try:
-            response = await self._open(self.json_client, method, url, headers, content, extensions)
-            if not _is_small_json(response):
-                return response, None
-            try:
-                # The stream itself, not `aiter_raw()`: no re-chunking of a body read whole anyway.
-                body = b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
-            except httpx.TimeoutException:
-                raise UpstreamTimeout() from None
-            except httpx.HTTPError:
-                raise UpstreamBadResponse() from None
-            finally:
-                # Given back at once, read whole or not (a stalled or broken body too).
-                await response.aclose()
-            return response, body
-        finally:
-            self._gate.release()
-
-    async def _admit(self, deadline: float) -> None:
-        """A place among `max_connections`; a wait for one counts against the head deadline."""
-        if not self._gate.locked():
-            await self._gate.acquire()
-            return
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self._gate.acquire()
-        except TimeoutError:
-            raise UpstreamTimeout() from None
-
-    async def send_stream(
-        self, url: str | httpx.URL, headers: Headers, content: bytes | AsyncIterable[bytes], *, method: str = "POST"
-    ) -> httpx.Response:
-        """Send through the stream client; the caller relays the body and closes the response."""
-        if self._open_streams >= self.config.max_streams:
-            raise Overloaded()
-        self._open_streams += 1
-        deadline = asyncio.get_running_loop().time() + self.header_deadline
-        try:
-            extensions = {"timeout": self._stream_timeout, "head_deadline": deadline}
-            return await self._open(self.stream_client, method, url, headers, content, extensions)
-        except BaseException:
-            self._open_streams -= 1
-            raise
-
-    def release_stream(self) -> None:
-        self._open_streams -= 1
-
-    async def _open(
-        self,
-        client: httpx.AsyncClient,
-        method: str,
-        url: str | httpx.URL,
-        headers: Headers,
-        content: bytes | AsyncIterable[bytes],
-        extensions: dict[str, object],
-    ) -> httpx.Response:
-        # The request is made directly rather than by `client.build_request`: no client defaults to
-        # merge, so the backend gets exactly the headers the gateway chose. A body in hand (every
-        # ChatKit JSON request) gets its `Host` and `Content-Length` here and goes as a `ByteStream`,
-        # which skips httpx's header-defaults pass (measured: ~10 us per request); a streamed body
-        # (uploads) is framed by httpx.
-        if isinstance(content, bytes):
-            target = url if isinstance(url, httpx.URL) else httpx.URL(url)
-            framed = [(b"host", self._netloc if target is self.url else target.netloc), *headers]
-            if content or method in ("POST", "PUT", "PATCH"):
-                framed.append((b"content-length", b"%d" % len(content)))
-            request = httpx.Request(
-                method, target, headers=framed, stream=httpx.ByteStream(content), extensions=extensions
-            )
-            request.read()  # `request.content` readable, as for any request httpx builds with a body
-        else:
-            request = httpx.Request(method, url, headers=headers, content=content, extensions=extensions)
-        try:
-            return await client.send(request, stream=True, auth=NO_AUTH)
-        except httpx.PoolTimeout:
-            raise Overloaded() from None
-        except InvalidResponse:
-            logger.warning("upstream answered with invalid HTTP")
-            raise UpstreamBadResponse() from None
-        except httpx.TimeoutException:
-            raise UpstreamTimeout() from None
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
-            raise UpstreamUnavailable() from None
-        except httpx.HTTPError:
-            raise UpstreamBadResponse() from None
-
-
-# Passed to `send`: no credentials of the client's own (it would otherwise look for some in the URL).
-NO_AUTH = httpx.Auth()
-
-
-def _is_small_json(response: httpx.Response) -> bool:
-    content_type = length = None
-    for key, value in response.headers.raw:
-        name = key.lower()
-        if name == b"content-type" and content_type is None:
-            content_type = value
-        elif name == b"content-length" and length is None:
-            length = value
-    if content_type is not None and content_type.lower().startswith(b"text/event-stream"):
-        return False
-    return length is not None and length.isdigit() and int(length) <= SMALL_BODY_BYTES
 
 
 def _is_sse(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -321,25 +85,6 @@ class ChunkWatch(Protocol):
     async def rest(self) -> bytes: ...
 
 
-async def read_answer(response: httpx.Response, limit: int) -> bytes:
-    """A whole (non-small) answer body, for a step that must see all of it; 502 beyond `limit`."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in response.aiter_raw():
-            size += len(chunk)
-            if size > limit:
-                raise UpstreamBadResponse()
-            chunks.append(chunk)
-    except httpx.TimeoutException:
-        raise UpstreamTimeout() from None
-    except httpx.HTTPError:
-        raise UpstreamBadResponse() from None
-    finally:
-        await response.aclose()
-    return b"".join(chunks)
-
-
 async def relay_response(
     response: httpx.Response,
     send: Send,
@@ -369,16 +114,9 @@ async def relay_response(
             await send({"type": "http.response.body", "body": body})
             outcome.bytes_out = len(body)
             return outcome
-        await _pump(
-            response,
-            send,
-            receive,
-            outcome,
-            sse=sse,
-            heartbeat_seconds=heartbeat_seconds,
-            stop=stop,
-            watch=watch if sse else None,
-        )
+        pump = _Pump(response, send, receive, outcome, sse=sse, heartbeat_seconds=heartbeat_seconds)
+        pump.watch = watch if sse else None
+        await pump.run(stop)
         return outcome
     finally:
         if not response.is_closed:
@@ -403,61 +141,87 @@ async def _wait_for_disconnect(receive: Receive) -> None:
         pass
 
 
-async def _pump(
-    response: httpx.Response,
-    send: Send,
-    receive: Receive,
-    outcome: RelayOutcome,
-    *,
-    sse: bool,
-    heartbeat_seconds: float,
-    stop: asyncio.Future[None] | None,
-    watch: ChunkWatch | None = None,
-) -> None:
-    """Forward body chunks as they arrive, until the body ends, the client leaves, or `stop`.
+class _Pump:
+    """Forwards one body to the client as it arrives, until the body ends, the client leaves, or
+    `stop` completes (the end of a shutdown's grace).
 
-    One extra task per stream waits for the client's disconnect and cancels this one (plain
-    asyncio, not an anyio task group: measured, the group cost ~8 KiB and ~10 us per stream).
+    It runs in the request's own task. One extra task waits for the client's disconnect and, like
+    `stop`, ends the pump by cancelling that task; `finished` keeps a late callback from cancelling
+    it once it is done, and `uncancel()` tells that cancellation apart from one coming from outside
+    (which propagates). Plain asyncio rather than an anyio task group: the group cost memory and
+    CPU per stream (docs/BENCHMARKS.md, "Measured design choices").
     """
-    tail = FRAME_END
-    loop = asyncio.get_running_loop()
-    last_write = loop.time()
-    current = asyncio.current_task()
-    assert current is not None
-    finished = False
 
-    def on_disconnect(watcher: asyncio.Future[None]) -> None:
-        if finished or watcher.cancelled() or watcher.exception() is not None:
-            return
-        outcome.client_disconnected = True
-        current.cancel()
+    __slots__ = (
+        "finished",
+        "heartbeat_seconds",
+        "last_write",
+        "loop",
+        "outcome",
+        "receive",
+        "response",
+        "send",
+        "sse",
+        "tail",
+        "task",
+        "watch",
+    )
 
-    def on_stop(future: asyncio.Future[None]) -> None:
-        if finished or outcome.client_disconnected:
-            return
-        outcome.stopped = True
-        current.cancel()
+    def __init__(
+        self,
+        response: httpx.Response,
+        send: Send,
+        receive: Receive,
+        outcome: RelayOutcome,
+        *,
+        sse: bool,
+        heartbeat_seconds: float,
+    ) -> None:
+        self.response, self.send, self.receive, self.outcome = response, send, receive, outcome
+        self.sse, self.heartbeat_seconds = sse, heartbeat_seconds
+        self.loop = asyncio.get_running_loop()
+        self.last_write = self.loop.time()
+        # The last two bytes sent: a heartbeat or an error event goes only between SSE frames.
+        self.tail = FRAME_END
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.finished = False
+        self.watch: ChunkWatch | None = None
 
-    watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
-    watcher.add_done_callback(on_disconnect)
-    if stop is not None:
-        stop.add_done_callback(on_stop)
-    heartbeat = None
-    if sse and heartbeat_seconds > 0:
-
-        async def keep_alive() -> None:
-            nonlocal last_write
-            while True:
-                await asyncio.sleep(max(0.05, last_write + heartbeat_seconds - loop.time()))
-                # A comment only between frames: a chunk may end mid-event.
-                if loop.time() - last_write >= heartbeat_seconds and tail == FRAME_END:
-                    await send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
-                    last_write = loop.time()
-
-        heartbeat = asyncio.ensure_future(keep_alive())
-    try:
+    async def run(self, stop: asyncio.Future[None] | None) -> None:
+        watcher = asyncio.ensure_future(_wait_for_disconnect(self.receive))
+        watcher.add_done_callback(self._on_disconnect)
+        if stop is not None:
+            stop.add_done_callback(self._on_stop)
+        heartbeat = None
+        if self.sse and self.heartbeat_seconds > 0:
+            heartbeat = asyncio.ensure_future(self._keep_alive())
         try:
-            async for chunk in response.aiter_raw():
+            await self._forward()
+        except asyncio.CancelledError:
+            outcome = self.outcome
+            if (outcome.client_disconnected or outcome.stopped) and self.task.uncancel() == 0:
+                # Our own cancellation: the client left, or the shutdown grace is over.
+                if outcome.stopped and not outcome.client_disconnected:
+                    self.finished = True
+                    if self.sse:
+                        await self.send({"type": "http.response.body", "body": SHUTDOWN_EVENT, "more_body": True})
+                    await self.send({"type": "http.response.body", "body": b""})
+                return
+            raise
+        finally:
+            self.finished = True
+            if stop is not None:
+                stop.remove_done_callback(self._on_stop)
+            watcher.cancel()
+            if heartbeat is not None:
+                heartbeat.cancel()
+
+    async def _forward(self) -> None:
+        send, outcome, sse, watch = self.send, self.outcome, self.sse, self.watch
+        try:
+            async for chunk in self.response.aiter_raw():
                 if watch is not None:
                     try:
                         chunk = await watch.feed(chunk)
@@ -474,8 +238,8 @@ async def _pump(
                 outcome.bytes_out += len(chunk)
                 if sse:
                     outcome.events += chunk.count(FRAME_END)
-                    tail = (tail + chunk)[-2:]
-                    last_write = loop.time()
+                    self.tail = (self.tail + chunk)[-2:]
+                    self.last_write = self.loop.time()
             if watch is not None and outcome.refused is None and (held := await watch.rest()):
                 await send({"type": "http.response.body", "body": held, "more_body": True})
         except httpx.HTTPError as exc:
@@ -490,20 +254,24 @@ async def _pump(
                 await send({"type": "http.response.body", "body": held, "more_body": True})
             await send({"type": "http.response.body", "body": UPSTREAM_BROKE_EVENT, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
-    except asyncio.CancelledError:
-        if (outcome.client_disconnected or outcome.stopped) and current.uncancel() == 0:
-            # Our own cancellation: the client left, or the shutdown grace is over.
-            if outcome.stopped and not outcome.client_disconnected:
-                finished = True
-                if sse:
-                    await send({"type": "http.response.body", "body": SHUTDOWN_EVENT, "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
+
+    async def _keep_alive(self) -> None:
+        loop, period = self.loop, self.heartbeat_seconds
+        while True:
+            await asyncio.sleep(max(0.05, self.last_write + period - loop.time()))
+            # A comment only between frames: a chunk may end mid-event.
+            if loop.time() - self.last_write >= period and self.tail == FRAME_END:
+                await self.send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+                self.last_write = loop.time()
+
+    def _on_disconnect(self, watcher: asyncio.Future[None]) -> None:
+        if self.finished or watcher.cancelled() or watcher.exception() is not None:
             return
-        raise
-    finally:
-        finished = True
-        if stop is not None:
-            stop.remove_done_callback(on_stop)
-        watcher.cancel()
-        if heartbeat is not None:
-            heartbeat.cancel()
+        self.outcome.client_disconnected = True
+        self.task.cancel()
+
+    def _on_stop(self, stop: asyncio.Future[None]) -> None:
+        if self.finished or self.outcome.client_disconnected:
+            return
+        self.outcome.stopped = True
+        self.task.cancel()

@@ -32,8 +32,9 @@ def uvicorn_config(config: GatewayConfig, app: Gateway | None = None) -> uvicorn
         app or create_app(config),
         host=config.server.host,
         port=config.server.port,
-        # uvloop + httptools: +20-40 % throughput over asyncio + h11, and httptools refuses the
-        # CL+TE request smuggling that h11 accepts (measured).
+        # uvloop + httptools: more throughput than asyncio + h11 (docs/BENCHMARKS.md, "Measured
+        # design choices"), and httptools refuses the CL+TE request smuggling that h11 accepts
+        # (docs/hardening.md).
         loop="uvloop",
         http="httptools",
         lifespan="on",

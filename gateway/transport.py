@@ -360,10 +360,6 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         self._idle: dict[Origin, list[_Connection]] = {}
         self._all: set[_Connection] = set()
 
-    @property
-    def connections(self) -> int:
-        return len(self._all)
-
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         origin = (
             request.url.scheme,

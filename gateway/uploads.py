@@ -9,22 +9,20 @@ it, segment by segment as the backend will read it, before it is joined to the c
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-import time
 import unicodedata
 from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
 from starlette.types import Receive, Scope, Send
 
-from .body import ClientDisconnected, declared_length, stream_body
-from .errors import GatewayError, InvalidUploadPath, MethodNotAllowed, NotFound, PayloadTooLarge
-from .headers import FORWARDED_UPLOAD_HEADERS, Headers, header_value, request_id_from
+from .body import declared_length, stream_body
+from .endpoint import Endpoint
+from .errors import InvalidUploadPath, MethodNotAllowed, NotFound, PayloadTooLarge
 from .observe import Exchange
-from .relay import RelayOutcome, read_answer, relay_response
-from .responses import send_error
+from .relay import RelayOutcome, relay_response
+from .upstream import read_answer
 
 if TYPE_CHECKING:
     import httpx
@@ -98,95 +96,55 @@ def upload_target(raw_path: bytes, prefix: bytes, base_url: str, query: bytes) -
     return base_url + rest.decode("ascii") + (f"?{query_text}" if query_text else "")
 
 
-class UploadEndpoint:
+class UploadEndpoint(Endpoint):
+    route = "uploads"
+    op = "upload"
+
     def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime.observer)
         self.runtime = runtime
         self.config = runtime.config
         self.prefix = self.config.server.uploads_path.encode("ascii")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers: Headers = scope["headers"]
-        request_id = request_id_from(headers)
-        exchange = Exchange(request_id, "uploads", time.monotonic(), scope["method"], op="upload")
-        try:
-            await self._handle(scope, receive, send, headers, exchange)
-        finally:
-            self.runtime.observer.finish(exchange)
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, headers: Headers, exchange: Exchange) -> None:
-        request_id = exchange.request_id
-        try:
-            if scope["method"] not in UPLOAD_METHODS:
-                raise MethodNotAllowed(headers={"Allow": "POST, PUT, OPTIONS"})
-            base_url = self.config.upstream.uploads_url
-            if base_url is None:
-                raise NotFound("Uploads are not configured on this gateway.")
-            raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
-            target = upload_target(raw_path, self.prefix, base_url, scope.get("query_string", b""))
-            principal, identity = await self.runtime.authenticate(headers)
-            exchange.user_id, exchange.source = identity.user_id, principal.source
-            await self.runtime.limiter_or_fail().admit(identity.user_id, message=False)
-            if self.runtime.ownership is not None:
-                # A direct upload creates an attachment: its owner must be recordable first.
-                await self.runtime.ownership.owners.reach()
-            identity_headers = self.runtime.identity_headers(principal, identity, request_id)
-            await self._forward(scope, receive, send, target, exchange, identity_headers, identity.user_id)
-        except GatewayError as error:
-            exchange.status, exchange.error = error.status, error.code
-            with contextlib.suppress(RuntimeError):
-                await send_error(send, error, request_id)
-        except ClientDisconnected:
-            exchange.client_disconnected = True
-            return
-        except Exception:
-            # The app's last resort answers and logs it; the access line still says what happened.
-            exchange.status, exchange.error = 500, "internal_error"
-            raise
-
-    async def _forward(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        target: str,
-        exchange: Exchange,
-        identity: Headers,
-        user_id: str,
-    ) -> None:
-        request_id = exchange.request_id
+    async def handle(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
+        if scope["method"] not in UPLOAD_METHODS:
+            raise MethodNotAllowed(headers={"Allow": "POST, PUT, OPTIONS"})
+        base_url = self.config.upstream.uploads_url
+        if base_url is None:
+            raise NotFound("Uploads are not configured on this gateway.")
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        target = upload_target(raw_path, self.prefix, base_url, scope.get("query_string", b""))
+        runtime = self.runtime
+        principal, identity = await runtime.authenticate(scope["headers"])
+        exchange.user_id, exchange.source = identity.user_id, principal.source
+        await runtime.limiter.admit(identity.user_id, message=False)
+        if runtime.ownership is not None:
+            # A direct upload creates an attachment: its owner must be recordable first.
+            await runtime.ownership.owners.reach()
         limit = self.config.server.max_upload_bytes
-        headers: Headers = scope["headers"]
-        declared = declared_length(headers)
+        declared = declared_length(scope["headers"])
         if declared is not None and declared > limit:
             raise PayloadTooLarge()
-        upstream_headers = self.runtime.base_headers(scope, request_id, allow=FORWARDED_UPLOAD_HEADERS)
-        upstream_headers.extend(identity)
-        if declared is not None:
-            upstream_headers.append((b"content-length", str(declared).encode("ascii")))
-        if header_value(upstream_headers, b"content-type") is None:
-            upstream_headers.append((b"content-type", b"application/octet-stream"))
-        upstream = self.runtime.upstream_or_fail()
-        response = await upstream.send_stream(
-            target,
-            upstream_headers,
-            stream_body(receive, limit, self.config.server.body_timeout_seconds),
-            method=scope["method"],
-        )
+        request_id = exchange.request_id
+        headers = runtime.outbound.upload_headers(scope, request_id, principal, identity, declared)
+        body = stream_body(receive, limit, self.config.server.body_timeout_seconds)
         outcome = RelayOutcome()
         try:
-            body = await self._record_attachment(response, user_id)
-            await relay_response(
-                response,
-                send,
-                receive,
-                body=body,
-                extra_headers=[(b"x-request-id", request_id.encode())],
-                outcome=outcome,
-            )
+            async with runtime.streams:
+                response = await runtime.upstream.send_stream(target, headers, body, method=scope["method"])
+                answer = await self._record_attachment(response, identity.user_id)
+                await relay_response(
+                    response,
+                    send,
+                    receive,
+                    body=answer,
+                    extra_headers=[(b"x-request-id", request_id.encode())],
+                    outcome=outcome,
+                )
         finally:
-            upstream.release_stream()
-            exchange.bytes_in = declared or 0
-            exchange.record(outcome)
+            if outcome.status:  # the backend answered: the relay saw what the log line reports
+                exchange.bytes_in = declared or 0
+                exchange.record(outcome)
 
     async def _record_attachment(self, response: httpx.Response, user_id: str) -> bytes | None:
         """A successful JSON answer naming an attachment `id` (a direct upload): the id recorded for

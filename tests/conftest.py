@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 pytest.register_assert_rewrite("tests.support")
-pytest_plugins = ["tests.support.fixtures", "tests.support.idp", "tests.support.redis", "tests.support.browser"]
+pytest_plugins = [
+    "tests.support.fixtures",
+    "tests.support.idp",
+    "tests.support.inprocess",
+    "tests.support.redis",
+    "tests.support.browser",
+]
 
 import os  # noqa: E402
 import warnings  # noqa: E402
@@ -31,6 +37,12 @@ with warnings.catch_warnings():
     # chatkit.widgets warns at import time; the suite turns warnings into errors.
     warnings.simplefilter("ignore", DeprecationWarning)
     import chatkit.types  # noqa: F401
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio: the gateway serves on uvloop, its caches and limiters use asyncio tasks."""
+    return "asyncio"
 
 
 @pytest.fixture(scope="session")

@@ -75,11 +75,6 @@ async def call(app: Gateway, scope: Scope, incoming: list[Message] | None = None
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # what uvicorn runs the gateway on
-
-
-@pytest.fixture
 def log_lines() -> Iterator[list[str]]:
     """What the gateway's JSON log handler writes, line by line."""
     lines: list[str] = []

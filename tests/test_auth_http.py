@@ -22,7 +22,11 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.auth.keys import (
+from tests.support.chatkit import post
+from tests.support.fixtures import Backend
+from tests.support.gateway import AUDIENCE, RunningGateway, gateway_config, start_gateway, user_claims
+from tests.support.idp import LoopbackIdP, running_idp
+from tests.support.keys import (
     DROP,
     b64url,
     ec_private,
@@ -33,9 +37,6 @@ from tests.auth.keys import (
     public_pem,
     rsa_private,
 )
-from tests.support.fixtures import Backend
-from tests.support.gateway import AUDIENCE, RunningGateway, gateway_config, start_gateway, user_claims
-from tests.support.idp import LoopbackIdP, running_idp
 
 BODY = json.dumps({"type": "threads.list", "params": {}}).encode()
 PLACEMENTS = [pytest.param("bearer", id="bearer"), pytest.param("cookie", id="cookie")]
@@ -357,12 +358,8 @@ def credential(placement: str, token: str, origin: str) -> dict[str, str]:
     return {"cookie": f"auth_token={token}", "origin": origin}
 
 
-def post(client: httpx.Client, headers: dict[str, str]) -> httpx.Response:
-    return client.post("/chatkit", content=BODY, headers={"content-type": "application/json", **headers})
-
-
 def send(client: httpx.Client, placement: str, token: str) -> httpx.Response:
-    return post(client, credential(placement, token, _origin(client)))
+    return post(client, body=BODY, headers=credential(placement, token, _origin(client)))
 
 
 def assert_refused(response: httpx.Response, code: str, *, bearer: bool, token: str = "") -> None:
@@ -431,7 +428,7 @@ def test_valid_token_is_relayed_as_its_user(
 def test_empty_or_absent_credential_gets_401(
     http: httpx.Client, clean_backend: Backend, placement: str, headers: dict[str, str], code: str
 ) -> None:
-    response = post(http, {**headers, "origin": _origin(http)})
+    response = post(http, body=BODY, headers={**headers, "origin": _origin(http)})
     assert_refused(response, code, bearer=placement == "bearer")
     assert clean_backend.requests() == []
 
@@ -439,7 +436,7 @@ def test_empty_or_absent_credential_gets_401(
 def test_basic_authorization_without_a_cookie_is_missing_credentials(
     http: httpx.Client, clean_backend: Backend
 ) -> None:
-    response = post(http, {"authorization": "Basic dXNlcjpwYXNzd29yZA=="})
+    response = post(http, body=BODY, headers={"authorization": "Basic dXNlcjpwYXNzd29yZA=="})
     assert_refused(response, "missing_credentials", bearer=False)
     assert response.headers["www-authenticate"].startswith("Bearer realm=")
     assert clean_backend.requests() == []
@@ -449,14 +446,14 @@ def test_basic_authorization_does_not_hide_a_valid_cookie(
     http: httpx.Client, clean_backend: Backend, forge: Forge
 ) -> None:
     headers = {"authorization": "Basic dXNlcjpwYXNzd29yZA==", **credential("cookie", forge.rs256(), _origin(http))}
-    response = post(http, headers)
+    response = post(http, body=BODY, headers=headers)
     assert response.status_code == 200, response.text
     assert forwarded_user(clean_backend) == "user-1"
 
 
 def test_valid_bearer_wins_over_a_garbage_cookie(http: httpx.Client, clean_backend: Backend, forge: Forge) -> None:
     headers = {**credential("bearer", forge.rs256(), ""), "cookie": "auth_token=garbage.garbage.garbage"}
-    response = post(http, headers)
+    response = post(http, body=BODY, headers=headers)
     assert response.status_code == 200, response.text
     assert forwarded_user(clean_backend) == "user-1"
 
@@ -465,7 +462,7 @@ def test_garbage_bearer_is_refused_even_with_a_valid_cookie(
     http: httpx.Client, clean_backend: Backend, forge: Forge
 ) -> None:
     headers = {**credential("cookie", forge.rs256(), _origin(http)), "authorization": "Bearer garbage.garbage.garbage"}
-    response = post(http, headers)
+    response = post(http, body=BODY, headers=headers)
     assert_refused(response, "invalid_token", bearer=True)
     assert clean_backend.requests() == []
 
@@ -474,7 +471,7 @@ def test_cookie_header_over_16_kb_is_refused_before_parsing(
     http: httpx.Client, clean_backend: Backend, forge: Forge
 ) -> None:
     cookie = f"auth_token={forge.rs256()}; filler={'f' * 17_000}"
-    response = post(http, {"cookie": cookie, "origin": _origin(http)})
+    response = post(http, body=BODY, headers={"cookie": cookie, "origin": _origin(http)})
     assert response.status_code in (401, 431), response.text
     if response.status_code == 401:
         assert_refused(response, "invalid_token", bearer=False)
@@ -583,7 +580,7 @@ def test_no_token_cookie_or_bearer_header_reaches_the_log(own: Own, clean_backen
             headers = credential(placement, token, origin)
             if placement == "cookie":
                 headers["cookie"] += f"; session={side_cookie}"
-            response = post(own.client, headers)
+            response = post(own.client, body=BODY, headers=headers)
             assert response.status_code == (200 if token in valid else 401), response.text
     assert len(clean_backend.requests()) == 2 * len(valid)
 

@@ -16,3 +16,4 @@ def test_bench_quick_run_measures_every_subject_and_writes_the_report(tmp_path: 
     for subject in ("| direct |", "| nginx |", "| gateway |"):
         assert subject in report
     assert "| RS256 (2048-bit), cold |" in report and "## First request after start" in report
+    assert "## Measured design choices" in report

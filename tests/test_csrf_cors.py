@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.chatkit import post
 from tests.support.fixtures import Backend
 from tests.support.gateway import RunningGateway, bearer, gateway_config, start_gateway
 from tests.support.idp import LoopbackIdP
@@ -23,7 +24,6 @@ from tests.support.idp import LoopbackIdP
 APP = "https://app.example.com"
 EVIL = "https://evil.example"
 BODY = json.dumps({"type": "threads.list", "params": {}}).encode()
-JSON = {"content-type": "application/json"}
 REQUESTED_HEADERS = [
     "content-type",
     "authorization",
@@ -47,9 +47,10 @@ def cors_gateway(backend: Backend, session_idp: LoopbackIdP) -> Iterator[Running
         yield running
 
 
-def post(gateway: RunningGateway, headers: dict[str, str], body: bytes = BODY) -> httpx.Response:
+def send_to(gateway: RunningGateway, headers: dict[str, str], body: bytes = BODY) -> httpx.Response:
+    """The ChatKit POST on a connection of its own (no cookie jar carried between cases)."""
     with httpx.Client(base_url=gateway.url, trust_env=False, timeout=30) as client:
-        return client.post("/chatkit", content=body, headers={**JSON, **headers})
+        return post(client, body=body, headers=headers)
 
 
 def cookie(token: str) -> dict[str, str]:
@@ -107,7 +108,7 @@ CSRF: list[Any] = [
 def test_cookie_request_is_let_through_only_from_an_allowed_origin(
     csrf_gateway: RunningGateway, clean_backend: Backend, token: str, headers: dict[str, str], status: int
 ) -> None:
-    response = post(csrf_gateway, {**cookie(token), **headers})
+    response = send_to(csrf_gateway, {**cookie(token), **headers})
     if status == 200:
         assert response.status_code == 200, response.text
         assert len(clean_backend.requests()) == 1
@@ -128,7 +129,7 @@ def test_cookie_request_is_let_through_only_from_an_allowed_origin(
 def test_bearer_request_is_exempt_from_the_origin_check(
     csrf_gateway: RunningGateway, clean_backend: Backend, token: str, headers: dict[str, str]
 ) -> None:
-    response = post(csrf_gateway, {**bearer(token), **headers})
+    response = send_to(csrf_gateway, {**bearer(token), **headers})
     assert response.status_code == 200, response.text
     assert len(clean_backend.requests()) == 1
     assert "access-control-allow-origin" not in response.headers  # no CORS configured here
@@ -138,7 +139,7 @@ def test_cookie_request_with_a_simple_request_content_type_is_refused(
     csrf_gateway: RunningGateway, clean_backend: Backend, token: str
 ) -> None:
     # text/plain needs no preflight, so a cross-site form could send it; it never reaches the backend.
-    response = post(csrf_gateway, {**cookie(token), "origin": APP, "content-type": "text/plain"})
+    response = send_to(csrf_gateway, {**cookie(token), "origin": APP, "content-type": "text/plain"})
     assert response.status_code == 415, response.text
     assert clean_backend.requests() == []
 
@@ -147,7 +148,7 @@ def test_origin_is_checked_only_after_the_cookie_is_verified(
     csrf_gateway: RunningGateway, clean_backend: Backend
 ) -> None:
     # A forged cookie from a foreign origin learns nothing about the origin rule: 401, not 403.
-    response = post(csrf_gateway, {**cookie("forged.token.value"), "origin": EVIL})
+    response = send_to(csrf_gateway, {**cookie("forged.token.value"), "origin": EVIL})
     assert response.status_code == 401, response.text
     assert clean_backend.requests() == []
 
@@ -168,7 +169,7 @@ def test_without_allowed_origins_only_the_gateways_own_origin_may_use_cookies(
 ) -> None:
     port = int(gateway.url.rsplit(":", 1)[1])
     origin = origin.format(self=gateway.url, port=port, other=port + 1 if port < 65535 else port - 1)
-    response = post(gateway, {**cookie(token), "origin": origin})
+    response = send_to(gateway, {**cookie(token), "origin": origin})
     if status == 200:
         assert response.status_code == 200, response.text
         assert len(clean_backend.requests()) == 1
@@ -241,7 +242,7 @@ def test_preflight_asking_for_an_unlisted_header_fails(cors_gateway: RunningGate
 def test_cross_origin_post_from_the_allowed_origin_is_readable(
     cors_gateway: RunningGateway, clean_backend: Backend, token: str
 ) -> None:
-    response = post(cors_gateway, {**bearer(token), "origin": APP, "x-request-id": "cors-req-1"})
+    response = send_to(cors_gateway, {**bearer(token), "origin": APP, "x-request-id": "cors-req-1"})
     assert response.status_code == 200, response.text
     assert response.headers["access-control-allow-origin"] == APP
     assert response.headers["access-control-allow-credentials"] == "true"
@@ -254,7 +255,7 @@ def test_cross_origin_post_from_the_allowed_origin_is_readable(
 def test_cross_origin_post_from_a_foreign_origin_gets_no_allow_origin(
     cors_gateway: RunningGateway, clean_backend: Backend, token: str
 ) -> None:
-    response = post(cors_gateway, {**bearer(token), "origin": EVIL})
+    response = send_to(cors_gateway, {**bearer(token), "origin": EVIL})
     assert response.status_code == 200, response.text  # bearer: the browser just cannot read it
     assert "access-control-allow-origin" not in response.headers
     assert len(clean_backend.requests()) == 1
@@ -263,7 +264,7 @@ def test_cross_origin_post_from_a_foreign_origin_gets_no_allow_origin(
 def test_an_auth_error_to_the_allowed_origin_is_readable_by_the_page(
     cors_gateway: RunningGateway, clean_backend: Backend
 ) -> None:
-    response = post(cors_gateway, {"authorization": "Bearer not.a.token", "origin": APP})
+    response = send_to(cors_gateway, {"authorization": "Bearer not.a.token", "origin": APP})
     assert response.status_code == 401
     assert response.headers["access-control-allow-origin"] == APP
     assert response.json()["error"]["code"] == "invalid_token"
@@ -277,7 +278,7 @@ def test_an_auth_error_to_the_allowed_origin_is_readable_by_the_page(
 def test_cookie_request_from_a_cors_allowed_origin_passes_the_origin_check(
     cors_gateway: RunningGateway, clean_backend: Backend, token: str, origin: str, status: int
 ) -> None:
-    response = post(cors_gateway, {**cookie(token), "origin": origin})
+    response = send_to(cors_gateway, {**cookie(token), "origin": origin})
     assert response.status_code == status, response.text
     assert len(clean_backend.requests()) == (1 if status == 200 else 0)
     assert_never_wildcard(response)
@@ -298,9 +299,9 @@ def test_allow_origin_is_never_a_wildcard_or_a_reflection(
 ) -> None:
     answers = [
         preflight(cors_gateway, origin),
-        post(cors_gateway, {**bearer(token), "origin": origin}),
-        post(cors_gateway, {**cookie(token), "origin": origin}),
-        post(cors_gateway, {"origin": origin}),
+        send_to(cors_gateway, {**bearer(token), "origin": origin}),
+        send_to(cors_gateway, {**cookie(token), "origin": origin}),
+        send_to(cors_gateway, {"origin": origin}),
     ]
     for response in answers:
         assert_never_wildcard(response)

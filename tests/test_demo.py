@@ -26,6 +26,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
+from tests.support.keys import b64url
 from tests.support.procs import PROJECT_ROOT, LoggedProcess, free_port, process_log, start_process, stop_process
 
 SCREENSHOT = PROJECT_ROOT / "docs" / "demo.png"
@@ -202,16 +203,12 @@ def b64decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def tampered(token: str) -> str:
     """The same token with its claims edited to another user: the signature no longer fits."""
     header, payload, signature = token.split(".")
     claims = json.loads(b64decode(payload))
     claims["sub"] = "demo|admin"
-    return f"{header}.{b64encode(json.dumps(claims, separators=(',', ':')).encode())}.{signature}"
+    return f"{header}.{b64url(json.dumps(claims, separators=(',', ':')).encode())}.{signature}"
 
 
 def test_demo_tokens_pass_the_gateways_ordinary_verifier(demo: RunningDemo) -> None:

@@ -36,7 +36,9 @@ def length(body: bytes) -> tuple[bytes, bytes]:
     return (b"content-length", str(len(body)).encode())
 
 
-def post(target: bytes, *headers: tuple[bytes, bytes], body: bytes = BODY, host: bytes = b"gateway.test") -> bytes:
+def post_bytes(
+    target: bytes, *headers: tuple[bytes, bytes], body: bytes = BODY, host: bytes = b"gateway.test"
+) -> bytes:
     """`POST target` with Host, JSON content type, the given headers and a Content-Length."""
     return request_bytes("POST", target, [(b"host", host), JSON_CT, *headers, length(body)], body)
 
@@ -67,7 +69,7 @@ def assert_only_configured_upstream(backend: Backend) -> list[dict[str, Any]]:
 
 def smuggled(token: str) -> bytes:
     """A complete authenticated request: if a framing trick smuggles it, the backend records it."""
-    return post(b"/chatkit", auth(token))
+    return post_bytes(b"/chatkit", auth(token))
 
 
 def smuggling_cases(token: str) -> dict[str, bytes]:
@@ -172,7 +174,7 @@ PATH_TRICKS: dict[bytes, tuple[int, int]] = {
 def test_path_tricks_without_credentials_never_pass(
     gateway: RunningGateway, clean_backend: Backend, target: bytes
 ) -> None:
-    response = send(gateway, post(target))
+    response = send(gateway, post_bytes(target))
 
     assert response.status == PATH_TRICKS[target][0], response
     assert response.status != 200
@@ -185,7 +187,7 @@ def test_path_tricks_without_credentials_never_pass(
 def test_path_tricks_with_credentials_never_change_the_upstream_path_or_host(
     gateway: RunningGateway, clean_backend: Backend, token: str, target: bytes
 ) -> None:
-    response = send(gateway, post(target, auth(token)))
+    response = send(gateway, post_bytes(target, auth(token)))
 
     assert response.status == PATH_TRICKS[target][1], response
     received = assert_only_configured_upstream(clean_backend)
@@ -246,7 +248,7 @@ def test_upload_paths_that_could_leave_the_uploads_url_get_400_and_the_backend_g
     gateway: RunningGateway, clean_backend: Backend, token: str, rest: bytes, credentials: bool
 ) -> None:
     headers = [auth(token)] if credentials else []
-    response = send(gateway, post(UPLOADS + rest, *headers, body=FORGED_BODY))
+    response = send(gateway, post_bytes(UPLOADS + rest, *headers, body=FORGED_BODY))
 
     assert response.status == 400, response
     assert response.headers["content-type"] == "application/json"
@@ -286,12 +288,12 @@ def test_behind_a_normalizing_front_a_forged_body_never_reaches_the_chatkit_endp
 ) -> None:
     front, gateway = fronted_gateway
     # The premise: sent to the front directly, this upload path is the ChatKit endpoint.
-    direct = exchange(address_of(front.url), post(b"/uploads/" + rest, body=FORGED_BODY))
+    direct = exchange(address_of(front.url), post_bytes(b"/uploads/" + rest, body=FORGED_BODY))
     assert direct.status == 200, direct
     assert [(r["path"], r["json"]["metadata"]["userId"]) for r in clean_backend.requests()] == [("/chatkit", "mallory")]
     clean_backend.reset()
 
-    response = send(gateway, post(UPLOADS + rest, auth(token), body=FORGED_BODY))
+    response = send(gateway, post_bytes(UPLOADS + rest, auth(token), body=FORGED_BODY))
 
     assert response.status == 400, response
     assert response.error_code == "invalid_upload_path"
@@ -312,7 +314,7 @@ UPLOAD_PATHS_FORWARDED = [
 def test_upload_paths_that_stay_under_the_uploads_url_are_forwarded_as_received(
     gateway: RunningGateway, clean_backend: Backend, token: str, rest: bytes
 ) -> None:
-    response = send(gateway, post(UPLOADS + rest, auth(token), body=b"{}"))
+    response = send(gateway, post_bytes(UPLOADS + rest, auth(token), body=b"{}"))
 
     assert response.status == 404, response  # the backend's answer: no such attachment
     (received,) = clean_backend.requests()
@@ -329,7 +331,7 @@ def the_one_upstream_request(backend: Backend) -> dict[str, str]:
 
 
 def test_host_header_cannot_redirect_the_upstream(gateway: RunningGateway, clean_backend: Backend, token: str) -> None:
-    response = send(gateway, post(b"/chatkit", auth(token), host=b"evil.example"))
+    response = send(gateway, post_bytes(b"/chatkit", auth(token), host=b"evil.example"))
 
     assert response.status == 200, response
     headers = the_one_upstream_request(clean_backend)
@@ -348,7 +350,7 @@ def test_x_forwarded_host_and_forwarded_cannot_redirect_the_upstream(
         (b"x-rewrite-url", b"/_debug/reset"),
         (b"x-http-method-override", b"GET"),
     ]
-    response = send(gateway, post(b"/chatkit", auth(token), *spoofed))
+    response = send(gateway, post_bytes(b"/chatkit", auth(token), *spoofed))
 
     assert response.status == 200, response
     headers = the_one_upstream_request(clean_backend)
@@ -385,7 +387,7 @@ def assert_headers_too_large(response: RawResponse) -> None:
 
 
 def test_one_40_kib_header_gets_431(gateway: RunningGateway, clean_backend: Backend, token: str) -> None:
-    response = send(gateway, post(b"/chatkit", auth(token), (b"x-big", b"a" * 40 * 1024)))
+    response = send(gateway, post_bytes(b"/chatkit", auth(token), (b"x-big", b"a" * 40 * 1024)))
 
     assert_headers_too_large(response)
     assert clean_backend.requests() == []
@@ -393,7 +395,7 @@ def test_one_40_kib_header_gets_431(gateway: RunningGateway, clean_backend: Back
 
 def test_many_small_headers_over_32_kib_get_431(gateway: RunningGateway, clean_backend: Backend, token: str) -> None:
     many = [(b"x-h%04d" % n, b"v" * 90) for n in range(400)]  # 400 headers, 38 KB in all
-    response = send(gateway, post(b"/chatkit", auth(token), *many))
+    response = send(gateway, post_bytes(b"/chatkit", auth(token), *many))
 
     assert_headers_too_large(response)
     assert clean_backend.requests() == []
@@ -402,7 +404,7 @@ def test_many_small_headers_over_32_kib_get_431(gateway: RunningGateway, clean_b
 def test_a_40_kib_authorization_header_gets_431_before_any_token_work(
     gateway: RunningGateway, clean_backend: Backend
 ) -> None:
-    response = send(gateway, post(b"/chatkit", (b"authorization", b"Bearer " + b"a" * 40 * 1024)))
+    response = send(gateway, post_bytes(b"/chatkit", (b"authorization", b"Bearer " + b"a" * 40 * 1024)))
 
     assert_headers_too_large(response)
     assert clean_backend.requests() == []
@@ -428,7 +430,7 @@ def test_a_cookie_header_over_16_kib_gets_401_even_with_a_valid_token(
 ) -> None:
     cookie = b"auth_token=" + token.encode() + b"; pad=" + b"c" * MAX_COOKIE_BYTES
     assert MAX_COOKIE_BYTES < len(cookie) < MAX_HEADER_BYTES - 1024  # under the 431 bound: the cookie rule decides
-    response = send(gateway, post(b"/chatkit", (b"cookie", cookie), (b"origin", b"http://gateway.test")))
+    response = send(gateway, post_bytes(b"/chatkit", (b"cookie", cookie), (b"origin", b"http://gateway.test")))
 
     assert response.status == 401, response
     assert response.error_code == "invalid_token"
@@ -440,7 +442,7 @@ def test_cookie_headers_split_in_two_count_together(
 ) -> None:
     half = b"c" * (MAX_COOKIE_BYTES // 2 + 16)
     cookies = [(b"cookie", b"auth_token=" + token.encode()), (b"cookie", b"a=" + half), (b"cookie", b"b=" + half)]
-    response = send(gateway, post(b"/chatkit", *cookies, (b"origin", b"http://gateway.test")))
+    response = send(gateway, post_bytes(b"/chatkit", *cookies, (b"origin", b"http://gateway.test")))
 
     assert response.status == 401, response
     assert response.error_code == "invalid_token"
@@ -448,7 +450,7 @@ def test_cookie_headers_split_in_two_count_together(
 
 
 def test_a_bearer_token_over_max_token_bytes_gets_401(gateway: RunningGateway, clean_backend: Backend) -> None:
-    response = send(gateway, post(b"/chatkit", (b"authorization", b"Bearer " + b"e" * 9000)))
+    response = send(gateway, post_bytes(b"/chatkit", (b"authorization", b"Bearer " + b"e" * 9000)))
 
     assert response.status == 401, response
     assert response.error_code == "invalid_token"
@@ -494,8 +496,8 @@ def put(target: bytes, token: str) -> bytes:
 
 
 LONG_TARGETS: dict[str, Any] = {
-    "chatkit-query": lambda token: post(padded_target(b"/chatkit", MAX_TARGET_BYTES + 1), auth(token)),
-    "chatkit-without-credentials": lambda token: post(padded_target(b"/chatkit", MAX_TARGET_BYTES + 1)),
+    "chatkit-query": lambda token: post_bytes(padded_target(b"/chatkit", MAX_TARGET_BYTES + 1), auth(token)),
+    "chatkit-without-credentials": lambda token: post_bytes(padded_target(b"/chatkit", MAX_TARGET_BYTES + 1)),
     "upload-path": lambda token: put(b"/chatkit/uploads/" + b"a" * MAX_TARGET_BYTES, token),
     # ~65,500 bytes: httpx refuses the upload URL built from it (InvalidURL), once a plain-text 500.
     "upload-path-65500": lambda token: put(b"/chatkit/uploads/" + b"a" * 65_500, token),
@@ -522,7 +524,7 @@ def test_a_request_target_over_8_kib_gets_a_json_414_on_every_route(
 def test_a_request_target_of_exactly_8_kib_is_served(
     gateway: RunningGateway, clean_backend: Backend, token: str
 ) -> None:
-    response = send(gateway, post(padded_target(b"/chatkit", MAX_TARGET_BYTES), auth(token)))
+    response = send(gateway, post_bytes(padded_target(b"/chatkit", MAX_TARGET_BYTES), auth(token)))
 
     assert response.status == 200, response
     assert len(assert_only_configured_upstream(clean_backend)) == 1
@@ -563,7 +565,7 @@ DEEP_BODIES: dict[str, bytes] = {
 def test_json_nested_deeper_than_256_levels_gets_400_invalid_json(
     gateway: RunningGateway, clean_backend: Backend, token: str, case: str
 ) -> None:
-    response = send(gateway, post(b"/chatkit", auth(token), body=DEEP_BODIES[case]))
+    response = send(gateway, post_bytes(b"/chatkit", auth(token), body=DEEP_BODIES[case]))
 
     assert response.status == 400, response
     assert response.error_code == "invalid_json"
@@ -574,7 +576,7 @@ def test_the_reported_body_gets_400_at_every_depth_around_the_recursion_limit(
     gateway: RunningGateway, clean_backend: Backend, token: str
 ) -> None:
     for levels in AROUND_THE_RECURSION_LIMIT:
-        response = send(gateway, post(b"/chatkit", auth(token), body=reported_body(levels)))
+        response = send(gateway, post_bytes(b"/chatkit", auth(token), body=reported_body(levels)))
         assert (response.status, response.error_code) == (400, "invalid_json"), (levels, response)
     assert clean_backend.requests() == []
 
@@ -583,7 +585,7 @@ def test_json_nested_256_levels_deep_reaches_the_backend(
     gateway: RunningGateway, clean_backend: Backend, token: str
 ) -> None:
     body = nested_body(MAX_DEPTH)
-    response = send(gateway, post(b"/chatkit", auth(token), body=body))
+    response = send(gateway, post_bytes(b"/chatkit", auth(token), body=body))
 
     assert response.error_code != "invalid_json", response
     (received,) = assert_only_configured_upstream(clean_backend)
@@ -613,7 +615,7 @@ UPGRADES: dict[str, Any] = {
     "websocket-healthz": lambda token: get(b"/healthz", *WS_HANDSHAKE),
     "websocket-unknown-route": lambda token: get(b"/socket", *WS_HANDSHAKE, auth(token)),
     "websocket-uploads": lambda token: get(b"/chatkit/uploads/x", *WS_HANDSHAKE, auth(token)),
-    "h2c-post-chatkit": lambda token: post(b"/chatkit", *H2C, auth(token)),
+    "h2c-post-chatkit": lambda token: post_bytes(b"/chatkit", *H2C, auth(token)),
     "h2c-get-healthz": lambda token: get(b"/healthz", *H2C),
 }
 
@@ -661,7 +663,7 @@ def streaming_body(size: int) -> bytes:
 def test_an_unauthenticated_body_is_read_to_64_kib_at_most_to_find_its_op(
     debug_gateway: RunningGateway, clean_backend: Backend, size: int, answer: str
 ) -> None:
-    response = send(debug_gateway, post(b"/chatkit", body=streaming_body(size)), timeout=10)
+    response = send(debug_gateway, post_bytes(b"/chatkit", body=streaming_body(size)), timeout=10)
 
     if answer == "in-chat":
         assert response.status == 200, response
@@ -678,7 +680,7 @@ def test_deep_json_without_credentials_gets_the_plain_401(
 ) -> None:
     bodies = [reported_body(levels) for levels in AROUND_THE_RECURSION_LIMIT] + [DEEP_BODIES["100000-levels"]]
     for body in bodies:
-        response = send(debug_gateway, post(b"/chatkit", body=body))
+        response = send(debug_gateway, post_bytes(b"/chatkit", body=body))
         assert (response.status, response.error_code) == (401, "missing_credentials"), (len(body), response)
     assert clean_backend.requests() == []
 
@@ -694,13 +696,13 @@ def test_no_credential_or_traceback_reaches_a_debug_log_whatever_is_sent(
         cookie = (b"cookie", b"auth_token=" + token.encode() + b"; session=" + side_cookie)
         own_origin = (b"origin", b"http://gateway.test")
         requests += [
-            post(b"/chatkit", auth(token)),
-            post(b"/chatkit", cookie, own_origin),
-            post(b"/chatkit", cookie, (b"origin", b"https://evil.example@gateway.test")),
-            post(b"/chatkit", auth(token), body=DEEP_BODIES["reported-979-levels"]),
-            post(b"/chatkit", cookie, own_origin, body=b'{"type":"threads.list","params":{"x":"\\ud800"}}'),
-            post(padded_target(b"/chatkit", MAX_TARGET_BYTES + 1), auth(token)),
-            post(b"/chatkit?access_token=" + token.encode(), auth(token)),
+            post_bytes(b"/chatkit", auth(token)),
+            post_bytes(b"/chatkit", cookie, own_origin),
+            post_bytes(b"/chatkit", cookie, (b"origin", b"https://evil.example@gateway.test")),
+            post_bytes(b"/chatkit", auth(token), body=DEEP_BODIES["reported-979-levels"]),
+            post_bytes(b"/chatkit", cookie, own_origin, body=b'{"type":"threads.list","params":{"x":"\\ud800"}}'),
+            post_bytes(padded_target(b"/chatkit", MAX_TARGET_BYTES + 1), auth(token)),
+            post_bytes(b"/chatkit?access_token=" + token.encode(), auth(token)),
             put(b"/chatkit/uploads/" + b"a" * 65_500, token),
             put(b"/chatkit/uploads/attachments/x/upload?token=" + token.encode(), token),
             get(b"/auth/verify", cookie, own_origin),
@@ -726,7 +728,7 @@ def test_bytes_after_an_upgrade_request_are_never_served_as_a_request(
 ) -> None:
     # What follows an `Upgrade` head is the other protocol's, so uvicorn never parses it: a
     # request hidden there (in what Content-Length calls the body) must not reach the backend.
-    hidden = post(b"/chatkit", auth(token))
+    hidden = post_bytes(b"/chatkit", auth(token))
     head = [(b"host", b"gateway.test"), JSON_CT, *H2C, auth(token), length(hidden)]
     response = send(gateway, request_bytes("POST", b"/chatkit", head, hidden), linger=1.0)
 

@@ -28,7 +28,7 @@ import pytest
 import tomli_w
 
 from bench.measure import established_to, fd_count, wait_until
-from tests.support.chatkit import sse_events, user_input
+from tests.support.chatkit import post, sse_events, user_input
 from tests.support.faulty_upstream import (
     FIRST_EVENT,
     HALF_FRAME,
@@ -470,10 +470,6 @@ def faults(fault_env: FaultBench) -> FaultBench:
     return fault_env
 
 
-def post(client: httpx.Client, op: Op) -> httpx.Response:
-    return client.post("/chatkit", json={"type": op[0], "params": op[1]})
-
-
 def last_event(content: bytes) -> dict[str, Any]:
     frame = content.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
     event: dict[str, Any] = json.loads(frame.removeprefix(b"data: "))
@@ -485,7 +481,7 @@ def test_upstream_refusing_connections_gets_502(faults: FaultBench, kind: str) -
     faults.server.refuse()
     with faults.client() as client:
         started = time.monotonic()
-        response = post(client, OPS[kind])
+        response = post(client, *OPS[kind])
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_unavailable"
     assert time.monotonic() - started < CONNECT_TIMEOUT + 1.0
@@ -497,7 +493,7 @@ def test_upstream_accepting_and_never_answering_gets_504_in_time(faults: FaultBe
     faults.server.behaviour = "hang"
     with faults.client() as client:
         started = time.monotonic()
-        response = post(client, OPS[kind])
+        response = post(client, *OPS[kind])
         elapsed = time.monotonic() - started
     assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout"
     assert elapsed < CONNECT_TIMEOUT + RESPONSE_TIMEOUT + 1.0, elapsed
@@ -509,7 +505,7 @@ def test_sse_headers_then_silence_ends_with_an_error_event_after_the_idle_timeou
     faults.server.behaviour = "sse_then_hang"
     with faults.client() as client:
         started = time.monotonic()
-        response = post(client, STREAM_OP)
+        response = post(client, *STREAM_OP)
         elapsed = time.monotonic() - started
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
     assert STREAM_IDLE_TIMEOUT - 0.2 <= elapsed < STREAM_IDLE_TIMEOUT + 2.0, elapsed
@@ -526,7 +522,7 @@ def test_json_headers_with_content_length_then_silence_get_504_in_time(faults: F
     faults.server.behaviour = "json_then_hang"
     with faults.client() as client:
         started = time.monotonic()
-        response = post(client, JSON_OP)
+        response = post(client, *JSON_OP)
         elapsed = time.monotonic() - started
     assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout"
     assert elapsed < CONNECT_TIMEOUT + RESPONSE_TIMEOUT + 1.0, elapsed
@@ -559,7 +555,7 @@ def test_large_json_body_that_stops_coming_gives_the_client_a_broken_response_in
 def test_json_body_cut_short_gets_502(faults: FaultBench) -> None:
     faults.server.behaviour = "json_die"
     with faults.client() as client:
-        response = post(client, JSON_OP)
+        response = post(client, *JSON_OP)
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_bad_response"
     faults.assert_no_leak()
@@ -568,7 +564,7 @@ def test_json_body_cut_short_gets_502(faults: FaultBench) -> None:
 def test_upstream_dying_mid_frame_ends_the_stream_with_an_error_event(faults: FaultBench) -> None:
     faults.server.behaviour = "die_mid_frame"
     with faults.client() as client:
-        response = post(client, STREAM_OP)
+        response = post(client, *STREAM_OP)
     assert response.status_code == 200
     # The half-written frame is closed by a blank line, then the error event ends the stream.
     assert response.content.startswith(FIRST_EVENT + HALF_FRAME + b"\n\n")
@@ -601,7 +597,7 @@ def test_client_leaving_a_never_ending_stream_closes_the_upstream_connection_at_
 def test_a_500_kib_single_line_event_arrives_intact(faults: FaultBench) -> None:
     faults.server.behaviour = "big_line"
     with faults.client() as client:
-        response = post(client, STREAM_OP)
+        response = post(client, *STREAM_OP)
     assert response.status_code == 200
     assert response.content == big_line_event()
     (event,) = sse_events(response.content)
@@ -614,7 +610,7 @@ def test_upstream_speaking_something_other_than_http_gets_502(faults: FaultBench
     faults.server.behaviour = "garbage"
     with faults.client() as client:
         started = time.monotonic()
-        response = post(client, OPS[kind])
+        response = post(client, *OPS[kind])
     assert response.status_code == 502
     assert response.json()["error"]["code"] in ("upstream_bad_response", "upstream_unavailable")
     assert time.monotonic() - started < 2.0
@@ -627,15 +623,15 @@ def test_keep_alive_connection_closed_by_the_upstream_is_not_reused(faults: Faul
     arrives (the keep-alive race): the request, never seen by the upstream, is retried once."""
     with faults.client() as client:
         faults.server.behaviour = "close_when_idle"
-        assert post(client, JSON_OP).status_code == 200
+        assert post(client, *JSON_OP).status_code == 200
         time.sleep(0.6)  # the upstream closed the idle connection meanwhile
-        assert post(client, JSON_OP).status_code == 200
+        assert post(client, *JSON_OP).status_code == 200
         assert [r.requests for r in faults.server.records] == [1, 1]
 
         faults.settle()
         faults.server.behaviour = "close_on_reuse"
-        first = post(client, JSON_OP)
-        second = post(client, JSON_OP)
+        first = post(client, *JSON_OP)
+        second = post(client, *JSON_OP)
         assert (first.status_code, second.status_code) == (200, 200), second.text
         assert second.json() == {"data": [], "has_more": False, "after": None}
         reused, fresh = faults.server.records
@@ -652,9 +648,9 @@ def test_keep_alive_race_never_sends_a_request_that_changes_something_twice(faul
     acted on it, so an op that changes something gets a 502 rather than a second delivery."""
     faults.server.behaviour = "close_on_reuse"
     with faults.client() as client:
-        assert post(client, op).status_code == 200  # the connection, now kept alive
+        assert post(client, *op).status_code == 200  # the connection, now kept alive
         started = time.monotonic()
-        response = post(client, op)
+        response = post(client, *op)
     assert response.status_code == 502, response.text
     assert response.json()["error"]["code"] == "upstream_unavailable"
     assert time.monotonic() - started < 2.0

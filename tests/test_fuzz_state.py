@@ -20,14 +20,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from gateway.headers import (
+from gateway.headers import HOP_BY_HOP_HEADERS, Headers, connection_listed, relay_response_headers
+from gateway.outbound import (
     FORWARDED_REQUEST_HEADERS,
-    HOP_BY_HOP_HEADERS,
-    Headers,
     TrustedProxies,
-    connection_listed,
     forwarded_headers,
-    relay_response_headers,
     upstream_request_headers,
 )
 

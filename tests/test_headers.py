@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from gateway.headers import connection_listed, relay_response_headers, request_id_from
+from gateway.headers import connection_listed, relay_response_headers
+from gateway.outbound import request_id_from
 from tests.support.fixtures import Backend
 from tests.support.gateway import bearer, gateway_config, start_gateway, user_token
 from tests.support.idp import LoopbackIdP

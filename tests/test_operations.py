@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import tomli_w
 
 from gateway.logs import JSONFormatter
 from tests.support.chatkit import sse_events, user_input
+from tests.support.checks import metric, wait_for
 from tests.support.gateway import RunningGateway, bearer, gateway_config, start_gateway, user_token
 from tests.support.procs import free_port, process_log, start_process, stop_process
 
@@ -45,15 +45,6 @@ def log_lines(gateway: RunningGateway) -> list[dict[str, Any]]:
 
 def access_lines(gateway: RunningGateway) -> list[dict[str, Any]]:
     return [line for line in log_lines(gateway) if line["logger"] == "chatkit_gateway.access"]
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail("condition not reached in time")
 
 
 # -- logs --------------------------------------------------------------------------------------
@@ -104,16 +95,6 @@ def test_logs_never_hold_a_token_a_cookie_or_message_text(backend: Backend, sess
 
 
 # -- metrics -------------------------------------------------------------------------------------
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    selector = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    pattern = rf"^{re.escape(name)}(\{{{re.escape(selector)}\}})? (\S+)$" if labels else rf"^{re.escape(name)} (\S+)$"
-    for line in text.splitlines():
-        match = re.match(pattern, line)
-        if match:
-            return float(match.groups()[-1])
-    return 0.0
 
 
 def test_metrics_count_what_happened(backend: Backend, session_idp: LoopbackIdP) -> None:

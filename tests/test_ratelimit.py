@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from gateway.config import RateLimitConfig
 from gateway.errors import RateLimited
 from gateway.ratelimit import RateLimiter
+from tests.support.clock import FakeClock
 from tests.support.procs import free_port
 from tests.support.redis import start_redis
 
@@ -27,25 +28,6 @@ if TYPE_CHECKING:
 
 
 LEASE = 1.0  # seconds: short stream leases so expiry shows within a test
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # the gateway runs on asyncio; the limiter uses asyncio tasks
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def memory_limiter(

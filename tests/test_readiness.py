@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import httpx
-import pytest
 
 from tests.support.chatkit import post, sse_events, user_input
+from tests.support.checks import wait_for
 from tests.support.gateway import bearer, gateway_config, issuer_entry, start_gateway, user_token
 from tests.support.procs import free_port, start_process, stop_process
 
 if TYPE_CHECKING:
     from tests.support.fixtures import Backend
     from tests.support.idp import LoopbackIdP
-
-
-def wait_for(predicate: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    pytest.fail("condition not reached in time")
 
 
 def test_readyz_reports_each_issuer(gateway: object, session_idp: LoopbackIdP) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.support.checks import assert_error
 from tests.support.fixtures import Backend
 from tests.support.gateway import RunningGateway, bearer, gateway_config, start_gateway
 from tests.support.idp import LoopbackIdP
@@ -26,13 +27,6 @@ def small_gateway(backend: Backend, session_idp: LoopbackIdP) -> Iterator[Runnin
 def client(small_gateway: RunningGateway, clean_backend: Backend, token: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=small_gateway.url, headers=bearer(token), trust_env=False, timeout=10) as http:
         yield http
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    assert response.json()["error"]["code"] == code
-    assert isinstance(response.json()["error"]["message"], str)
 
 
 JSON = {"content-type": "application/json"}

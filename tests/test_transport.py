@@ -15,7 +15,7 @@ import uvloop
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamTimeout
-from gateway.relay import Upstream
+from gateway.upstream import Upstream
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -2,7 +2,7 @@
 
 Only the extraction happens here; what the token is worth is `verify.py`'s business. A header
 too large to hold a token of `auth.max_token_bytes` is refused before it is parsed
-(security-anchors.md §0.1 item 14).
+(docs/jwt-attacks.md J41).
 
 A cookie named in `auth.cookie_names` that appears twice with different values is refused
 (`AmbiguousCredentials`): a sibling subdomain or a plain-http page can set a second `auth_token`

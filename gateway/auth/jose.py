@@ -1,7 +1,7 @@
 """The one door to python-jose: JWKs become prebuilt public keys, signatures become `bool`.
 
 python-jose 3.5.0 is kept for one primitive only, `Key.verify` on a key object built once per JWKS
-refresh. What it does loosely is done here instead (security-anchors.md §0.2, §2.2):
+refresh. What it does loosely is done here instead (docs/jwt-attacks.md, "python-jose 3.5.0"):
 
 - `jwt.decode` ignores `kid`, `use`, `key_ops` and the JWK's own `alg`, tries every key of a JWKS
   and aborts on a key of another type, so it is never called: the caller picks the key by `kid`
@@ -116,7 +116,7 @@ def check_backend() -> None:
     """Fail start-up unless python-jose verifies with `cryptography`.
 
     jose.backends falls back to python-rsa/python-ecdsa without a word when its cryptography
-    import fails; ES256 then costs ~4 ms instead of ~0.13 ms (security-anchors.md §2.3).
+    import fails, and ES256 becomes a CPU amplifier (docs/BENCHMARKS.md, "Measured design choices").
     """
     if jose_backends.RSAKey is not CryptographyRSAKey or jose_backends.ECKey is not CryptographyECKey:
         raise RuntimeError("python-jose is not using the 'cryptography' backend; install python-jose[cryptography]")
@@ -133,7 +133,7 @@ def _build_key(jwk: Mapping[str, Any]) -> PublicKey:
         raise UnusableKey("a JWK must be a JSON object")
     kty = jwk.get("kty")
     if kty not in ("RSA", "EC"):
-        # oct keys would turn the IdP's key set into HMAC secrets (RFC 8725 §2.1, J02-J05).
+        # oct keys would turn the IdP's key set into HMAC secrets (RFC 8725 §2.1; jwt-attacks.md J02-J05).
         raise UnusableKey("only RSA and EC public keys are accepted")
     if _SECRET_MEMBERS & jwk.keys():
         raise UnusableKey("a JWK with private members is refused")
@@ -182,7 +182,7 @@ def _build_ec(jwk: Mapping[str, Any], kid: str, alg: str | None, use: str | None
 
 
 def _stated_or(alg: str | None, fitting: tuple[str, ...]) -> tuple[str, ...]:
-    # A JWK that states its `alg` is used with that algorithm only (RFC 7517 §4.4, J45).
+    # A JWK that states its `alg` is used with that algorithm only (RFC 7517 §4.4; jwt-attacks.md J45).
     if alg is None:
         return fitting
     if alg not in fitting:
@@ -197,7 +197,7 @@ def _prebuild(
     for verifier in verifiers.values():
         # OpenSSL computes a key's Montgomery tables on its first use; a check that fails on
         # purpose (a full-length signature, so the arithmetic runs) does it here, when the JWKS
-        # is loaded, not in the first user's request (measured: ~0.7 ms off the first request).
+        # is loaded, not in the first user's request (docs/BENCHMARKS.md, "Measured design choices").
         try:
             verifier.verify(b"warm-up", b"\x01" * signature_length)
         except Exception:
@@ -227,24 +227,3 @@ def _thumbprint(required: Mapping[str, str]) -> str:
 
 def _member_int(jwk: Mapping[str, Any], name: str) -> int:
     return int.from_bytes(_member_bytes(jwk, name), "big")
-
-
-def sample_key_and_token(alg: Literal["RS256", "ES256"], claims: Mapping[str, Any]) -> tuple[PublicKey, str]:
-    """A throwaway key pair and a token it signs: for the start-up warm-up, never for trust."""
-    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-    if alg == "RS256":
-        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        signer = CryptographyRSAKey(private, alg)
-    else:
-        private = ec.generate_private_key(ec.SECP256R1())
-        signer = CryptographyECKey(private, alg)
-    jwk = {**signer.public_key().to_dict(), "kid": f"warmup-{alg}"}
-    jwk.pop("alg", None)
-    header = {"alg": alg, "typ": "JWT", "kid": jwk["kid"]}
-    signing_input = b".".join(_b64(json.dumps(part).encode()) for part in (header, claims))
-    token = signing_input + b"." + _b64(signer.sign(signing_input))
-    return build_key(jwk), token.decode("ascii")
-
-
-def _b64(data: bytes) -> bytes:
-    return base64.urlsafe_b64encode(data).rstrip(b"=")

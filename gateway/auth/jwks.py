@@ -1,5 +1,5 @@
 """One issuer's signing keys by `kid`: fetched at start-up, refreshed in the background, served
-stale for a bound when the issuer fails (SPEC 3 and 10).
+stale for a bound when the issuer fails (docs/security.md, "Keys").
 
 - Keys come only from the issuer's `jwks_url`, or the `jwks_uri` of its OIDC discovery document
   (pinned once found). Header fields such as `jku` and `x5u` never reach this module.

@@ -2,7 +2,7 @@
 
 A token has exactly one accepted spelling. Everything here answers attacker input, so every
 failure is an `InvalidToken` with a fixed message, and the order is cheapest-first: the size
-bound comes before any base64 or JSON work (security-anchors.md §0.1 items 11-14).
+bound comes before any base64 or JSON work (docs/jwt-attacks.md J26-J33, J38-J41).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ __all__ = [
 # Real IdP headers are ~100 bytes; an `x5c` chain of two certificates still fits.
 MAX_HEADER_BYTES = 4096
 MAX_KID_CHARS = 256
-# Real claim sets nest 2-4 levels; json's C scanner recurses per level (RecursionError, J38).
+# Real claim sets nest 2-4 levels; json's C scanner recurses per level (RecursionError: jwt-attacks.md J38).
 MAX_JSON_DEPTH = 32
-# RFC 7515 §4.1.9 / RFC 9068 §2.1, compared case-insensitively (SPEC §10).
+# RFC 7515 §4.1.9 / RFC 9068 §2.1, compared case-insensitively (a media type).
 ACCEPTED_TYPES = frozenset({"jwt", "at+jwt"})
 
 _MALFORMED = "The token is malformed."
@@ -65,7 +65,7 @@ class ParsedToken(CompactJWS):
 
 
 def check_token_size(token: object, max_bytes: int) -> str:
-    """The token as `str` if it is ASCII and at most `max_bytes` long (J41: before any work)."""
+    """The token as `str` if it is ASCII and at most `max_bytes` long (jwt-attacks.md J41: before any work)."""
     if not isinstance(token, str) or len(token) > max_bytes:
         raise InvalidToken("The token is too large.")
     if not token.isascii():
@@ -78,7 +78,7 @@ def split_compact_jws(token: str, *, max_bytes: int) -> CompactJWS:
     token = check_token_size(token, max_bytes)
     dots = token.count(".")
     if dots == 4:
-        # RFC 8725 §3.3, §3.6: no JWE, and so no decrypt on attacker input (J25).
+        # RFC 8725 §3.3, §3.6: no JWE, and so no decrypt on attacker input (jwt-attacks.md J25).
         raise InvalidToken("Encrypted tokens are not accepted.")
     if dots != 2:
         raise InvalidToken(_MALFORMED)
@@ -115,30 +115,30 @@ def parse_compact_jws(token: str, *, max_bytes: int) -> ParsedToken:
 def _check_header(header: Mapping[str, Any]) -> tuple[str, str]:
     alg = header.get("alg")
     if not isinstance(alg, str):
-        # A list or dict alg made python-jose raise TypeError (J39).
+        # A list or dict alg made python-jose raise TypeError (jwt-attacks.md J39).
         raise InvalidToken(_BAD_HEADER)
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_CHARS:
-        # SPEC §10: kid is required; it is only ever a dictionary key (RFC 8725 §3.10).
+        # kid is required (jwt-attacks.md J07); it is only ever a dictionary key (RFC 8725 §3.10).
         raise InvalidToken(_BAD_HEADER)
     if "typ" in header:
         typ = header["typ"]
         if not isinstance(typ, str) or not typ.isascii() or typ.lower() not in ACCEPTED_TYPES:
-            # RFC 8725 §3.11: explicit typing keeps other kinds of JWT out (J22).
+            # RFC 8725 §3.11: explicit typing keeps other kinds of JWT out (jwt-attacks.md J22).
             raise InvalidToken(_BAD_HEADER)
     if "crit" in header:
-        # RFC 7515 §4.1.11: we understand no extension, so any `crit` must be refused (J11).
+        # RFC 7515 §4.1.11: we understand no extension, so any `crit` must be refused (jwt-attacks.md J11).
         raise InvalidToken(_BAD_HEADER)
     if "cty" in header:
-        # RFC 8725 §3.3: no nested JWTs, so no content type is expected (J24).
+        # RFC 8725 §3.3: no nested JWTs, so no content type is expected (jwt-attacks.md J24).
         raise InvalidToken(_BAD_HEADER)
-    # `jku`, `x5u`, `jwk` and `x5c` are ignored, never followed (RFC 8725 §3.10, J09-J10).
+    # `jku`, `x5u`, `jwk` and `x5c` are ignored, never followed (RFC 8725 §3.10; jwt-attacks.md J09-J10).
     return alg, kid
 
 
 def _decode_segment(text: str) -> bytes:
     # RFC 7515 §2: base64url without padding. One spelling only: padding, `+/`, stray characters
-    # and non-zero trailing bits all fail the re-encode comparison (J29-J33, Wycheproof tc360-375).
+    # and non-zero trailing bits all fail the re-encode comparison (jwt-attacks.md J29-J33; Wycheproof tc360-375).
     if not _SEGMENT.fullmatch(text):
         raise InvalidToken(_MALFORMED)
     try:
@@ -192,7 +192,7 @@ def _reject_lone_surrogates(value: Any) -> None:
 
 
 def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # RFC 8725 §2.6 / RFC 7519 §4: `{"sub":"admin","sub":"alice"}` has no single meaning (J27-J28).
+    # RFC 8725 §2.6 / RFC 7519 §4: `{"sub":"admin","sub":"alice"}` has no single meaning (jwt-attacks.md J27-J28).
     members = dict(pairs)
     if len(members) != len(pairs):
         raise ValueError("duplicate member")

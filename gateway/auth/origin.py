@@ -1,9 +1,9 @@
-"""Cross-site request protection for cookie credentials (SPEC 4).
+"""Cross-site request protection for cookie credentials (docs/security.md, "Cross-site requests").
 
 A browser attaches cookies to requests that other sites make it send; it does not attach a bearer
 header on its own. So a cookie-authenticated request must come from an allowed origin: its
 `Origin`, or when absent the origin of its `Referer`. Neither, or `Origin: null` (sandboxed
-frames, some redirects), is refused (SPEC 10).
+frames, some redirects), is refused.
 
 Allowed origins are `security.allowed_origins` plus `cors.allow_origins`. When
 `security.allowed_origins` is empty, the gateway's own origin (the request's `Host`, which a

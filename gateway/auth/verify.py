@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+from cachetools import LRUCache
 
 from gateway.auth.jose import PublicKey, key_fits, verify_signature
 from gateway.auth.jws import CompactJWS, ParsedToken, check_token_size, parse_compact_jws
@@ -98,14 +99,14 @@ class TokenVerifier:
             raise
         except Exception:
             # python-jose, a key source or a bug of ours: a 401 with a fixed message, never a
-            # 500, and no chained text that could quote the token (security-anchors.md §0.2).
+            # 500, and no chained text that could quote the token (docs/jwt-attacks.md, "python-jose 3.5.0").
             raise InvalidToken() from None
 
     async def _verify_uncached(self, token: str) -> Principal:
         parsed = parse_compact_jws(token, max_bytes=self._max_bytes)
         issuer = self._issuer_of(parsed)
         if parsed.alg not in issuer.algorithms:
-            # Never `none`, never HMAC: the allowlist is the issuer's, not the header's (J01-J05).
+            # Never `none`, never HMAC: the allowlist is the issuer's, not the header's (jwt-attacks.md J01-J05).
             raise InvalidToken("The token's algorithm is not allowed.")
         key = await self._key_sources[issuer.issuer].get_key(parsed.kid)
         if key is None:
@@ -130,7 +131,7 @@ class TokenVerifier:
         nbf = _numeric_date(claims, "nbf")
         iat = _numeric_date(claims, "iat")
         if exp is None:
-            # python-jose treats exp as optional; a token without one would never expire (J15).
+            # python-jose treats exp as optional; a token without one would never expire (jwt-attacks.md J15).
             raise InvalidClaims("The token has no expiry.")
         _check_audience(claims.get("aud"), issuer.audiences)
         subject = claims.get("sub")
@@ -142,14 +143,14 @@ class TokenVerifier:
         if nbf is not None and nbf > now + leeway:
             raise TokenNotYetValid()
         if iat is not None and iat > now + leeway:
-            # python-jose only type-checks iat; a token from the future is not one we issued (J14).
+            # python-jose only type-checks iat; a token from the future is not one we issued (jwt-attacks.md J14).
             raise InvalidClaims("The token was issued in the future.")
         return Principal(subject=subject, issuer=issuer.issuer, claims=claims, expires_at=exp, token=token)
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
     # RFC 7519 §2 NumericDate: a JSON number. Not a numeric string, not a bool (an int subclass),
-    # and finite: python-jose took "9999999999" and raised OverflowError on 1e400 (J16-J17).
+    # and finite: python-jose took "9999999999" and raised OverflowError on 1e400 (jwt-attacks.md J16-J17).
     if name not in claims:
         return None
     value = claims[name]
@@ -177,24 +178,25 @@ def _check_audience(aud: object, audiences: tuple[str, ...]) -> None:
 
 
 class _TokenCache:
-    """Verified principals by token digest: LRU-bounded, each entry living until the earlier of
-    `lifetime` seconds and the token's `exp` (security-anchors.md G-CACHE-1).
+    """Verified principals by token digest: LRU-bounded (`cachetools.LRUCache`), each entry living
+    until the earlier of `lifetime` seconds and the token's `exp`, which is re-checked on every hit.
 
     Keyed by digest so the cache holds no bearer credential; only successes are stored, so
-    garbage tokens cannot grow it.
+    garbage tokens cannot grow it. (Not `cachetools.TLRUCache`: its expiry runs on one timer,
+    while here the bound is monotonic and `exp` is wall-clock time, both from the swappable clock.)
     """
 
     def __init__(self, maxsize: int, lifetime: float, clock: Clock) -> None:
         self._maxsize = maxsize
         self._lifetime = lifetime
         self._clock = clock
-        self._entries: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        self._entries: LRUCache[bytes, tuple[Principal, float]] = LRUCache(max(maxsize, 1))
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, digest: bytes) -> Principal | None:
-        entry = self._entries.get(digest)
+        entry = self._entries.get(digest)  # a hit becomes the most recently used
         if entry is None:
             return None
         principal, deadline = entry
@@ -202,14 +204,11 @@ class _TokenCache:
         if self._clock.monotonic() >= deadline or self._clock.time() >= principal.expires_at:
             del self._entries[digest]
             return None  # a full verification decides, with the issuer's leeway
-        self._entries.move_to_end(digest)
         return principal
 
     def put(self, digest: bytes, principal: Principal) -> None:
         remaining = min(self._lifetime, principal.expires_at - self._clock.time())
         if self._maxsize <= 0 or remaining <= 0:
             return
+        # Beyond `maxsize`, the least recently used entry goes.
         self._entries[digest] = (principal, self._clock.monotonic() + remaining)
-        self._entries.move_to_end(digest)
-        while len(self._entries) > self._maxsize:
-            self._entries.popitem(last=False)

@@ -89,7 +89,7 @@ class DevIdentityProvider:
 
     def __init__(self, issuer: str, allowed_origins: frozenset[str]) -> None:
         self.issuer = issuer
-        # Sign-in and sign-out change who the browser is: like the gateway's cookie rule (SPEC 4),
+        # Sign-in and sign-out change who the browser is: like the gateway's cookie rule (docs/security.md),
         # only the demo's own pages may ask for that (login CSRF).
         self.allowed_origins = allowed_origins
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

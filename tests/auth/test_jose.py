@@ -11,7 +11,7 @@ from jose.backends.cryptography_backend import CryptographyECKey
 
 from gateway.auth import jose as gateway_jose
 from gateway.auth.jose import UnusableKey, build_key, check_backend, key_fits, verify_signature
-from tests.auth.keys import b64url, ec_private, public_jwk, rsa_private, sign
+from tests.support.keys import b64url, ec_private, public_jwk, rsa_private, sign
 
 RSA, EC = rsa_private("a"), ec_private("1")
 RSA_JWK, EC_JWK = public_jwk(RSA, "rsa-a"), public_jwk(EC, "ec-1")

@@ -26,11 +26,6 @@ pytestmark = pytest.mark.anyio
 UNKNOWN = "no-such-kid"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # the gateway runs on asyncio (uvloop); the cache uses asyncio tasks
-
-
 class SteppedClock:
     """Real time plus an offset the test moves forward, for intervals too long to sleep through."""
 

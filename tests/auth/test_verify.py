@@ -31,12 +31,12 @@ from gateway.errors import (
     UnknownIssuer,
     UnknownKey,
 )
-from tests.auth.keys import (
+from tests.support.clock import FakeClock
+from tests.support.keys import (
     AUDIENCE,
     DROP,
     ISSUER,
     NOW,
-    FakeClock,
     StaticKeySource,
     auth_config,
     b64url,
@@ -61,11 +61,6 @@ ATTACKER_RSA, ATTACKER_EC = rsa_private("attacker"), ec_private("attacker")
 # EC first: python-jose with a raw JWKS dict rejects valid RS256 tokens against this order (J43).
 JWKS = [public_jwk(EC_1, "ec-1"), public_jwk(RSA_A, "rsa-a"), public_jwk(RSA_B, "rsa-b")]
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @dataclass

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from gateway.auth.verify import TokenVerifier
 from gateway.errors import AuthError
-from tests.auth.keys import (
+from tests.support.clock import FakeClock
+from tests.support.keys import (
     ISSUER,
-    FakeClock,
     StaticKeySource,
     auth_config,
     claims,

@@ -17,11 +17,6 @@ if TYPE_CHECKING:
     from tests.support.idp import LoopbackIdP
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @contextmanager
 def signed_in(gateway: RunningGateway, idp: LoopbackIdP, sub: str) -> Iterator[httpx.Client]:
     """A client of `gateway` signed in as `sub` (a bearer token)."""

@@ -12,10 +12,10 @@ import pytest
 
 from tests.ownership.conftest import refused_unseen, signed_in, thread_of
 from tests.support.chatkit import done_item, post, sse_events, user_input
+from tests.support.checks import assert_error
 from tests.support.fixtures import Backend, start_backend
 from tests.support.gateway import RunningGateway, gateway_config, start_gateway
 from tests.support.procs import free_port
-from tests.test_request_checks import assert_error
 
 if TYPE_CHECKING:
     from tests.support.idp import LoopbackIdP

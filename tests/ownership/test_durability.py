@@ -19,9 +19,9 @@ import tomli_w
 
 from tests.ownership.conftest import refused_unseen, signed_in
 from tests.support.chatkit import CHATKIT_PATH, post, sse_events, user_input
+from tests.support.checks import assert_error
 from tests.support.gateway import RunningGateway, bearer, gateway_config, start_gateway, user_token
 from tests.support.procs import free_port, start_process, stop_process
-from tests.test_request_checks import assert_error
 
 if TYPE_CHECKING:
     from tests.support.fixtures import Backend

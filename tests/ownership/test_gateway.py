@@ -16,9 +16,9 @@ import pytest
 from gateway.chatkit import STREAMING_TYPES
 from tests.ownership.conftest import listed, refused_unseen, signed_in, thread_of
 from tests.support.chatkit import REQUESTS, exchange, post, sse_events, user_input
+from tests.support.checks import assert_error
 from tests.support.gateway import RunningGateway, gateway_config, start_gateway
 from tests.test_operations import access_lines
-from tests.test_request_checks import assert_error
 
 if TYPE_CHECKING:
     from tests.support.fixtures import Backend

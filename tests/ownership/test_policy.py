@@ -14,11 +14,6 @@ from gateway.ownership import Owners, OwnershipPolicy, named_ids
 from gateway.ownership.store import MemoryStore
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def policy(unknown: str = "claim") -> OwnershipPolicy:
     made = OwnershipPolicy(OwnershipConfig.model_validate({"unknown": unknown}), Owners(MemoryStore(), cache_size=100))
     await made.owners.claim("thr_a", "alice")

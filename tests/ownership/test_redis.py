@@ -14,10 +14,9 @@ import redis
 
 from tests.ownership.conftest import listed, refused_unseen, signed_in, thread_of
 from tests.support.chatkit import post, user_input
+from tests.support.checks import assert_error, wait_for
 from tests.support.gateway import RunningGateway, gateway_config, start_gateway
 from tests.support.redis import start_redis
-from tests.test_readiness import wait_for
-from tests.test_request_checks import assert_error
 
 if TYPE_CHECKING:
     from tests.support.fixtures import Backend

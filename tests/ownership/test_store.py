@@ -20,11 +20,6 @@ if TYPE_CHECKING:
     from tests.support.redis import RedisServer
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(params=["memory", "sqlite", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OwnerStore]:
     made: OwnerStore

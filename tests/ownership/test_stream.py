@@ -13,11 +13,6 @@ from gateway.ownership import ThreadCreatedWatch
 from gateway.ownership.stream import MAX_HELD_BYTES, SCANNED_EVENTS
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def event(payload: dict[str, object], *, newline: bytes = b"\n") -> bytes:
     return b"data: " + json.dumps(payload).encode() + newline + newline
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -24,8 +24,20 @@ def user_input(text: str, attachments: list[str] | None = None) -> dict[str, Any
     return {"content": content, "attachments": attachments or [], "inference_options": {}}
 
 
-def post(client: httpx.Client, op: str, params: dict[str, Any], **extra: Any) -> httpx.Response:
-    return client.post(CHATKIT_PATH, json={"type": op, "params": params, **extra})
+def post(
+    client: httpx.Client,
+    op: str = "",
+    params: dict[str, Any] | None = None,
+    *,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> httpx.Response:
+    """`POST` to the ChatKit path: `{"type": op, "params": params, **extra}` as JSON, or `body` as
+    it is (labelled JSON unless `headers` say otherwise, for tests of what the gateway refuses)."""
+    if body is not None:
+        return client.post(CHATKIT_PATH, content=body, headers={"content-type": "application/json", **(headers or {})})
+    return client.post(CHATKIT_PATH, json={"type": op, "params": params or {}, **extra}, headers=headers)
 
 
 def sse_events(raw: bytes) -> list[dict[str, Any]]:

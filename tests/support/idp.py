@@ -11,9 +11,6 @@ refuse connections; `start()` brings it back on the same port, so the issuer URL
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import socket
 import threading
@@ -27,11 +24,13 @@ from typing import Any, Literal
 import pytest
 import uvicorn
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.support.keys import b64url, public_jwk, sign
 
 __all__ = ["HUGE_BYTES", "KeyKind", "LoopbackIdP", "Mode", "SigningKey", "b64url", "idp", "running_idp"]
 
@@ -41,14 +40,6 @@ Mode = Literal["ok", "down", "hang", "garbage", "huge", "empty"]
 HUGE_BYTES = 4 * 1024 * 1024
 HANG_LIMIT_SECONDS = 60.0
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _uint(value: int, length: int | None = None) -> bytes:
-    return value.to_bytes(length or max(1, (value.bit_length() + 7) // 8), "big")
 
 
 @dataclass(frozen=True)
@@ -71,13 +62,8 @@ class SigningKey:
         return "RS256" if self.kind == "RSA" else "ES256"
 
     def public_jwk(self) -> dict[str, str]:
-        if isinstance(self.private, rsa.RSAPrivateKey):
-            numbers = self.private.public_key().public_numbers()
-            material = {"kty": "RSA", "n": b64url(_uint(numbers.n)), "e": b64url(_uint(numbers.e))}
-        else:
-            point = self.private.public_key().public_numbers()
-            material = {"kty": "EC", "crv": "P-256", "x": b64url(_uint(point.x, 32)), "y": b64url(_uint(point.y, 32))}
-        return {**material, "kid": self.kid, "use": "sig", "alg": self.default_alg}
+        jwk: dict[str, str] = public_jwk(self.private, self.kid, alg=self.default_alg)
+        return jwk
 
     def public_pem(self) -> bytes:
         return self.private.public_key().public_bytes(
@@ -90,19 +76,16 @@ class SigningKey:
             return b""
         if family == "HS" and bits in _HASHES:
             # The RS256→HS256 key-confusion attack: HMAC keyed with the public key's PEM.
-            return hmac.new(self.public_pem(), data, getattr(hashlib, f"sha{bits}")).digest()
-        if family in ("RS", "PS") and bits in _HASHES and isinstance(self.private, rsa.RSAPrivateKey):
+            return sign(alg, data, self.public_pem())
+        if family == "RS" and bits in _HASHES and isinstance(self.private, rsa.RSAPrivateKey):
+            return sign(alg, data, self.private)
+        if family == "PS" and bits in _HASHES and isinstance(self.private, rsa.RSAPrivateKey):
             digest = _HASHES[bits]()
-            pad: padding.AsymmetricPadding = (
-                padding.PKCS1v15()
-                if family == "RS"
-                else padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
+            return self.private.sign(
+                data, padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size), digest
             )
-            return self.private.sign(data, pad, digest)
         if alg == "ES256" and isinstance(self.private, ec.EllipticCurvePrivateKey):
-            # RFC 7518 3.4: JWS carries R || S, each 32 bytes, not the DER that cryptography makes.
-            r, s = utils.decode_dss_signature(self.private.sign(data, ec.ECDSA(hashes.SHA256())))
-            return _uint(r, 32) + _uint(s, 32)
+            return sign(alg, data, self.private)
         raise ValueError(f"cannot sign {alg} with a {self.kind} key")
 
 
@@ -133,6 +116,11 @@ class LoopbackIdP:
                 Route("/jwks.json", self._jwks),
             ]
         )
+
+    @property
+    def app(self) -> Starlette:
+        """Discovery and JWKS as an ASGI app, for a gateway in the test's own process."""
+        return self._app
 
     # -- keys and tokens ---------------------------------------------------------------------
 

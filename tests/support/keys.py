@@ -23,13 +23,13 @@ from jose import jwt as jose_jwt
 
 from gateway.auth.jose import PublicKey, build_key
 from gateway.config import AuthConfig, IssuerConfig
+from tests.support.clock import NOW
 
 __all__ = [
     "AUDIENCE",
     "DROP",
     "ISSUER",
     "NOW",
-    "FakeClock",
     "PrivateKey",
     "StaticKeySource",
     "auth_config",
@@ -51,7 +51,6 @@ __all__ = [
 
 ISSUER = "https://idp.example.com"
 AUDIENCE = "chatkit-gateway"
-NOW = 1_800_000_000.0
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
@@ -192,24 +191,6 @@ class StaticKeySource:
         if self.error is not None:
             raise self.error
         return self.keys.get(kid)
-
-
-class FakeClock:
-    """Wall and monotonic time that move only when told."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-        self.mono = 1000.0
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        self.mono += seconds
 
 
 def run_now(coro: Coroutine[Any, Any, _T]) -> _T:
