@@ -114,8 +114,7 @@ async def relay_response(
             await send({"type": "http.response.body", "body": body})
             outcome.bytes_out = len(body)
             return outcome
-        pump = _Pump(response, send, receive, outcome, sse=sse, heartbeat_seconds=heartbeat_seconds)
-        pump.watch = watch if sse else None
+        pump = _Pump(response, send, receive, outcome, sse=sse, heartbeat_seconds=heartbeat_seconds, watch=watch)
         await pump.run(stop)
         return outcome
     finally:
@@ -176,6 +175,7 @@ class _Pump:
         *,
         sse: bool,
         heartbeat_seconds: float,
+        watch: ChunkWatch | None = None,
     ) -> None:
         self.response, self.send, self.receive, self.outcome = response, send, receive, outcome
         self.sse, self.heartbeat_seconds = sse, heartbeat_seconds
@@ -187,7 +187,7 @@ class _Pump:
         assert task is not None
         self.task = task
         self.finished = False
-        self.watch: ChunkWatch | None = None
+        self.watch = watch if sse else None
 
     async def run(self, stop: asyncio.Future[None] | None) -> None:
         watcher = asyncio.ensure_future(_wait_for_disconnect(self.receive))
