@@ -340,6 +340,14 @@ class OwnershipConfig(_Section):
     # Owners never change, so (id -> owner) pairs are cached in process; this bounds how many.
     cache_size: Annotated[int, Strict(), Field(ge=0)] = 100_000
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        # Checked here, not when the first request reaches Redis: a wrong URL stops start-up.
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
     @model_validator(mode="after")
     def _redis_needs_url(self) -> OwnershipConfig:
         if self.enabled and self.store == "redis" and not self.redis_url:

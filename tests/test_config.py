@@ -152,6 +152,9 @@ BAD_VALUES = [
     pytest.param({"CHATKIT_GATEWAY__OWNERSHIP__STORE": "redis"}, r"ownership: .*redis_url", id="ownership-redis"),
     pytest.param({"CHATKIT_GATEWAY__OWNERSHIP__UNKNOWN": "allow"}, r"ownership\.unknown:", id="ownership-unknown"),
     pytest.param(
+        {"CHATKIT_GATEWAY__OWNERSHIP__REDIS_URL": "http://r:6379"}, r"ownership\.redis_url:", id="ownership-url"
+    ),
+    pytest.param(
         {
             "CHATKIT_GATEWAY__AUTH__ISSUERS": '[{issuer = "https://i.example", audiences = ["a"], '
             'algorithms = ["HS256"]}]'

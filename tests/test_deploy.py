@@ -278,6 +278,7 @@ def app_config(effective: dict[str, Any]) -> GatewayConfig:
     data = {section: dict(values) for section, values in effective.items()}
     data["upstream"].pop("identity_secret", None)
     data["ratelimit"] = {"backend": "memory"}
+    data["ownership"] = {"store": "memory"}
     return build_config(data)
 
 
