@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements/dev.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help venv demo test test-fast lint format bench soak lock clean system-deps
+.PHONY: help venv demo test test-fast lint format bench soak lock clean system-deps node-deps
 
 help:
 	@echo "make demo   - set up and run the embedded demo (http://127.0.0.1:8000)"
@@ -21,6 +21,15 @@ $(STAMP): requirements/dev.lock pyproject.toml
 
 venv: $(STAMP)
 
+# npm packages the tests start with node (an OAuth authorization server), exactly as locked.
+NODE_DIR   := tests/support/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+node-deps: system-deps $(NODE_STAMP)
+
 system-deps:
 	@scripts/system-deps.sh
 
@@ -32,7 +41,7 @@ lint: venv
 	$(BIN)/ruff format --check gateway
 	$(BIN)/mypy
 
-test: venv system-deps lint
+test: venv system-deps node-deps lint
 	$(BIN)/python -m pytest
 
 test-fast: venv
@@ -56,4 +65,4 @@ lock:
 	rm -rf /tmp/ckg-lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from bench import run as bench_run
+from bench import tokens as bench_tokens
 
 IDLE_MS = int(bench_run.IDLE_BEFORE_REQUEST * 1000)
 
@@ -206,6 +207,26 @@ def render(results: bench_run.Results, quick: bool) -> str:
             row(fmt(observed.us_per_request), fmt(per_request, 0), f"{observed.us_per_request / per_request:.1%}"),
             "",
         ]
+    if results.features:
+        out += ["## What each feature costs", ""]
+        out += ["Each feature on, against the same gateway with it off, started and measured next to it"]
+        out += ["(`bench/features.py`): CPU µs per small JSON request (wrk) and per relayed SSE event.", ""]
+        out += table("feature", "c=16 off", "c=16 on", "added", "c=1 off", "c=1 on", "SSE µs/event off", "on")
+        for cost in results.features:
+            off, on = cost.off, cost.on
+            out.append(
+                row(
+                    cost.feature.name,
+                    fmt(off.json_us.get(16), 0),
+                    fmt(on.json_us.get(16), 0),
+                    ratio(on.json_us.get(16) or float("nan"), off.json_us.get(16)),
+                    fmt(off.json_us.get(1), 0),
+                    fmt(on.json_us.get(1), 0),
+                    fmt(off.sse_us),
+                    fmt(on.sse_us),
+                )
+            )
+        out.append("")
     if results.ownership:
         out += ["## What thread ownership costs", ""]
         out += ["The gateway's CPU per request with `[ownership]` off, on SQLite and on Redis, same run and load;"]
@@ -220,6 +241,8 @@ def render(results: bench_run.Results, quick: bool) -> str:
         out += [row("RS256 (2048-bit), cold", f"{figures.rs256_cold_us:.1f}")]
         out += [row("ES256 (P-256), cold", f"{figures.es256_cold_us:.1f}")]
         out += [row("cached (any algorithm)", f"{figures.cached_us:.2f}"), ""]
+    if results.tokens:
+        out += ["## Minted tokens (`[tokens]`)", "", bench_tokens.DESCRIPTION, "", *results.tokens, ""]
     # Not measured by this run: the figures behind design choices the code cites.
     out += [DESIGN_CHOICES.read_text(encoding="utf-8")]
     return "\n".join(out)

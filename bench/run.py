@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import load, measure, observe, ownership, peers, verify
+from bench import features, load, measure, observe, ownership, peers, verify
+from bench import tokens as bench_tokens
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Results:
     verify: verify.VerifyFigures | None = None
     observe: observe.ObserveFigures | None = None
     first_request: dict[str, float] = field(default_factory=dict)
+    features: list[features.FeatureCost] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
     ownership: list[str] = field(default_factory=list)
 
 
@@ -172,9 +175,12 @@ def run(plan: Plan) -> Results:
         run_json(plan, subjects, token, results)
         run_sse(plan, subjects, token, results)
         run_storms(plan, subjects, int(upstream.url.rsplit(":", 1)[1]), token, results)
+        results.tokens = bench_tokens.run(gateway, token, plan.json_seconds)
         results.ownership = ownership.run(gateway, signer, seconds=max(1.0, plan.json_seconds / 2))
         config = Path(gateway.process.args[-1])  # type: ignore[index]
         run_first_request(plan, [sys.executable, "-m", "gateway", "serve", "--config", str(config)], signer, results)
+        quick = plan is QUICK
+        results.features = features.run(features.FEATURES, config, token, seconds=plan.json_seconds, quick=quick)
     results.verify = verify.run(plan.verify_samples)
     results.observe = observe.run(plan.verify_samples * 10)
     return results

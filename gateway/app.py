@@ -40,7 +40,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from itertools import chain
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import httpx
 from starlette.routing import BaseRoute, Route, Router
@@ -63,8 +63,12 @@ from .probes import browser_helper_endpoint, healthz, metrics_endpoint, readyz_e
 from .relay import RelayOutcome, relay_response, stream_error_event
 from .responses import send_error
 from .runtime import Runtime
+from .tokens.wellknown import DISCOVERY_PATH, JWKS_PATH, well_known_documents
 from .uploads import UploadEndpoint
 from .upstream import UpstreamAnswer, read_answer
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["Gateway", "create_app"]
 
@@ -103,7 +107,7 @@ class ChatKitEndpoint(Endpoint):
     route = "chatkit"
 
     def __init__(self, runtime: Runtime) -> None:
-        super().__init__(runtime.observer)
+        super().__init__(runtime.observer, tracing=runtime.tracing, http_route=runtime.config.server.chatkit_path)
         self.runtime = runtime
         self.config = runtime.config
 
@@ -115,7 +119,7 @@ class ChatKitEndpoint(Endpoint):
         require_json_content_type(headers)
         # Steps 2 and 3.
         try:
-            principal, identity = await self.runtime.authenticate(headers)
+            principal, identity = await self.runtime.authenticate(headers, exchange.trace)
         except AuthError as error:
             exchange.status, exchange.error = error.status, error.code
             await self._refuse(error, scope, receive, send, exchange.request_id)
@@ -126,6 +130,13 @@ class ChatKitEndpoint(Endpoint):
         upstream_headers = self.runtime.outbound.chatkit_headers(
             scope, exchange.request_id, principal, identity, metadata=rewritten.injected, body=rewritten.body
         )
+        if exchange.trace is not None:
+            upstream_headers.extend(exchange.trace.upstream_headers("POST", *self.runtime.upstream.endpoint))
+        if self.runtime.tokens is not None:
+            # The assertion and tool tokens (`tokens/`); an exchange at the IdP may fail (502) here.
+            upstream_headers += await self.runtime.tokens.chatkit_headers(
+                principal, identity, exchange.request_id, rewritten.body
+            )
         # Step 6.
         plan = rewritten.plan
         if not rewritten.streaming:
@@ -157,6 +168,10 @@ class ChatKitEndpoint(Endpoint):
         exchange.bytes_in = len(raw)
         request = parse_chatkit_request(raw)
         exchange.set_op(request.op)
+        if exchange.trace is not None:
+            params = request.body.get("params")
+            thread_id = params.get("thread_id") if isinstance(params, dict) else None
+            exchange.trace.identify(request.op, identity.user_id, thread_id)
         await self.runtime.limiter.admit(identity.user_id, message=request.streaming)
         plan = None
         if self.runtime.ownership is not None:
@@ -208,6 +223,8 @@ class ChatKitEndpoint(Endpoint):
         """Step 6, continued: relay the answer (small JSON whole, anything else as it arrives); a
         stream gets the heartbeat and ends when `stop` does."""
         response, small_body = answer
+        if exchange.trace is not None:
+            exchange.trace.upstream_answered(response.status_code)
         extra = [(b"x-request-id", exchange.request_id.encode("ascii"))]
         outcome = RelayOutcome()
         ownership = self.runtime.ownership
@@ -328,10 +345,14 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
     jwks_transport: httpx.AsyncBaseTransport | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    span_exporter: SpanExporter | None = None,
 ) -> Gateway:
     """Build the gateway. `transport` replaces the network to the backend (and `jwks_transport` to
-    the identity providers); `clock` replaces time."""
-    runtime = Runtime(config, clock=clock, transport=transport, jwks_transport=jwks_transport)
+    the identity providers); `clock` replaces time; `span_exporter` receives the spans when
+    `tracing.enabled` (instead of OTLP)."""
+    runtime = Runtime(
+        config, clock=clock, transport=transport, jwks_transport=jwks_transport, span_exporter=span_exporter
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:
@@ -349,5 +370,9 @@ def create_app(
         Route("/chatkit-gateway.js", browser_helper_endpoint(), methods=["GET", "HEAD"]),
         Route("/metrics", metrics_endpoint(runtime), methods=["GET"]),
     ]
+    jwks, discovery = well_known_documents(
+        config.tokens.issuer, runtime.tokens.published if runtime.tokens is not None else None
+    )
+    routes += [Route(JWKS_PATH, jwks), Route(DISCOVERY_PATH, discovery)]
     router = Router(routes, redirect_slashes=False, default=not_found, lifespan=lifespan)
     return Gateway(runtime, router, ChatKitEndpoint(runtime), UploadEndpoint(runtime))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,6 +50,9 @@ __all__ = [
     "RateLimitConfig",
     "SecurityConfig",
     "ServerConfig",
+    "TracingConfig",
+    "TokenResourceConfig",
+    "TokensConfig",
     "UpstreamConfig",
     "load_config",
     "redacted",
@@ -331,6 +335,77 @@ class RateLimitConfig(_Section):
         return self
 
 
+RESOURCE_NAME = re.compile(r"[a-z0-9-]+")
+MAX_TOOL_TOKEN_SECONDS = 3600
+
+
+class TokenResourceConfig(_Section):
+    """`[[tokens.resources]]`: one tool server and the token the gateway gets for it."""
+
+    name: Text
+    audience: Text
+    scopes: tuple[Text, ...] = ()
+    lifetime_seconds: Annotated[int, Strict(), Field(ge=1, le=MAX_TOOL_TOKEN_SECONDS)] = 300
+    mode: Literal["mint", "exchange"] = "mint"
+    token_endpoint: Text | None = None
+    client_id: Text | None = None
+    client_secret_file: Text | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # It becomes a header name (X-ChatKit-Token-{name}): RFC 9110 token characters, lower case.
+        if not RESOURCE_NAME.fullmatch(value):
+            raise ValueError("must be lower-case letters, digits and '-'")
+        return value
+
+    @field_validator("token_endpoint")
+    @classmethod
+    def _token_endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+    @model_validator(mode="after")
+    def _exchange_needs_client(self) -> TokenResourceConfig:
+        if self.mode == "exchange":
+            missing = [k for k in ("token_endpoint", "client_id", "client_secret_file") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"mode = 'exchange' needs {', '.join(missing)}")
+        return self
+
+
+class TokensConfig(_Section):
+    """`[tokens]`: the gateway's own signing key, its identity assertion and tool tokens."""
+
+    issuer: Text | None = None
+    signing_key_file: Text | None = None
+    previous_key_files: tuple[Text, ...] = ()
+    assertion_audience: Text | None = None
+    resources: tuple[TokenResourceConfig, ...] = ()
+    # Tool tokens kept for reuse: this many minted ones (one per user and resource), and this many
+    # per exchanged resource (one per user token); the least recently used go first beyond it.
+    cache_size: Annotated[int, Strict(), Field(ge=1)] = 10_000
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TokensConfig:
+        names = [resource.name for resource in self.resources]
+        if len(names) != len(set(names)):
+            raise ValueError("each resource name may appear once")
+        if self.signing_key_file is None:
+            # Without a key nothing here is active: a setting that would silently do nothing stops start-up.
+            if self.assertion_audience is not None or self.resources or self.previous_key_files:
+                raise ValueError(
+                    "signing_key_file is required for assertion_audience, resources and previous_key_files"
+                )
+        elif self.issuer is None:
+            raise ValueError("issuer is required when signing_key_file is set")
+        return self
+
+
 class OwnershipConfig(_Section):
     enabled: Flag = True
     store: Literal["sqlite", "redis", "memory"] = "sqlite"
@@ -360,6 +435,26 @@ class LoggingConfig(_Section):
     format: Literal["json", "text"] = "json"
 
 
+class TracingConfig(_Section):
+    enabled: Flag = False
+    # The collector's base URL, as OTEL_EXPORTER_OTLP_ENDPOINT: spans go to `{otlp_endpoint}/v1/traces`.
+    otlp_endpoint: Text | None = None
+    service_name: Text = "chatkit-gateway"
+    sample_ratio: Annotated[float, Strict(), Field(ge=0, le=1)] = 1.0
+    include_user_id: Flag = False
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+    @model_validator(mode="after")
+    def _endpoint_when_enabled(self) -> TracingConfig:
+        if self.enabled and self.otlp_endpoint is None:
+            raise ValueError("otlp_endpoint is required when enabled = true")
+        return self
+
+
 class GatewayConfig(_Section):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig
@@ -371,6 +466,8 @@ class GatewayConfig(_Section):
     ratelimit: RateLimitConfig = RateLimitConfig()
     ownership: OwnershipConfig = OwnershipConfig()
     logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()
+    tokens: TokensConfig = TokensConfig()
 
     @model_validator(mode="after")
     def _uploads_path_distinct(self) -> GatewayConfig:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from starlette.types import Receive, Scope, Send
 
@@ -40,6 +41,9 @@ from .headers import Headers
 from .observe import Exchange, Observer
 from .outbound import request_id_from
 from .responses import send_error
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 __all__ = ["Endpoint"]
 
@@ -52,12 +56,19 @@ class Endpoint:
     route: str = "-"  # the name the access log and the metrics use
     op: str = "-"  # the op when the route has only one; `handle` may set it (`exchange.set_op`)
 
-    def __init__(self, observer: Observer) -> None:
+    def __init__(self, observer: Observer, *, tracing: Tracing | None = None, http_route: str = "") -> None:
         self.observer = observer
+        # With tracing on, each request is a server span (ended with the exchange, `Observer.finish`).
+        self.tracing = tracing
+        self.http_route = http_route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: Headers = scope["headers"]
         exchange = Exchange(request_id_from(headers), self.route, time.monotonic(), scope["method"], op=self.op)
+        if self.tracing is not None:
+            exchange.trace = self.tracing.start(
+                headers, method=scope["method"], path=scope["path"], scheme=scope["scheme"], route=self.http_route
+            )
         try:
             await self.handle(scope, receive, send, exchange)
         except GatewayError as error:

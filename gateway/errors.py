@@ -33,6 +33,7 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     │   ├── UpstreamUnavailable (502)  upstream_unavailable
     │   ├── UpstreamBadResponse (502)  upstream_bad_response
     │   └── UpstreamTimeout (504)      upstream_timeout
+    ├── TokenExchangeFailed (502)  token_exchange_failed
     ├── Overloaded (503)           overloaded
     ├── NotReady (503)             not_ready
     └── OwnershipUnavailable (503) ownership_unavailable
@@ -65,6 +66,7 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimited",
     "RequestTimeout",
+    "TokenExchangeFailed",
     "TokenExpired",
     "TokenNotYetValid",
     "UnknownIssuer",
@@ -247,6 +249,12 @@ class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
     default_message = "The ChatKit backend did not answer in time."
+
+
+class TokenExchangeFailed(GatewayError):
+    status = 502
+    code = "token_exchange_failed"
+    default_message = "A token for one of the assistant's tools could not be obtained."
 
 
 class Overloaded(GatewayError):

@@ -4,7 +4,7 @@ The same identity goes into the body's `metadata` (`userId`, `userInfo`), the `X
 `X-User-Email` headers, the signed `X-ChatKit-Identity`, the rate-limit keys and the forward-auth
 answer. The user id is the issuer's `user_id_prefix` followed by the user id claim, so the same
 `sub` from two issuers names two users. Header values are made safe and unambiguous: see
-`gateway.backend.header_value_of`.
+`gateway.backend_sdk.header_value_of`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .auth.verify import Principal
-from .backend import header_value_of as backend_header_value_of
+from .backend_sdk import header_value_of as backend_header_value_of
 from .config import IdentityConfig, IssuerConfig
 from .errors import InvalidClaims
 from .headers import Headers
@@ -103,6 +103,6 @@ def user_id_prefixes(issuers: tuple[IssuerConfig, ...]) -> Mapping[str, str]:
 
 
 def header_bytes_of(value: str) -> bytes:
-    """The header form of a claim, as ASCII bytes for ASGI: `gateway.backend.header_value_of`,
+    """The header form of a claim, as ASCII bytes for ASGI: `gateway.backend_sdk.header_value_of`,
     the rule backends import to compare the header with the claim, encoded."""
     return backend_header_value_of(value).encode("ascii")

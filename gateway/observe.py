@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -24,6 +24,9 @@ from prometheus_client.registry import Collector
 
 from .chatkit import NON_STREAMING_TYPES, STREAMING_TYPES
 from .relay import RelayOutcome
+
+if TYPE_CHECKING:
+    from .tracing import RequestTrace
 
 __all__ = ["Exchange", "Observer"]
 
@@ -33,6 +36,16 @@ access_logger = logging.getLogger("chatkit_gateway.access")
 KNOWN_OPS = STREAMING_TYPES | NON_STREAMING_TYPES | {"upload", "verify"}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 TTFB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Why an SSE stream ended (`chatkit_gateway_streams_ended_total{reason}`).
+STREAM_END_REASONS = (
+    "complete",
+    "client_disconnect",
+    "upstream_error",
+    "idle_timeout",
+    "session_expired",
+    "revoked",
+    "drain",
+)
 
 
 @dataclass(slots=True)
@@ -56,6 +69,10 @@ class Exchange:
     streamed: bool = False
     client_disconnected: bool = False
     upstream_broke: bool = False
+    # SSE streams only: arrival to the first complete event relayed, and why the stream ended.
+    first_event: float | None = None
+    stream_end: str | None = None
+    trace: RequestTrace | None = None
     ownership: str | None = None  # "denied": refused for naming an id of someone else's (or nobody's)
 
     def set_op(self, op: str) -> None:
@@ -69,6 +86,10 @@ class Exchange:
         self.bytes_out, self.events, self.streamed = outcome.bytes_out, outcome.events, outcome.streamed
         self.client_disconnected = self.client_disconnected or outcome.client_disconnected
         self.upstream_broke = outcome.upstream_broke
+        if outcome.sse and outcome.streamed:
+            self.stream_end = outcome.end_reason
+            if outcome.first_event_at is not None:
+                self.first_event = outcome.first_event_at - self.started
         if outcome.refused is not None:
             self.error = outcome.refused
 
@@ -115,6 +136,19 @@ class Observer:
             buckets=TTFB_BUCKETS,
             registry=r,
         )
+        self.first_event = Histogram(
+            "chatkit_gateway_time_to_first_event_seconds",
+            "Time from request arrival to the first SSE event relayed (the wait for the first token).",
+            ["op"],
+            buckets=TTFB_BUCKETS,
+            registry=r,
+        )
+        self.streams_ended = Counter(
+            "chatkit_gateway_streams_ended",
+            "SSE streams ended, by ChatKit op and reason.",
+            ["op", "reason"],
+            registry=r,
+        )
         self.open_streams = Gauge("chatkit_gateway_open_streams", "Streams and uploads open now.", registry=r)
         self.auth_failures = Counter(
             "chatkit_gateway_auth_failures", "Refused credentials, by error code.", ["code"], registry=r
@@ -130,6 +164,12 @@ class Observer:
         )
         self.ratelimit_backend_errors = Counter(
             "chatkit_gateway_rate_limit_backend_errors", "Rate-limit backend (Redis) failures.", registry=r
+        )
+        self.token_exchanges = Counter(
+            "chatkit_gateway_token_exchanges",
+            "RFC 8693 token exchanges at the IdP (tokens.resources, mode exchange), by resource and result.",
+            ["resource", "result"],
+            registry=r,
         )
         self.ownership_denials = Counter(
             "chatkit_gateway_ownership_denials",
@@ -151,12 +191,19 @@ class Observer:
             self._child(self.requests, op, "200")
             self._child(self.latency, op)
             self._child(self.ttfb, op)
+        for op in sorted(STREAMING_TYPES):
+            self._child(self.first_event, op)
+            for reason in STREAM_END_REASONS:
+                self._child(self.streams_ended, op, reason)
 
     def watch_key_ages(self, ages: Callable[[], Iterable[tuple[str, float | None]]]) -> None:
         self.registry.register(_KeyAge(ages))
 
     def jwks_fetched(self, issuer: str, result: str) -> None:
         self.jwks_fetches.labels(issuer, result).inc()
+
+    def token_exchanged(self, resource: str, result: str) -> None:
+        self.token_exchanges.labels(resource, result).inc()
 
     def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
         # prometheus-client's `labels()` validates and locks on every call; the children are
@@ -176,6 +223,12 @@ class Observer:
         self._child(self.latency, op).observe(duration)
         if exchange.ttfb is not None:
             self._child(self.ttfb, op).observe(exchange.ttfb)
+        if exchange.stream_end is not None:
+            self._child(self.streams_ended, op, exchange.stream_end).inc()
+            if exchange.first_event is not None:
+                self._child(self.first_event, op).observe(exchange.first_event)
+        if exchange.trace is not None:
+            exchange.trace.finish(exchange.status, exchange.error)
         if exchange.error is not None:
             if exchange.status == 401:
                 self.auth_failures.labels(exchange.error).inc()
@@ -220,6 +273,7 @@ class Observer:
             "bytes_out": exchange.bytes_out,
             "events": exchange.events,
             "streamed": exchange.streamed,
+            "stream_end": exchange.stream_end,
             "client_disconnected": exchange.client_disconnected,
             "upstream_broke": exchange.upstream_broke,
             "ownership": exchange.ownership,

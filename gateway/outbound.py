@@ -12,7 +12,10 @@ A request goes to the backend with:
   travels with) and, when configured, the verified token as `Authorization`;
 - for the ChatKit body, the `metadata` the gateway writes into it (`injected_metadata`) and its
   own `Content-Type`; for an upload, the client's `Content-Length` and a default `Content-Type`;
-- the framing: `Host` and `Content-Length` of a body in hand (`framed_request`).
+- the framing: `Host` and `Content-Length` of a body in hand (`framed_request`);
+- with `[tokens]`, the gateway's own tokens (`X-ChatKit-Assertion`, `X-ChatKit-Token-{name}`),
+  made by `tokens/headers.py` and added by the endpoints after these (an exchange at the IdP is
+  awaited, and may refuse the request).
 
 `Outbound` holds what one configuration needs for this, made once at start-up.
 """
@@ -28,7 +31,7 @@ import httpx
 from starlette.types import Scope
 
 from .auth.verify import Principal
-from .backend import IDENTITY_HEADER, sign_identity
+from .backend_sdk import IDENTITY_HEADER, sign_identity
 from .config import GatewayConfig
 from .headers import Headers, connection_listed, header_value
 from .identity import Identity
@@ -57,6 +60,9 @@ FORWARDED_REQUEST_HEADERS = frozenset(
         b"tracestate",
     }
 )
+# The W3C trace-context headers (https://www.w3.org/TR/trace-context/): with tracing on, the
+# gateway's own replace the client's (`tracing.py`); with tracing off, the client's pass.
+TRACE_CONTEXT_HEADERS = frozenset({b"traceparent", b"tracestate"})
 # For a body the gateway re-encodes (the ChatKit JSON), the content type is the gateway's own.
 FORWARDED_BODY_HEADERS = FORWARDED_REQUEST_HEADERS - {b"content-type"}
 # An upload's body goes on byte for byte, so the coding the client applied to it (RFC 9110 8.4)
@@ -137,6 +143,11 @@ class Outbound:
         self.page_context = PageContextPolicy(config.metadata, frozenset(config.security.allowed_origins))
         self.identity_secret = config.upstream.identity_secret
         self.forward_access_token = config.upstream.forward_access_token
+        # The client allowlists of this configuration, made once.
+        dropped = TRACE_CONTEXT_HEADERS if config.tracing.enabled else frozenset()
+        self.request_allow = FORWARDED_REQUEST_HEADERS - dropped
+        self.body_allow = FORWARDED_BODY_HEADERS - dropped
+        self.upload_allow = FORWARDED_UPLOAD_HEADERS - dropped
 
     def chatkit_headers(
         self,
@@ -151,7 +162,7 @@ class Outbound:
         """The headers of the rewritten ChatKit request. The body was re-encoded: it goes upstream
         as what it now is, whatever the client said (a charset, a second Content-Type, one named
         in Connection)."""
-        result = self.base_headers(scope, request_id, allow=FORWARDED_BODY_HEADERS)
+        result = self.base_headers(scope, request_id, allow=self.body_allow)
         result.append(JSON_CONTENT_TYPE)
         result.extend(self.identity_headers(principal, identity, request_id, metadata=metadata, body=body))
         return result
@@ -160,7 +171,7 @@ class Outbound:
         self, scope: Scope, request_id: str, principal: Principal, identity: Identity, declared_length: int | None
     ) -> Headers:
         """The headers of an upload, whose body streams on as it arrives."""
-        result = self.base_headers(scope, request_id, allow=FORWARDED_UPLOAD_HEADERS)
+        result = self.base_headers(scope, request_id, allow=self.upload_allow)
         result.extend(self.identity_headers(principal, identity, request_id))
         if declared_length is not None:
             result.append((b"content-length", str(declared_length).encode("ascii")))
@@ -168,13 +179,11 @@ class Outbound:
             result.append(OCTET_STREAM)
         return result
 
-    def base_headers(
-        self, scope: Scope, request_id: str, *, allow: frozenset[bytes] = FORWARDED_REQUEST_HEADERS
-    ) -> Headers:
+    def base_headers(self, scope: Scope, request_id: str, *, allow: frozenset[bytes] | None = None) -> Headers:
         """Headers every upstream request carries: the allowlisted client headers plus the gateway's."""
         headers: Headers = scope["headers"]
         client = scope.get("client")
-        result = upstream_request_headers(headers, allow=allow)
+        result = upstream_request_headers(headers, allow=self.request_allow if allow is None else allow)
         result.append((b"x-request-id", request_id.encode("ascii")))
         result.append((b"accept-encoding", b"identity"))
         result.extend(

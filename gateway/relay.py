@@ -67,8 +67,24 @@ class RelayOutcome:
     upstream_broke: bool = False
     client_disconnected: bool = False
     stopped: bool = False
+    idle_timeout: bool = False
+    sse: bool = False
     first_byte_at: float | None = None
+    first_event_at: float | None = None
     refused: str | None = None  # the error code a `ChunkWatch` ended the stream with
+
+    @property
+    def end_reason(self) -> str:
+        """Why a stream ended, as `chatkit_gateway_streams_ended_total{reason}` counts it."""
+        if self.client_disconnected:
+            return "client_disconnect"
+        if self.stopped:
+            return "drain"
+        if self.idle_timeout:
+            return "idle_timeout"
+        if self.upstream_broke:
+            return "upstream_error"
+        return "complete"
 
 
 class ChunkWatch(Protocol):
@@ -110,6 +126,7 @@ async def relay_response(
     try:
         sse = await _send_start(response, send, extra_headers)
         outcome.first_byte_at = time.monotonic()
+        outcome.sse = sse
         if body is not None:
             await send({"type": "http.response.body", "body": body})
             outcome.bytes_out = len(body)
@@ -238,6 +255,8 @@ class _Pump:
                 outcome.bytes_out += len(chunk)
                 if sse:
                     outcome.events += chunk.count(FRAME_END)
+                    if outcome.first_event_at is None and outcome.events:
+                        outcome.first_event_at = time.monotonic()
                     self.tail = (self.tail + chunk)[-2:]
                     self.last_write = self.loop.time()
             if watch is not None and outcome.refused is None and (held := await watch.rest()):
@@ -247,6 +266,7 @@ class _Pump:
             # SSE stream is closed cleanly with an in-band error event the chat can show; any other
             # body is left incomplete, so the client sees a broken response, not a short one.
             outcome.upstream_broke = True
+            outcome.idle_timeout = isinstance(exc, httpx.ReadTimeout)
             logger.warning("upstream stream broke: %s", type(exc).__name__)
             if not sse:
                 return

@@ -1,6 +1,6 @@
 """The resources every request shares, made once with the app and started and closed by its
 lifespan: the authenticator (and its key caches), the clients to the backend, the rate limiter,
-the open streams, the metrics; and the drain on `SIGTERM`.
+the open streams, the metrics, the gateway's own tokens (`tokens/`); and the drain on `SIGTERM`.
 
 What goes upstream is built by `outbound.py`; the request path itself is in `app.py`.
 """
@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -19,15 +20,21 @@ from .auth.origin import OriginPolicy
 from .auth.verify import Principal
 from .clock import Clock
 from .config import GatewayConfig
-from .errors import UnknownIssuer
+from .errors import AuthError, UnknownIssuer
 from .identity import Identity, identity_of, user_id_prefixes
 from .observe import Observer
 from .outbound import Outbound
 from .ownership import Owners, OwnershipPolicy, open_store
 from .ratelimit import RateLimiter
 from .streams import OpenStreams
+from .tokens.headers import TokenHeaders
 from .upstream import Upstream
 from .warmup import warm_request_path
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    from .tracing import RequestTrace, Tracing
 
 __all__ = ["Runtime"]
 
@@ -44,11 +51,24 @@ class Runtime:
         clock: Clock,
         transport: httpx.AsyncBaseTransport | None = None,
         jwks_transport: httpx.AsyncBaseTransport | None = None,
+        span_exporter: SpanExporter | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.observer = Observer()
+        # `[tokens]`: None without a signing key (nothing minted, the /.well-known/ documents 404).
+        # First: a key or secret that cannot be used stops start-up before any client is made.
+        self.tokens = (
+            TokenHeaders(config.tokens, clock, on_exchange=self.observer.token_exchanged)
+            if config.tokens.signing_key_file is not None
+            else None
+        )
         self.outbound = Outbound(config)
+        self.tracing: Tracing | None = None
+        if config.tracing.enabled:
+            from .tracing import Tracing  # OpenTelemetry is imported only when tracing is on
+
+            self.tracing = Tracing(config.tracing, exporter=span_exporter)
         self.origin_policy = OriginPolicy(config)
         self.user_id_prefixes: Mapping[str, str] = user_id_prefixes(config.auth.issuers)
         self.authenticator = Authenticator(
@@ -92,6 +112,11 @@ class Runtime:
             await self.ownership.owners.aclose()
         await self.authenticator.aclose()
         await self.upstream.aclose()
+        if self.tracing is not None:
+            # Exports what is pending: blocking, so off the event loop.
+            await asyncio.to_thread(self.tracing.shutdown)
+        if self.tokens is not None:
+            await self.tokens.aclose()
 
     @property
     def ready(self) -> bool:
@@ -113,9 +138,14 @@ class Runtime:
             while streams.count > 0 and loop.time() < ended:
                 await asyncio.sleep(0.02)
 
-    async def authenticate(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[Principal, Identity]:
+    async def authenticate(
+        self, headers: Sequence[tuple[bytes, bytes]], trace: RequestTrace | None = None
+    ) -> tuple[Principal, Identity]:
         """Steps 2 and 3 of every request: a verified principal, and the origin check for cookies."""
-        principal = await self.authenticator.authenticate(headers)
+        if trace is None:
+            principal = await self.authenticator.authenticate(headers)
+        else:
+            principal = await self._authenticate_traced(headers, trace)
         if principal.source == "cookie":
             self.origin_policy.check(headers)
         prefix = self.user_id_prefixes.get(principal.issuer)
@@ -123,6 +153,22 @@ class Runtime:
             # Not one of `auth.issuers` (the verifier returns no other): never a user without a prefix.
             raise UnknownIssuer()
         return principal, identity_of(principal, self.config.identity, prefix)
+
+    async def _authenticate_traced(self, headers: Sequence[tuple[bytes, bytes]], trace: RequestTrace) -> Principal:
+        """`authenticate` inside a "verify token" span that says whether the cache answered."""
+        verifier = self.authenticator.verifier
+        span = trace.verify_span()
+        misses = verifier.misses
+        try:
+            return await self.authenticator.authenticate(headers)
+        except AuthError as error:
+            span.set_attribute("error.type", error.code)
+            raise
+        finally:
+            # A cache hit never suspends, so no other request can count a miss in between; a
+            # miss counts itself before its first await.
+            span.set_attribute("chatkit.token_cache_hit", verifier.misses == misses)
+            span.end()
 
     def _rate_limit_failed(self, reason: str) -> None:
         self.observer.ratelimit_backend_errors.inc()

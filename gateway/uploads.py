@@ -15,6 +15,7 @@ import unicodedata
 from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
+import httpx
 from starlette.types import Receive, Scope, Send
 
 from .body import declared_length, stream_body
@@ -101,10 +102,11 @@ class UploadEndpoint(Endpoint):
     op = "upload"
 
     def __init__(self, runtime: Runtime) -> None:
-        super().__init__(runtime.observer)
+        uploads_path = runtime.config.server.uploads_path
+        super().__init__(runtime.observer, tracing=runtime.tracing, http_route=uploads_path + "{path}")
         self.runtime = runtime
         self.config = runtime.config
-        self.prefix = self.config.server.uploads_path.encode("ascii")
+        self.prefix = uploads_path.encode("ascii")
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
         if scope["method"] not in UPLOAD_METHODS:
@@ -115,8 +117,10 @@ class UploadEndpoint(Endpoint):
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
         target = upload_target(raw_path, self.prefix, base_url, scope.get("query_string", b""))
         runtime = self.runtime
-        principal, identity = await runtime.authenticate(scope["headers"])
+        principal, identity = await runtime.authenticate(scope["headers"], exchange.trace)
         exchange.user_id, exchange.source = identity.user_id, principal.source
+        if exchange.trace is not None:
+            exchange.trace.identify("upload", identity.user_id, None)
         await runtime.limiter.admit(identity.user_id, message=False)
         if runtime.ownership is not None:
             # A direct upload creates an attachment: its owner must be recordable first.
@@ -127,6 +131,11 @@ class UploadEndpoint(Endpoint):
             raise PayloadTooLarge()
         request_id = exchange.request_id
         headers = runtime.outbound.upload_headers(scope, request_id, principal, identity, declared)
+        if exchange.trace is not None:
+            url = httpx.URL(target)
+            headers.extend(exchange.trace.upstream_headers(scope["method"], url.host, url.port or 80, str(url)))
+        if runtime.tokens is not None:
+            headers += runtime.tokens.upload_headers(principal, identity, request_id)  # the assertion
         body = stream_body(receive, limit, self.config.server.body_timeout_seconds)
         outcome = RelayOutcome()
         try:

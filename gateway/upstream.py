@@ -94,6 +94,8 @@ class Upstream:
         self.config = config
         self.header_deadline = config.connect_timeout + config.response_timeout
         self.url = httpx.URL(config.url)  # parsed once, not per request
+        # (host, port, URL) of the ChatKit endpoint, as a trace's upstream span names them.
+        self.endpoint = (self.url.host, self.url.port or (443 if self.url.scheme == "https" else 80), str(self.url))
         self._netloc = self.url.netloc
         # httpx's `timeout` extension, built once; the transport reads `connect` and `read` only.
         self._json_timeout = {"connect": config.connect_timeout, "read": config.response_timeout}

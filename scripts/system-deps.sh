@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install the Debian packages the tests and benchmarks run for real (redis-server, nginx, chromium, wrk)
-# when missing.
+# Install the Debian packages the tests and benchmarks run for real (redis-server, nginx, chromium, wrk,
+# node and npm for the authorization server in tests/support/node) when missing.
 # Needs root (CI runs as root); without it, it says what is missing and fails.
 set -euo pipefail
 need=()
@@ -8,6 +8,8 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v wrk >/dev/null || need+=(wrk)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2

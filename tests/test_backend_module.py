@@ -1,4 +1,4 @@
-"""`gateway.backend`: what a ChatKit backend uses to believe the gateway, and only the gateway."""
+"""`gateway.backend_sdk`: what a ChatKit backend uses to believe the gateway, and only the gateway."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.types import Message
 
-from gateway.backend import (
+from gateway.backend_sdk import (
     IDENTITY_HEADER,
     IDENTITY_SALT,
     InvalidIdentity,
@@ -26,6 +26,7 @@ from gateway.backend import (
     header_value_of,
     mcp_headers,
     sign_identity,
+    tool_token,
     verify_identity,
 )
 from gateway.identity import header_bytes_of
@@ -444,6 +445,30 @@ def test_mcp_headers_are_header_safe_for_any_user_id() -> None:
     assert headers == {"X-User-Id": "zo%C3%AB%0D%0AX-Admin:%201"}
 
 
+# -------------------------------------------------------------------------------------- tool_token
+
+
+def test_tool_token_is_the_gateways_header_for_that_tool_from_a_starlette_request() -> None:
+    request = starlette_request(
+        chatkit_body(), [("X-ChatKit-Token-crm", "crm.jwt.value"), ("X-ChatKit-Token-billing", "b")]
+    )
+    assert tool_token(request, "crm") == "crm.jwt.value"
+    assert tool_token(request, "billing") == "b"
+    assert tool_token(request, "other") is None
+
+
+@pytest.mark.parametrize("name", ["x-chatkit-token-crm", "X-CHATKIT-TOKEN-CRM"])
+def test_tool_token_from_a_headers_mapping_in_any_case(name: str) -> None:
+    assert tool_token({name: "crm.jwt.value"}, "crm") == "crm.jwt.value"
+
+
+def test_tool_token_absent_empty_or_ambiguous_is_none() -> None:
+    assert tool_token({}, "crm") is None
+    assert tool_token({"x-chatkit-token-crm": ""}, "crm") is None
+    request = starlette_request(chatkit_body(), [("X-ChatKit-Token-crm", "one"), ("X-ChatKit-Token-crm", "two")])
+    assert tool_token(request, "crm") is None
+
+
 @given(st.text())
 def test_header_encoding_matches_the_gateways(value: str) -> None:
     assert header_value_of(value).encode("ascii") == header_bytes_of(value)
@@ -453,9 +478,18 @@ def test_header_encoding_matches_the_gateways(value: str) -> None:
 
 
 def test_importing_the_module_does_not_load_the_gateway_runtime() -> None:
-    code = "import json, sys, gateway.backend; print(json.dumps(sorted(sys.modules)))"
+    code = "import json, sys, gateway.backend_sdk; print(json.dumps(sorted(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     modules = set(json.loads(result.stdout))
-    assert {name for name in modules if name.startswith("gateway")} == {"gateway", "gateway.backend"}
+    assert {name for name in modules if name.startswith("gateway")} == {"gateway", "gateway.backend_sdk"}
     for heavy in ("httpx", "jose", "uvicorn", "starlette", "pydantic"):
-        assert heavy not in modules, f"{heavy} imported by gateway.backend"
+        assert heavy not in modules, f"{heavy} imported by gateway.backend_sdk"
+
+
+def test_the_former_module_name_still_serves_existing_backends() -> None:
+    import gateway.backend as former
+    import gateway.backend_sdk as sdk
+
+    assert former.__all__ == sdk.__all__
+    for name in sdk.__all__:
+        assert getattr(former, name) is getattr(sdk, name)

@@ -36,10 +36,11 @@ def model_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
 
 
 def documented_keys(text: str) -> set[str]:
-    """Every `key = value` line of the example, commented out or not, with its table path."""
+    """Every `key = value` line of the example, commented out or not, with its table path (a table
+    may be commented out too, as `# [[tokens.resources]]` is)."""
     keys, table = set(), ""
     for line in text.splitlines():
-        header = re.match(r"^\s*\[\[?([a-z_.]+)\]\]?", line)
+        header = re.match(r"^\s*#?\s*\[\[?([a-z_.]+)\]\]?", line)
         if header:
             table = header.group(1) + "."
             continue

@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from gateway.backend import IDENTITY_HEADER, sign_identity
+from gateway.backend_sdk import IDENTITY_HEADER, sign_identity
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "backend" / "app.py"
 SECRET = "example-secret-" + "x" * 32
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.user-token.signature"
+CRM_TOKEN = "eyJhbGciOiJFUzI1NiJ9.crm-tool-token.signature"
 ISSUER = "https://idp.example.com"
 IDENTITY: dict[str, Any] = {
     "userId": "user-ada",
@@ -55,12 +56,14 @@ def list_threads(identity: dict[str, Any]) -> bytes:
 
 
 def gateway_headers(body: bytes, identity: dict[str, Any] = IDENTITY) -> dict[str, str]:
-    """What the gateway sends with `body` when `upstream.identity_secret` and `forward_access_token` are set."""
+    """What the gateway sends with `body` when `upstream.identity_secret`, `forward_access_token` and a
+    `[[tokens.resources]]` entry named "crm" are set."""
     metadata = json.loads(body)["metadata"]
     return {
         IDENTITY_HEADER: sign_identity({**metadata, **identity, "issuer": ISSUER}, SECRET, body=body),
         "X-User-Id": identity["userId"],
         "Authorization": f"Bearer {TOKEN}",
+        "X-ChatKit-Token-crm": CRM_TOKEN,
         "Content-Type": "application/json",
     }
 
@@ -71,7 +74,7 @@ def assistant_texts(stream: str) -> list[str]:
     return [part["text"] for item in items if item["type"] == "assistant_message" for part in item["content"]]
 
 
-def test_reply_names_the_user_and_the_token_reaches_only_the_tool_headers(example: ModuleType) -> None:
+def test_reply_names_the_user_and_the_tool_token_reaches_only_the_tool_headers(example: ModuleType) -> None:
     model = example.OfflineModel()
     with TestClient(example.create_app(SECRET, model)) as client:
         body = create_message("hi")
@@ -79,13 +82,16 @@ def test_reply_names_the_user_and_the_token_reaches_only_the_tool_headers(exampl
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     assert assistant_texts(response.text) == ["Hello, Ada Lovelace! You said: hi"]
-    assert TOKEN not in response.text
+    assert TOKEN not in response.text and CRM_TOKEN not in response.text
 
     (call,) = model.calls
     assert "Ada Lovelace" in call.instructions and "Pricing" in call.instructions
-    assert TOKEN not in call.instructions and TOKEN not in call.user_text
+    for secret in (TOKEN, CRM_TOKEN):
+        assert secret not in call.instructions and secret not in call.user_text
     (tool,) = call.tools
-    assert tool.headers == {"Authorization": f"Bearer {TOKEN}", "X-User-Id": "user-ada"}
+    assert tool.url == example.CRM_MCP_URL
+    # The crm server gets its own token, not the user's (which is valid everywhere the user's is).
+    assert tool.headers == {"Authorization": f"Bearer {CRM_TOKEN}"}
 
 
 def test_request_without_the_signed_identity_is_refused(example: ModuleType) -> None:
@@ -143,7 +149,7 @@ def test_trusted_network_mode_reads_the_identity_from_metadata(example: ModuleTy
     with TestClient(example.create_app(None, model)) as client:
         response = client.post("/chatkit", content=create_message("hello"), headers=headers)
     assert assistant_texts(response.text) == ["Hello, Ada Lovelace! You said: hello"]
-    assert model.calls[0].tools[0].headers == {"X-User-Id": "user-ada"}  # no token was forwarded
+    assert model.calls[0].tools == []  # no tool token was sent: no tool is offered
 
 
 def test_trusted_network_mode_refuses_an_email_header_that_disagrees(example: ModuleType) -> None:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from gateway.auth.verify import Principal
-from gateway.backend import InvalidIdentity, body_sha256, verify_identity
+from gateway.backend_sdk import InvalidIdentity, body_sha256, verify_identity
 from gateway.config import IdentityConfig, IssuerConfig
 from gateway.identity import identity_of, user_id_prefixes
 from tests.support.gateway import RunningGateway, bearer, gateway_config, issuer_entry, start_gateway, user_token

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from gateway.backend import InvalidIdentity, body_sha256, context_from, verify_identity
+from gateway.backend_sdk import InvalidIdentity, body_sha256, context_from, verify_identity
 from tests.support.chatkit import REQUESTS, post, user_input
 from tests.support.gateway import RunningGateway, bearer, gateway_config, start_gateway, user_token
 

@@ -1,5 +1,6 @@
 """A ChatKit backend behind chatkit-gateway: it greets the user by name, keeps each user's threads
-apart, and hands the user's token to its tools in HTTP headers, never to the model.
+apart, and hands each tool server the token the gateway made for that server (`[[tokens.resources]]`
+name "crm") in the MCP client's HTTP headers, never to the model, a log or `metadata`.
 
     CHATKIT_IDENTITY_SECRET=<upstream.identity_secret> uvicorn app:app --app-dir examples/backend --port 8001
 
@@ -26,10 +27,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.backend import InvalidIdentity, chatkit_context, mcp_headers
+from gateway.backend_sdk import InvalidIdentity, chatkit_context, tool_token
 
-Context = dict[str, Any]  # what gateway.backend.chatkit_context returns
-MCP_URL = "http://127.0.0.1:8002/mcp"  # an MCP server that checks the user's token itself
+Context = dict[str, Any]  # what gateway.backend_sdk.chatkit_context returns, plus this request's "tools"
+# An MCP server that accepts only tokens whose `aud` is its own URI, checked against the gateway's
+# JWKS (`{tokens.issuer}/.well-known/jwks.json`); the gateway's `[[tokens.resources]]` entry
+# `name = "crm"` has that URI as its `audience`.
+CRM_MCP_URL = "http://127.0.0.1:8002/mcp"
 
 _Record = TypeVar("_Record", bound=BaseModel)
 
@@ -172,17 +176,17 @@ class GreetingServer(ChatKitServer[Context]):
         text = ""
         if input_user_message is not None:
             text = "".join(c.text for c in input_user_message.content if isinstance(c, ck.UserMessageTextContent))
-        # The token travels in the tool's HTTP headers only. With the OpenAI Agents SDK:
+        # The tool token travels in the tool's HTTP headers only. With the OpenAI Agents SDK:
         #
-        #   async with MCPServerStreamableHttp(params={"url": MCP_URL, "headers": mcp_headers(context)}) as mcp:
+        #   crm = context["tools"][0]
+        #   async with MCPServerStreamableHttp(params={"url": crm.url, "headers": crm.headers}) as mcp:
         #       agent = Agent(name="Assistant", instructions=instructions_for(context), mcp_servers=[mcp])
         #       agent_context = AgentContext(thread=thread, store=self.store, request_context=context)
         #       result = Runner.run_streamed(agent, await simple_to_agent_input(input_user_message),
         #                                    context=agent_context)
         #       async for event in stream_agent_response(agent_context, result):
         #           yield event
-        tools = [ToolServer(url=MCP_URL, headers=mcp_headers(context))]
-        answer = await self.model.reply(instructions_for(context), text, tools)
+        answer = await self.model.reply(instructions_for(context), text, context["tools"])
         item = ck.AssistantMessageItem(
             id=self.store.generate_item_id("message", thread, context),
             thread_id=thread.id,
@@ -195,13 +199,24 @@ class GreetingServer(ChatKitServer[Context]):
 # ------------------------------------------------------------------------------------------- HTTP
 
 
+def tool_servers(request: Request) -> list[ToolServer]:
+    """The tool servers this request may call, each with the token the gateway made for it alone.
+
+    The tool token is for the crm server only (its `aud`), lives minutes, and names the user: it goes
+    to that server as `Authorization: Bearer` and nowhere else. (`gateway.backend_sdk.mcp_headers`
+    hands a tool the user's own token instead: the weaker option, see docs/tokens.md.)"""
+    token = tool_token(request, "crm")
+    return [ToolServer(url=CRM_MCP_URL, headers={"Authorization": f"Bearer {token}"})] if token else []
+
+
 def create_app(secret: str | None, model: OfflineModel | None = None) -> Starlette:
     server = GreetingServer(MemoryStore(), model or OfflineModel())
 
     async def chatkit_endpoint(request: Request) -> Response:
         try:
             # Reads the body and checks it against the signed hash; `process` below gets the same bytes.
-            context = await chatkit_context(request, secret=secret)
+            # "tools" lives as long as this request: never stored, never shown to the model.
+            context = {**await chatkit_context(request, secret=secret), "tools": tool_servers(request)}
         except InvalidIdentity:
             # Not the gateway's word (or not any more): refuse without saying what was wrong.
             return JSONResponse({"error": {"code": "forbidden", "message": "Unverified identity."}}, status_code=403)

@@ -1,6 +1,6 @@
 """The demo's ChatKit backend: a real `ChatKitServer` whose assistant says what it was told.
 
-It is written the way `gateway.backend` tells backend authors to write one: the ChatKit `context`
+It is written the way `gateway.backend_sdk` tells backend authors to write one: the ChatKit `context`
 comes from `chatkit_context(request, secret=...)`, which accepts only requests whose identity the
 gateway signed (`upstream.identity_secret`, random per run) for exactly the body that arrived, so a
 signed header copied onto another request is refused. Each answer begins with a
@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..backend import InvalidIdentity, chatkit_context
+from ..backend_sdk import InvalidIdentity, chatkit_context
 from .store import Context, MemoryStore
 
 __all__ = ["CONTEXT_EFFECT", "DemoAssistant", "compose_reply", "create_backend_app"]

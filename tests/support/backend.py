@@ -19,7 +19,7 @@ import itertools
 import json
 import re
 import string
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypedDict, TypeVar
 
@@ -418,6 +418,25 @@ def is_die_request(payload: Any) -> bool:
         return False
 
 
+LATE_START = re.compile(r"/late ([0-9.]+)")
+
+
+def late_start_seconds(payload: Any) -> float:
+    """`/late S`: the stream's first frame waits S seconds (a slow first token, as a model's)."""
+    try:
+        content = payload["params"]["input"]["content"]
+        found = LATE_START.fullmatch("".join(part.get("text", "") for part in content).strip())
+    except (KeyError, TypeError, AttributeError):
+        return 0.0
+    return float(found.group(1)) if found else 0.0
+
+
+async def start_late(frames: AsyncIterable[bytes], seconds: float) -> AsyncIterator[bytes]:
+    await asyncio.sleep(seconds)
+    async for frame in frames:
+        yield frame
+
+
 async def die_midway(frames: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
     """Forward frames up to the first text delta, then half a frame, then break the connection."""
     try:
@@ -452,7 +471,10 @@ def create_backend_app(delay: float, public_base: str) -> Starlette:
         except NotFoundError as exc:
             return JSONResponse({"error": "not_found", "detail": str(exc)}, status_code=404)
         if isinstance(result, StreamingResult):
-            frames = die_midway(result.json_events) if is_die_request(payload) else result
+            frames: AsyncIterable[bytes] = die_midway(result.json_events) if is_die_request(payload) else result
+            late = late_start_seconds(payload)
+            if late:
+                frames = start_late(frames, late)
             return StreamingResponse(frames, media_type="text/event-stream")
         assert isinstance(result, NonStreamingResult)
         return Response(result.json, media_type="application/json")
@@ -553,16 +575,35 @@ def create_backend_app(delay: float, public_base: str) -> Starlette:
     return Starlette(routes=routes, middleware=[Middleware(RequestRecorder, log=requests)])
 
 
+def traced(app: ASGIApp, otlp_endpoint: str) -> ASGIApp:
+    """The backend as a traced service: OpenTelemetry's own ASGI instrumentation continues the
+    `traceparent` the gateway sends, and the SDK exports the spans to `otlp_endpoint`."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "chatkit-backend"}))
+    exporter = OTLPSpanExporter(endpoint=otlp_endpoint.rstrip("/") + "/v1/traces")
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=100))
+    return OpenTelemetryMiddleware(app, tracer_provider=provider, exclude_spans=["receive", "send"])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.support.backend", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay", type=float, default=0.05, help="seconds between streamed words")
     parser.add_argument("--public-base", help="base of upload and preview URLs (default: own /uploads)")
+    parser.add_argument("--otlp-endpoint", help="trace every request with OpenTelemetry, exported here over OTLP/HTTP")
     args = parser.parse_args(argv)
     public_base = args.public_base or f"http://{args.host}:{args.port}{UPLOADS_PREFIX}"
+    app: ASGIApp = create_backend_app(args.delay, public_base)
+    if args.otlp_endpoint:
+        app = traced(app, args.otlp_endpoint)
     config = uvicorn.Config(
-        create_backend_app(args.delay, public_base),
+        app,
         host=args.host,
         port=args.port,
         loop="uvloop",

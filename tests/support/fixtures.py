@@ -74,7 +74,9 @@ class Backend:
 
 
 @contextmanager
-def start_backend(delay: float = DEFAULT_DELAY, public_base: str | None = None) -> Iterator[Backend]:
+def start_backend(
+    delay: float = DEFAULT_DELAY, public_base: str | None = None, otlp_endpoint: str | None = None
+) -> Iterator[Backend]:
     """Run a backend subprocess for the duration of the block."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -82,6 +84,8 @@ def start_backend(delay: float = DEFAULT_DELAY, public_base: str | None = None) 
     args += ["--delay", str(delay)]
     if public_base is not None:
         args += ["--public-base", public_base]
+    if otlp_endpoint is not None:
+        args += ["--otlp-endpoint", otlp_endpoint]
     proc = start_process(args, ready_url=f"{url}/_debug/health")
     try:
         yield Backend(url=url, process=proc)
