@@ -60,8 +60,10 @@ from .observe import Exchange
 from .outbound import request_id_from
 from .ownership import AnswerPlan
 from .probes import browser_helper_endpoint, healthz, metrics_endpoint, readyz_endpoint
-from .relay import RelayOutcome, relay_response, stream_error_event
+from .relay import RelayOutcome, StreamStop, relay_response, stream_error_event
 from .responses import send_error
+from .revocation.admin import AdminEndpoint
+from .revocation.backchannel import BackchannelLogoutEndpoint
 from .runtime import Runtime
 from .tokens.wellknown import DISCOVERY_PATH, JWKS_PATH, well_known_documents
 from .uploads import UploadEndpoint
@@ -74,7 +76,7 @@ __all__ = ["Gateway", "create_app"]
 
 logger = logging.getLogger("chatkit_gateway")
 
-Stop = asyncio.Future[None]
+Stop = asyncio.Future[StreamStop]
 # A JSON answer ownership must read whole (a `threads.list` page to filter) may be this large.
 MAX_READ_ANSWER_BYTES = 32 * 1024 * 1024
 # The longest request target (path, `?` and query, in bytes) served: RFC 9112 3 recommends
@@ -146,11 +148,13 @@ class ChatKitEndpoint(Endpoint):
             return
         slot = await self.runtime.limiter.open_stream(identity.user_id)
         try:
-            async with self.runtime.streams as stop:
-                answer = await self._open(rewritten, upstream_headers)
-                # Nothing of the request is needed while the answer streams back: let it go.
-                del rewritten, upstream_headers, principal, identity
-                await self._relay(answer, receive, send, exchange, plan, stop)
+            # The session's end is watched before the upstream is asked, so a revocation meanwhile counts.
+            async with self.runtime.streams as drain:
+                with self.runtime.session_end(principal, drain) as stop:
+                    answer = await self._open(rewritten, upstream_headers)
+                    # Nothing of the request is needed while the answer streams back: let it go.
+                    del rewritten, upstream_headers, principal, identity
+                    await self._relay(answer, receive, send, exchange, plan, stop)
         finally:
             await slot.close()
 
@@ -369,6 +373,8 @@ def create_app(
         Route("/readyz", readyz_endpoint(runtime), methods=["GET"]),
         Route("/chatkit-gateway.js", browser_helper_endpoint(), methods=["GET", "HEAD"]),
         Route("/metrics", metrics_endpoint(runtime), methods=["GET"]),
+        Route("/admin/revocations", AdminEndpoint(runtime)),
+        Route("/auth/backchannel-logout", BackchannelLogoutEndpoint(runtime)),
     ]
     jwks, discovery = well_known_documents(
         config.tokens.issuer, runtime.tokens.published if runtime.tokens is not None else None

@@ -48,6 +48,7 @@ __all__ = [
     "MetadataConfig",
     "OwnershipConfig",
     "RateLimitConfig",
+    "RevocationConfig",
     "SecurityConfig",
     "ServerConfig",
     "TracingConfig",
@@ -60,7 +61,14 @@ __all__ = [
 
 ENV_PREFIX = "CHATKIT_GATEWAY__"
 CONFIG_PATH_ENV = "CHATKIT_GATEWAY_CONFIG"
-SECRET_KEYS = frozenset({("upstream", "identity_secret"), ("ratelimit", "redis_url"), ("ownership", "redis_url")})
+SECRET_KEYS = frozenset(
+    {
+        ("upstream", "identity_secret"),
+        ("ratelimit", "redis_url"),
+        ("revocation", "redis_url"),
+        ("ownership", "redis_url"),
+    }
+)
 MIB = 1024 * 1024
 
 Seconds = Annotated[float, Strict(), Field(ge=0)]
@@ -227,6 +235,9 @@ class IssuerConfig(_Section):
     required_claims: tuple[Text, ...] = ("exp", "iat", "sub")
     # Written before the user id claim, so the same `sub` from two issuers names two users.
     user_id_prefix: Text = ""
+    # The `aud` of this issuer's OIDC back-channel logout tokens (the client id the IdP knows the
+    # gateway by); without it, no logout token of this issuer is accepted.
+    backchannel_audience: Text | None = None
 
     @field_validator("issuer")
     @classmethod
@@ -273,6 +284,15 @@ class AuthConfig(_Section):
     issuers: tuple[IssuerConfig, ...] = Field(min_length=1)
     token_cache_size: Annotated[int, Strict(), Field(ge=0)] = 10_000
     token_cache_seconds: Seconds = 300.0
+    # A stream ends this long after its token's `exp`; -1: never.
+    stream_grace_seconds: Annotated[float, Strict(), Field(ge=-1)] = 300.0
+
+    @field_validator("stream_grace_seconds")
+    @classmethod
+    def _stream_grace(cls, value: float) -> float:
+        if value < 0 and value != -1:
+            raise ValueError("must be -1 (never) or at least 0")
+        return value
 
     @field_validator("issuers")
     @classmethod
@@ -332,6 +352,20 @@ class RateLimitConfig(_Section):
     def _redis_needs_url(self) -> RateLimitConfig:
         if self.backend == "redis" and not self.redis_url:
             raise ValueError("redis_url is required when backend = 'redis'")
+        return self
+
+
+class RevocationConfig(_Section):
+    enabled: Flag = False
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: Text | None = None
+    # A file holding the admin API's bearer secret; the admin API is off without it.
+    admin_token_file: Text | None = None
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> RevocationConfig:
+        if self.store == "redis" and not self.redis_url:
+            raise ValueError("redis_url is required when store = 'redis'")
         return self
 
 
@@ -465,6 +499,7 @@ class GatewayConfig(_Section):
     metadata: MetadataConfig = MetadataConfig()
     ratelimit: RateLimitConfig = RateLimitConfig()
     ownership: OwnershipConfig = OwnershipConfig()
+    revocation: RevocationConfig = RevocationConfig()
     logging: LoggingConfig = LoggingConfig()
     tracing: TracingConfig = TracingConfig()
     tokens: TokensConfig = TokensConfig()

@@ -8,7 +8,9 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     ├── BadRequest (400)
     │   ├── InvalidJSON            invalid_json
     │   ├── InvalidChatKitRequest  invalid_request
-    │   └── InvalidUploadPath      invalid_upload_path
+    │   ├── InvalidUploadPath      invalid_upload_path
+    │   ├── InvalidRevocation      invalid_revocation
+    │   └── InvalidLogoutToken     invalid_logout_token
     ├── AuthError (401)
     │   ├── MissingCredentials     missing_credentials
     │   ├── InvalidToken           invalid_token
@@ -17,6 +19,7 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     │   ├── UnknownIssuer          unknown_issuer
     │   ├── UnknownKey             unknown_key
     │   ├── InvalidClaims          invalid_claims
+    │   ├── TokenRevoked           token_revoked
     │   └── AmbiguousCredentials   ambiguous_credentials
     ├── Forbidden (403)
     │   └── OriginNotAllowed       origin_not_allowed
@@ -36,6 +39,7 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     ├── TokenExchangeFailed (502)  token_exchange_failed
     ├── Overloaded (503)           overloaded
     ├── NotReady (503)             not_ready
+    ├── RevocationUnavailable (503) revocation_unavailable
     └── OwnershipUnavailable (503) ownership_unavailable
 """
 
@@ -53,6 +57,8 @@ __all__ = [
     "InvalidChatKitRequest",
     "InvalidClaims",
     "InvalidJSON",
+    "InvalidLogoutToken",
+    "InvalidRevocation",
     "InvalidToken",
     "InvalidUploadPath",
     "MethodNotAllowed",
@@ -66,9 +72,11 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimited",
     "RequestTimeout",
+    "RevocationUnavailable",
     "TokenExchangeFailed",
     "TokenExpired",
     "TokenNotYetValid",
+    "TokenRevoked",
     "UnknownIssuer",
     "UnknownKey",
     "URITooLong",
@@ -115,6 +123,16 @@ class InvalidUploadPath(BadRequest):
     default_message = "The upload path is not allowed."
 
 
+class InvalidRevocation(BadRequest):
+    code = "invalid_revocation"
+    default_message = "The body must be a JSON object naming iss with sub, iss with sid, or jti."
+
+
+class InvalidLogoutToken(BadRequest):
+    code = "invalid_logout_token"
+    default_message = "The logout token is not valid."
+
+
 class AuthError(GatewayError):
     status = 401
     code = "unauthorized"
@@ -154,6 +172,11 @@ class UnknownKey(AuthError):
 class InvalidClaims(AuthError):
     code = "invalid_claims"
     default_message = "The token's claims are not acceptable."
+
+
+class TokenRevoked(AuthError):
+    code = "token_revoked"
+    default_message = "The session has been revoked. Sign in again."
 
 
 class AmbiguousCredentials(AuthError):
@@ -267,6 +290,12 @@ class NotReady(GatewayError):
     status = 503
     code = "not_ready"
     default_message = "The gateway is not ready."
+
+
+class RevocationUnavailable(GatewayError):
+    status = 503
+    code = "revocation_unavailable"
+    default_message = "The revocation list cannot be reached. Try again shortly."
 
 
 class OwnershipUnavailable(GatewayError):

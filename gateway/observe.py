@@ -165,6 +165,9 @@ class Observer:
         self.ratelimit_backend_errors = Counter(
             "chatkit_gateway_rate_limit_backend_errors", "Rate-limit backend (Redis) failures.", registry=r
         )
+        self.revocations = Counter(
+            "chatkit_gateway_revocations", "Revocations recorded, by source.", ["source"], registry=r
+        )
         self.token_exchanges = Counter(
             "chatkit_gateway_token_exchanges",
             "RFC 8693 token exchanges at the IdP (tokens.resources, mode exchange), by resource and result.",
@@ -195,9 +198,14 @@ class Observer:
             self._child(self.first_event, op)
             for reason in STREAM_END_REASONS:
                 self._child(self.streams_ended, op, reason)
+        for source in ("admin", "backchannel"):
+            self.revocations.labels(source)
 
     def watch_key_ages(self, ages: Callable[[], Iterable[tuple[str, float | None]]]) -> None:
         self.registry.register(_KeyAge(ages))
+
+    def revoked(self, source: str, count: int) -> None:
+        self.revocations.labels(source).inc(count)
 
     def jwks_fetched(self, issuer: str, result: str) -> None:
         self.jwks_fetches.labels(issuer, result).inc()

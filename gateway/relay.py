@@ -24,7 +24,7 @@ from starlette.types import Receive, Send
 from .errors import GatewayError
 from .headers import Headers, header_value, relay_response_headers
 
-__all__ = ["ChunkWatch", "RelayOutcome", "relay_response", "stream_error_event"]
+__all__ = ["DRAIN_STOP", "ChunkWatch", "RelayOutcome", "StreamStop", "relay_response", "stream_error_event"]
 
 logger = logging.getLogger("chatkit_gateway.relay")
 
@@ -44,6 +44,17 @@ UPSTREAM_BROKE_EVENT = FRAME_END + stream_error_event(
 SHUTDOWN_EVENT = FRAME_END + stream_error_event(
     "The server is restarting and ended this reply. Please try again.", allow_retry=True
 )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStop:
+    """Why a stream is ended before its body ends (a `streams_ended` reason), and its last event."""
+
+    reason: str
+    event: bytes
+
+
+DRAIN_STOP = StreamStop("drain", SHUTDOWN_EVENT)
 
 
 def _is_sse(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -70,6 +81,7 @@ class RelayOutcome:
     idle_timeout: bool = False
     sse: bool = False
     first_byte_at: float | None = None
+    stop_reason: str | None = None
     first_event_at: float | None = None
     refused: str | None = None  # the error code a `ChunkWatch` ended the stream with
 
@@ -79,7 +91,7 @@ class RelayOutcome:
         if self.client_disconnected:
             return "client_disconnect"
         if self.stopped:
-            return "drain"
+            return self.stop_reason or "drain"
         if self.idle_timeout:
             return "idle_timeout"
         if self.upstream_broke:
@@ -109,7 +121,7 @@ async def relay_response(
     body: bytes | None = None,
     extra_headers: Headers | None = None,
     heartbeat_seconds: float = 0.0,
-    stop: asyncio.Future[None] | None = None,
+    stop: asyncio.Future[StreamStop] | None = None,
     outcome: RelayOutcome | None = None,
     watch: ChunkWatch | None = None,
 ) -> RelayOutcome:
@@ -117,7 +129,8 @@ async def relay_response(
 
     The upstream response is closed in every case, and at once when the client disconnects
     (ChatKit's stop button is a disconnect; the backend then saves the partial answer). When
-    `stop` completes (the end of a shutdown's grace), a stream is ended with a ChatKit error event.
+    `stop` completes (the end of a shutdown's grace, the session's end), a stream is ended with the
+    ChatKit error event it carries; one that is complete already ends after the first event.
     `outcome`, when given, is filled in as the relay goes, so a caller sees it even if cancelled.
     `watch`, for an SSE stream, sees its chunks first (see `ChunkWatch`).
     """
@@ -159,7 +172,9 @@ async def _wait_for_disconnect(receive: Receive) -> None:
 
 class _Pump:
     """Forwards one body to the client as it arrives, until the body ends, the client leaves, or
-    `stop` completes (the end of a shutdown's grace).
+    `stop` completes (the end of a shutdown's grace, or of the user's session): the stream then ends
+    with the ChatKit error event `stop` carries. A stream whose `stop` completed before it began
+    (a session already over) gets its first event, then that end.
 
     It runs in the request's own task. One extra task waits for the client's disconnect and, like
     `stop`, ends the pump by cancelling that task; `finished` keeps a late callback from cancelling
@@ -206,25 +221,28 @@ class _Pump:
         self.finished = False
         self.watch = watch if sse else None
 
-    async def run(self, stop: asyncio.Future[None] | None) -> None:
+    async def run(self, stop: asyncio.Future[StreamStop] | None) -> None:
         watcher = asyncio.ensure_future(_wait_for_disconnect(self.receive))
         watcher.add_done_callback(self._on_disconnect)
-        if stop is not None:
+        ended_before = stop is not None and stop.done()
+        if stop is not None and not ended_before:
             stop.add_done_callback(self._on_stop)
         heartbeat = None
         if self.sse and self.heartbeat_seconds > 0:
             heartbeat = asyncio.ensure_future(self._keep_alive())
         try:
+            if stop is not None and ended_before:
+                await self._forward_first_event()
+                await self._end(stop.result())
+                return
             await self._forward()
         except asyncio.CancelledError:
             outcome = self.outcome
             if (outcome.client_disconnected or outcome.stopped) and self.task.uncancel() == 0:
-                # Our own cancellation: the client left, or the shutdown grace is over.
-                if outcome.stopped and not outcome.client_disconnected:
+                # Our own cancellation: the client left, or `stop` completed.
+                if outcome.stopped and not outcome.client_disconnected and stop is not None:
                     self.finished = True
-                    if self.sse:
-                        await self.send({"type": "http.response.body", "body": SHUTDOWN_EVENT, "more_body": True})
-                    await self.send({"type": "http.response.body", "body": b""})
+                    await self._end(stop.result())
                 return
             raise
         finally:
@@ -275,6 +293,26 @@ class _Pump:
             await send({"type": "http.response.body", "body": UPSTREAM_BROKE_EVENT, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
+    async def _forward_first_event(self) -> None:
+        send, outcome = self.send, self.outcome
+        async for chunk in self.response.aiter_raw():
+            if not chunk:
+                continue
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            outcome.bytes_out += len(chunk)
+            outcome.events += chunk.count(FRAME_END)
+            if outcome.events:
+                outcome.first_event_at = time.monotonic()
+                return
+
+    async def _end(self, why: StreamStop) -> None:
+        """End the stream early: its error event (SSE only: another body would be corrupted), then
+        the end of the body."""
+        self.outcome.stopped, self.outcome.stop_reason = True, why.reason
+        if self.sse:
+            await self.send({"type": "http.response.body", "body": why.event, "more_body": True})
+        await self.send({"type": "http.response.body", "body": b""})
+
     async def _keep_alive(self) -> None:
         loop, period = self.loop, self.heartbeat_seconds
         while True:
@@ -290,7 +328,7 @@ class _Pump:
         self.outcome.client_disconnected = True
         self.task.cancel()
 
-    def _on_stop(self, stop: asyncio.Future[None]) -> None:
+    def _on_stop(self, stop: asyncio.Future[StreamStop]) -> None:
         if self.finished or self.outcome.client_disconnected:
             return
         self.outcome.stopped = True

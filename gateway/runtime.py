@@ -8,6 +8,7 @@ What goes upstream is built by `outbound.py`; the request path itself is in `app
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,9 @@ from .observe import Observer
 from .outbound import Outbound
 from .ownership import Owners, OwnershipPolicy, open_store
 from .ratelimit import RateLimiter
+from .relay import StreamStop
+from .revocation.revocations import Revocations
+from .revocation.streams import StreamGuard
 from .streams import OpenStreams
 from .tokens.headers import TokenHeaders
 from .upstream import Upstream
@@ -79,6 +83,11 @@ class Runtime:
         self.upstream = Upstream(config.upstream, transport=transport)
         self.limiter = RateLimiter.create(config.ratelimit, clock=clock, on_backend_error=self._rate_limit_failed)
         self.streams = OpenStreams(self.observer.open_streams, max_streams=config.upstream.max_streams)
+        self.revocations = (
+            Revocations(config.revocation, clock=clock, on_revoked=self.observer.revoked)
+            if config.revocation.enabled
+            else None
+        )
         self.ownership: OwnershipPolicy | None = None
         if config.ownership.enabled:
             owners = Owners(
@@ -92,6 +101,8 @@ class Runtime:
 
     async def start(self) -> None:
         await self.limiter.start()
+        if self.revocations is not None:
+            await self.revocations.start()
         if self.ownership is not None:
             await self.ownership.owners.start()
         await self.authenticator.start()
@@ -108,6 +119,8 @@ class Runtime:
     async def aclose(self) -> None:
         self.started = False
         await self.limiter.aclose()
+        if self.revocations is not None:
+            await self.revocations.aclose()
         if self.ownership is not None:
             await self.ownership.owners.aclose()
         await self.authenticator.aclose()
@@ -146,6 +159,9 @@ class Runtime:
             principal = await self.authenticator.authenticate(headers)
         else:
             principal = await self._authenticate_traced(headers, trace)
+        if self.revocations is not None:
+            # After verification, so the verified-token cache cannot outlive a revocation.
+            self.revocations.check(principal, bearer=principal.source == "bearer")
         if principal.source == "cookie":
             self.origin_policy.check(headers)
         prefix = self.user_id_prefixes.get(principal.issuer)
@@ -153,6 +169,27 @@ class Runtime:
             # Not one of `auth.issuers` (the verifier returns no other): never a user without a prefix.
             raise UnknownIssuer()
         return principal, identity_of(principal, self.config.identity, prefix)
+
+    def session_end(
+        self, principal: Principal, drain: asyncio.Future[StreamStop]
+    ) -> contextlib.AbstractContextManager[asyncio.Future[StreamStop]]:
+        """`with runtime.session_end(principal, drain) as stop:` for one SSE stream: `stop` completes
+        at the drain, at the token's `exp` plus `auth.stream_grace_seconds`, or at a revocation
+        that names the token (docs/revocation.md)."""
+        grace = self.config.auth.stream_grace_seconds
+        revocations = self.revocations
+        if revocations is None:
+            if grace < 0:
+                return contextlib.nullcontext(drain)
+            return StreamGuard(principal, grace=grace, clock=self.clock, drain=drain, registry=None)
+        guard = StreamGuard(principal, grace=grace, clock=self.clock, drain=drain, registry=revocations.streams)
+        try:
+            # Watched from here on; an entry that arrived since the request's check refuses it now.
+            revocations.check(principal, bearer=principal.source == "bearer")
+        except BaseException:
+            guard.close()
+            raise
+        return guard
 
     async def _authenticate_traced(self, headers: Sequence[tuple[bytes, bytes]], trace: RequestTrace) -> Principal:
         """`authenticate` inside a "verify token" span that says whether the cache answered."""

@@ -19,6 +19,7 @@ from types import TracebackType
 from prometheus_client import Gauge
 
 from .errors import Overloaded
+from .relay import DRAIN_STOP, StreamStop
 
 __all__ = ["OpenStreams"]
 
@@ -33,10 +34,10 @@ class OpenStreams:
         self.count = 0
         self.max_streams = max_streams
         self._gauge = gauge
-        self._stop: asyncio.Future[None] | None = None
+        self._stop: asyncio.Future[StreamStop] | None = None
 
     @property
-    def stop(self) -> asyncio.Future[None]:
+    def stop(self) -> asyncio.Future[StreamStop]:
         """Completes when the shutdown grace is over (made on first use, on the serving loop)."""
         if self._stop is None:
             self._stop = asyncio.get_running_loop().create_future()
@@ -45,9 +46,9 @@ class OpenStreams:
     def end_all(self) -> None:
         """The grace is over: every stream still open ends now."""
         if not self.stop.done():
-            self.stop.set_result(None)
+            self.stop.set_result(DRAIN_STOP)
 
-    async def __aenter__(self) -> asyncio.Future[None]:
+    async def __aenter__(self) -> asyncio.Future[StreamStop]:
         if self.count >= self.max_streams:
             raise Overloaded()
         self.count += 1

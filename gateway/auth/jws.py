@@ -73,8 +73,9 @@ def check_token_size(token: object, max_bytes: int) -> str:
     return token
 
 
-def split_compact_jws(token: str, *, max_bytes: int) -> CompactJWS:
-    """Check size, shape, base64 and the protected header; the payload stays raw bytes."""
+def split_compact_jws(token: str, *, max_bytes: int, types: frozenset[str] = ACCEPTED_TYPES) -> CompactJWS:
+    """Check size, shape, base64 and the protected header (a `typ`, when present, one of `types`,
+    lower case); the payload stays raw bytes."""
     token = check_token_size(token, max_bytes)
     dots = token.count(".")
     if dots == 4:
@@ -86,7 +87,7 @@ def split_compact_jws(token: str, *, max_bytes: int) -> CompactJWS:
     if not header_text or not signature_text:
         raise InvalidToken(_MALFORMED)
     header = _parse_object(_decode_segment(header_text), max_bytes=MAX_HEADER_BYTES)
-    alg, kid = _check_header(header)
+    alg, kid = _check_header(header, types)
     return CompactJWS(
         header=header,
         alg=alg,
@@ -97,9 +98,9 @@ def split_compact_jws(token: str, *, max_bytes: int) -> CompactJWS:
     )
 
 
-def parse_compact_jws(token: str, *, max_bytes: int) -> ParsedToken:
+def parse_compact_jws(token: str, *, max_bytes: int, types: frozenset[str] = ACCEPTED_TYPES) -> ParsedToken:
     """`split_compact_jws`, then the payload as a strict JSON object (RFC 7519 §7.2 step 10)."""
-    jws = split_compact_jws(token, max_bytes=max_bytes)
+    jws = split_compact_jws(token, max_bytes=max_bytes, types=types)
     claims = _parse_object(jws.payload, max_bytes=max_bytes)
     return ParsedToken(
         header=jws.header,
@@ -112,7 +113,7 @@ def parse_compact_jws(token: str, *, max_bytes: int) -> ParsedToken:
     )
 
 
-def _check_header(header: Mapping[str, Any]) -> tuple[str, str]:
+def _check_header(header: Mapping[str, Any], types: frozenset[str]) -> tuple[str, str]:
     alg = header.get("alg")
     if not isinstance(alg, str):
         # A list or dict alg made python-jose raise TypeError (jwt-attacks.md J39).
@@ -123,7 +124,7 @@ def _check_header(header: Mapping[str, Any]) -> tuple[str, str]:
         raise InvalidToken(_BAD_HEADER)
     if "typ" in header:
         typ = header["typ"]
-        if not isinstance(typ, str) or not typ.isascii() or typ.lower() not in ACCEPTED_TYPES:
+        if not isinstance(typ, str) or not typ.isascii() or typ.lower() not in types:
             # RFC 8725 §3.11: explicit typing keeps other kinds of JWT out (jwt-attacks.md J22).
             raise InvalidToken(_BAD_HEADER)
     if "crit" in header:

@@ -10,10 +10,16 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
+import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import httptools
 import httpx
+
+from tests.support.rawhttp import address_of
 
 TEXT_DELTA = "assistant_message.content_part.text_delta"
 CHATKIT_PATH = "/chatkit"
@@ -211,3 +217,80 @@ def assert_streams_while_backend_produces(client: httpx.Client, backend: Any) ->
     assert "".join(deltas(seen) + deltas(rest)) == FULL_SLOW_REPLY
     assert rest[-1]["type"] == "thread.item.done"
     return response.headers
+
+
+class LiveStream:
+    """A streamed reply read on its own thread (raw socket, httptools), so a test can act while it
+    flows: the events as they arrive, and when the body ended.
+
+        stream = LiveStream(gateway.url, token, "/forever")
+        stream.wait_for_events(2)
+        ...
+        assert stream.ended.wait(5)
+    """
+
+    def __init__(self, url: str, token: str, text: str = "/forever") -> None:
+        body = json.dumps({"type": "threads.create", "params": {"input": user_input(text)}}).encode()
+        self.events: list[dict[str, Any]] = []
+        self.status = 0
+        self.ended = threading.Event()
+        self.ended_at: float | None = None
+        self._buffer = b""
+        self._changed = threading.Condition()
+        self._parser = httptools.HttpResponseParser(self)
+        host, port = address_of(url)
+        self._sock = socket.create_connection((host, port), timeout=60)
+        self._sock.sendall(
+            f"POST {CHATKIT_PATH} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n".encode()
+            + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True, name="live-stream")
+        self._thread.start()
+
+    # httptools callbacks
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        *frames, self._buffer = (self._buffer + body).split(b"\n\n")
+        with self._changed:
+            self.events.extend(json.loads(f.removeprefix(b"data: ")) for f in frames if f.startswith(b"data: "))
+            self._changed.notify_all()
+
+    def on_message_complete(self) -> None:
+        self.ended_at = time.monotonic()
+        self.ended.set()
+
+    def _read(self) -> None:
+        try:
+            while not self.ended.is_set():
+                data = self._sock.recv(65536)
+                if not data:
+                    break
+                self._parser.feed_data(data)
+        except OSError:
+            pass
+        finally:
+            with self._changed:
+                self._changed.notify_all()
+
+    @property
+    def thread_id(self) -> str:
+        created: str = next(e["thread"]["id"] for e in self.events if e["type"] == "thread.created")
+        return created
+
+    def wait_for_events(self, count: int, timeout: float = 10.0) -> None:
+        """Until `count` events arrived (or fail)."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.events) >= count or self.ended.is_set(), timeout):
+                raise AssertionError(f"{len(self.events)} events after {timeout} s, wanted {count}")
+        assert len(self.events) >= count, f"the stream ended after {len(self.events)} events"
+
+    def close(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        self._thread.join(5)
