@@ -172,9 +172,19 @@ class UpstreamConfig(_Section):
     max_connections: Annotated[int, Strict(), Field(ge=1, le=256)] = 8
     max_streams: Annotated[int, Strict(), Field(ge=1)] = 10_000
     stream_keepalive: Annotated[int, Strict(), Field(ge=0, le=256)] = 16
-    # Below the backend's own keep-alive timeout (uvicorn's default is 5 s), so the gateway lets an idle
-    # connection go before the backend closes it under a request (the keep-alive race).
-    keepalive_expiry: PositiveSeconds = 4.0
+    # Below the backend's own keep-alive timeout, so the gateway lets an idle connection go before the
+    # backend closes it under a request (the keep-alive race): gunicorn's default is 2 s, uvicorn's
+    # and hypercorn's 5 s, Node's 5 s, nginx's 75 s (docs/deployment.md, "The upstream connection").
+    keepalive_expiry: PositiveSeconds = 1.5
+    # A final response head (status line and header lines) larger than this is a 502; browsers
+    # refuse heads of a few hundred KiB, and one unbounded head would be held whole in memory.
+    max_header_bytes: Bytes = 65536
+    # TLS to an https backend: a CA bundle (PEM) instead of the system's, a client certificate and
+    # key for mutual TLS, and the name for SNI and the certificate check when it is not the URL's host.
+    ca_file: Text | None = None
+    client_cert_file: Text | None = None
+    client_key_file: Text | None = None
+    server_name: Text | None = None
 
     @field_validator("url")
     @classmethod
@@ -203,6 +213,19 @@ class UpstreamConfig(_Section):
         if value is not None and len(value.encode()) < 32:
             raise ValueError("must be at least 32 bytes (use a random secret)")
         return value
+
+    @model_validator(mode="after")
+    def _tls(self) -> UpstreamConfig:
+        if self.client_key_file is not None and self.client_cert_file is None:
+            raise ValueError("client_key_file needs client_cert_file")
+        tls_keys = ("ca_file", "client_cert_file", "client_key_file", "server_name")
+        if any(getattr(self, key) is not None for key in tls_keys) and not self.uses_tls:
+            raise ValueError("TLS settings need an https url or uploads_url")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return any(urlsplit(url).scheme == "https" for url in (self.url, self.uploads_url or ""))
 
 
 class JWKSConfig(_Section):

@@ -34,6 +34,7 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     ├── HeadersTooLarge (431)      headers_too_large
     ├── UpstreamError
     │   ├── UpstreamUnavailable (502)  upstream_unavailable
+    │   │   └── UpstreamTLSFailed      upstream_unavailable (its reason only in the log)
     │   ├── UpstreamBadResponse (502)  upstream_bad_response
     │   └── UpstreamTimeout (504)      upstream_timeout
     ├── TokenExchangeFailed (502)  token_exchange_failed
@@ -83,6 +84,7 @@ __all__ = [
     "UnsupportedMediaType",
     "UpstreamBadResponse",
     "UpstreamError",
+    "UpstreamTLSFailed",
     "UpstreamTimeout",
     "UpstreamUnavailable",
     "error_body",
@@ -260,6 +262,14 @@ class UpstreamUnavailable(UpstreamError):
     status = 502
     code = "upstream_unavailable"
     default_message = "The ChatKit backend cannot be reached."
+
+
+class UpstreamTLSFailed(UpstreamUnavailable):
+    """The TLS handshake with the backend failed; `reason` (for the log and `/readyz`) says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
 
 
 class UpstreamBadResponse(UpstreamError):

@@ -35,7 +35,8 @@ HOP_BY_HOP_HEADERS = frozenset(
     }
 )
 DROPPED_RESPONSE_HEADERS = HOP_BY_HOP_HEADERS | {b"set-cookie", b"server", b"date"}
-SSE_REPLACED_HEADERS = frozenset({b"content-length", b"cache-control", b"x-accel-buffering", b"content-encoding"})
+# A `Content-Encoding` is never among them: the bytes relayed are the upstream's, so their label stays.
+SSE_REPLACED_HEADERS = frozenset({b"content-length", b"cache-control", b"x-accel-buffering"})
 SSE_HEADERS: Headers = [(b"cache-control", b"no-cache, no-transform"), (b"x-accel-buffering", b"no")]
 
 

@@ -44,6 +44,8 @@ def readyz_endpoint(runtime: Runtime) -> Callable[[Request], Awaitable[Response]
             state, reason = "draining", "the gateway is shutting down"
         elif not runtime.started:
             state, reason = "starting", "the gateway is starting"
+        elif runtime.upstream.tls_error is not None:
+            state, reason = "not_ready", f"the upstream's TLS handshake fails: {runtime.upstream.tls_error}"
         elif not runtime.ready:
             state, reason = (
                 "not_ready",

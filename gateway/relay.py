@@ -137,14 +137,14 @@ async def relay_response(
     outcome = outcome or RelayOutcome()
     outcome.status, outcome.streamed = response.status_code, body is None
     try:
-        sse = await _send_start(response, send, extra_headers)
+        sse, writable = await _send_start(response, send, extra_headers)
         outcome.first_byte_at = time.monotonic()
         outcome.sse = sse
         if body is not None:
             await send({"type": "http.response.body", "body": body})
             outcome.bytes_out = len(body)
             return outcome
-        pump = _Pump(response, send, receive, outcome, sse=sse, heartbeat_seconds=heartbeat_seconds, watch=watch)
+        pump = _Pump(response, send, receive, outcome, sse=writable, heartbeat_seconds=heartbeat_seconds, watch=watch)
         await pump.run(stop)
         return outcome
     finally:
@@ -153,16 +153,19 @@ async def relay_response(
                 await response.aclose()
 
 
-async def _send_start(response: httpx.Response, send: Send, extra_headers: Headers | None) -> bool:
-    """Send the status and headers; whether the body is an SSE stream. (Its own function so the
-    header lists are freed before a long stream starts.)"""
+async def _send_start(response: httpx.Response, send: Send, extra_headers: Headers | None) -> tuple[bool, bool]:
+    """Send the status and headers; whether the body is an SSE stream, and whether the gateway may
+    write events into it. (Its own function so the header lists are freed before a long stream starts.)"""
     raw_headers = _lower(response.headers.raw)
     sse = _is_sse(raw_headers)
     headers = relay_response_headers(raw_headers, sse=sse)
     if extra_headers:
         headers.extend(extra_headers)
     await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-    return sse
+    # An encoded stream (gzip, say) is relayed as the upstream's bytes under its own label: a
+    # heartbeat or an error event written into it would corrupt it.
+    encoding = header_value(raw_headers, b"content-encoding")
+    return sse, sse and (encoding is None or encoding.strip().lower() == b"identity")
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

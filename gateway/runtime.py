@@ -44,6 +44,9 @@ __all__ = ["Runtime"]
 
 logger = logging.getLogger("chatkit_gateway")
 
+# While the backend's TLS handshake fails, the warm-up connection is tried again this often.
+TLS_RETRY_SECONDS = 3.0
+
 
 class Runtime:
     """One gateway's shared resources. Made by `create_app`; `start` and `aclose` are the lifespan."""
@@ -98,6 +101,7 @@ class Runtime:
             self.ownership = OwnershipPolicy(config.ownership, owners)
         self.started = False
         self.draining = False
+        self._tls_retry: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.limiter.start()
@@ -107,6 +111,8 @@ class Runtime:
             await self.ownership.owners.start()
         await self.authenticator.start()
         await self.upstream.warm()
+        if self.upstream.tls_error is not None:
+            self._tls_retry = asyncio.ensure_future(self._retry_tls())
         await warm_request_path(self.config, self.outbound)
         self.observer.prepare()
         # Everything made so far lives as long as the process: collect once, then move it out of
@@ -116,8 +122,18 @@ class Runtime:
         gc.freeze()
         self.started = True
 
+    async def _retry_tls(self) -> None:
+        """Not ready while the backend's certificate or handshake is refused (a merely unreachable
+        backend is no reason: it may come up after the gateway); warm up again until it passes."""
+        while self.upstream.tls_error is not None:
+            await asyncio.sleep(TLS_RETRY_SECONDS)
+            await self.upstream.warm()
+        logger.info("upstream TLS handshake succeeded")
+
     async def aclose(self) -> None:
         self.started = False
+        if self._tls_retry is not None:
+            self._tls_retry.cancel()
         await self.limiter.aclose()
         if self.revocations is not None:
             await self.revocations.aclose()
@@ -133,7 +149,7 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        return self.started and not self.draining and self.authenticator.ready
+        return self.started and not self.draining and self.authenticator.ready and self.upstream.tls_error is None
 
     async def drain(self, grace: float) -> None:
         """`SIGTERM`: not ready at once; streams may finish for `grace` seconds, then are ended."""

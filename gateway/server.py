@@ -18,6 +18,7 @@ import uvicorn
 from .app import Gateway, create_app
 from .config import GatewayConfig, redacted
 from .logs import configure_logging
+from .protocol import GatewayHttpProtocol
 
 __all__ = ["GatewayServer", "run", "uvicorn_config"]
 
@@ -34,9 +35,10 @@ def uvicorn_config(config: GatewayConfig, app: Gateway | None = None) -> uvicorn
         port=config.server.port,
         # uvloop + httptools: more throughput than asyncio + h11 (docs/BENCHMARKS.md, "Measured
         # design choices"), and httptools refuses the CL+TE request smuggling that h11 accepts
-        # (docs/hardening.md).
+        # (docs/hardening.md). The protocol is uvicorn's httptools one with `Upgrade: h2c`
+        # ignored and HTTP/1.0 answered close-delimited (`protocol.py`).
         loop="uvloop",
-        http="httptools",
+        http=GatewayHttpProtocol,
         lifespan="on",
         # ChatKit is plain HTTP. With a WebSocket library installed uvicorn would take upgrades
         # itself: a websocket scope the gateway has no use for, and (websockets at debug level)

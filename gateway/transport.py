@@ -1,13 +1,10 @@
 """An HTTP/1.1 transport for httpx on asyncio protocols and httptools: the gateway's hot path.
 
-Chosen by measurement. With httpx's default transport (httpcore), most of a proxied request's CPU
-went to its pool bookkeeping (quadratic in pooled connections), anyio stream wrappers and h11's
-pure-Python parsing: 1,150 us per small JSON request against 530 with this transport at the
-time. The maintained alternative, httpx-aiohttp 0.2.0 on aiohttp 3.14.5, measured in the same run
-as this transport (same gateway otherwise): 592 against 369 us per request at concurrency 1, 395
-against 213 at 16. The gateway's needs are narrow: one or a few upstream origins, HTTP/1.1, keep-alive,
-bodies streamed both ways. This transport does exactly that, under httpx's `transport=` seam, so
-the client API stays httpx's and every other module is unchanged:
+Chosen by measurement: httpx's default transport (httpcore) cost about 5x its CPU per request,
+httpx-aiohttp 1.4-1.7x (docs/architecture.md, "The upstream transport"). The gateway's needs are
+narrow: one or a few upstream origins, HTTP/1.1, keep-alive, bodies streamed both ways. This
+transport does exactly that, under httpx's `transport=` seam, so the client API stays httpx's and
+every other module is unchanged; `tests/conformance/` holds it to httpcore's answers:
 
 - one `asyncio.Protocol` per connection, parsed by httptools (the C parser uvicorn uses);
 - idle connections kept per origin, most recent first, at most `max_keepalive` of them, dropped
@@ -16,295 +13,82 @@ the client API stays httpx's and every other module is unchanged:
   slow client slows the upstream instead of growing a buffer;
 - the keep-alive race (a reused connection the server closed as the request went out) is retried
   once on a new connection when that cannot run the request twice: nothing had been written, or
-  the request is replayable (an idempotent method, or the `replayable` extension, which the
-  gateway sets for read-only ChatKit ops) with its body in hand and not a byte of answer came;
-- timeouts from the request's extensions: httpx's `timeout` (`connect`; `read`, the longest
-  silence allowed once the response has started) and this transport's own `head_deadline`, the
-  loop time (`loop.time()`) by which the response's status and headers must have arrived.
+  the request is replayable (an idempotent method, or marked by `exchange_extensions(replayable=True)`,
+  which the gateway does for read-only ChatKit ops) with its body in hand and not a byte of answer came;
+- an answer that arrives while the request body is still going out (a 413 or 403 before the
+  backend read an upload) stops the upload and is relayed (RFC 9112 9.5), even when the backend
+  then resets the connection;
+- timeouts from the request's extensions, made by `exchange_extensions`: httpx's `timeout`
+  (`connect`; `read`, the longest silence allowed once the response has started) and this
+  transport's own head deadline, the loop time (`loop.time()`) by which the response's status and
+  headers must have arrived;
+- TLS with the one `ssl.SSLContext` it is given (made at start-up, `tls.py`), and `server_name`
+  for SNI and the certificate check.
 
-Failures surface as httpx exceptions (`ConnectError`, `ConnectTimeout`, `ReadTimeout`,
-`RemoteProtocolError`, `WriteError`), which `relay.py` maps to gateway errors.
+Failures surface as httpx exceptions (`ConnectError` and its `TLSFailure`, `ConnectTimeout`,
+`ReadTimeout`, `RemoteProtocolError` and its `InvalidResponse`, `WriteError`), which `relay.py`
+maps to gateway errors. The connection itself is `connection.py`, one exchange on it `cycle.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
-from typing import Any, cast
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
-import httptools
 import httpx
 
-__all__ = ["HTTP11Transport", "InvalidResponse"]
+from .connection import InvalidResponse, UpstreamConnection
+from .cycle import ResponseCycle
 
-READ_HIGH_WATER = 256 * 1024
-
-
-class InvalidResponse(httpx.RemoteProtocolError):
-    """The upstream answered, but not with HTTP/1.1 the parser accepts."""
-
+__all__ = ["HTTP11Transport", "InvalidResponse", "TLSFailure", "exchange_extensions"]
 
 Origin = tuple[str, str, int]
 
+# The transport's own request extensions; set only through `exchange_extensions`.
+_HEAD_DEADLINE = "chatkit_gateway.head_deadline"
+_REPLAYABLE = "chatkit_gateway.replayable"
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # RFC 9110 9.2.2
 
-class _Connection(asyncio.Protocol):
-    """One upstream connection and the response currently being read from it."""
 
-    # Slots: one of these lives as long as each open stream (measured: ~0.5 KiB saved per stream).
-    __slots__ = (
-        "pool",
-        "origin",
-        "transport",
-        "closed",
-        "idle_since",
-        "_parser",
-        "_write_paused",
-        "_drained",
-        "status",
-        "reason",
-        "headers",
-        "head",
-        "chunks",
-        "buffered",
-        "complete",
-        "error",
-        "waiter",
-        "received_any",
-        "wrote",
-        "reading_paused",
-        "keep_alive",
-        "_loop",
-        "_silence",
-        "_deadline",
-        "_last_data",
-        "_watchdog",
-        "__weakref__",
-    )
+class TLSFailure(httpx.ConnectError):
+    """The TLS handshake with the upstream failed; the message says why (an unknown CA, a name
+    mismatch, an expired certificate, a refused client certificate)."""
 
-    def __init__(self, pool: HTTP11Transport, origin: Origin) -> None:
-        self.pool = pool
-        self.origin = origin
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.idle_since = 0.0
-        self._loop = asyncio.get_running_loop()
-        self._silence: float | None = None
-        self._deadline: float | None = None
-        self._last_data = 0.0
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._parser = httptools.HttpResponseParser(self)
-        self._reset()
-        self._write_paused = False
-        self._drained: asyncio.Future[None] | None = None
 
-    def _reset(self) -> None:
-        self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # A list, not a deque: it holds zero or one chunk nearly always, and a deque's first block
-        # alone is ~600 bytes per open stream.
-        self.chunks: list[bytes] = []
-        self.buffered = 0
-        self.complete = False
-        self.error: Exception | None = None
-        self.waiter: asyncio.Future[None] | None = None
-        self.received_any = False
-        self.wrote = False
-        self.reading_paused = False
-        self.keep_alive = False
-        self.stop_watching()
+def exchange_extensions(
+    timeout: Mapping[str, float | None], *, head_deadline: float | None = None, replayable: bool = False
+) -> dict[str, Any]:
+    """A request's extensions for this transport: httpx's `timeout` (its `connect` and `read`),
+    the loop time by which the response head is due, and whether sending the request twice
+    changes nothing (it may then go again after the keep-alive race)."""
+    extensions: dict[str, Any] = {"timeout": timeout, _HEAD_DEADLINE: head_deadline}
+    if replayable:
+        extensions[_REPLAYABLE] = True
+    return extensions
 
-    def watch(self, deadline: float | None, silence: float | None) -> None:
-        """Bound this exchange with one timer: the response's head must arrive by `deadline` (loop
-        time), and after it the upstream may not go quiet for `silence` seconds (with no deadline,
-        the silence bound starts at once). Either ends the response with `ReadTimeout`.
 
-        One timer per response that re-arms itself, rather than a timeout around every wait for a
-        chunk (measured: a per-chunk timer cost ~15 us per relayed SSE event) or around the wait for
-        the head (an `asyncio.timeout` per request cost ~10 us)."""
-        self._silence, self._deadline = silence, deadline
-        self._last_data = self._loop.time()
-        if deadline is not None:
-            self._watchdog = self._loop.call_at(deadline, self._on_watchdog)
-        elif silence is not None:
-            self._watchdog = self._loop.call_later(silence, self._on_watchdog)
+def head_deadline_of(request: httpx.Request) -> float | None:
+    deadline: float | None = request.extensions.get(_HEAD_DEADLINE)
+    return deadline
 
-    def stop_watching(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-        self._silence = self._deadline = None
 
-    def _on_watchdog(self) -> None:
-        self._watchdog = None
-        if self.complete or self.closed:
-            return
-        if self._deadline is not None and not self.head.done():
-            self._fail(httpx.ReadTimeout("the upstream sent no response headers in time"))
-            return
-        if self._silence is None:
-            return
-        quiet = self._loop.time() - self._last_data
-        if quiet >= self._silence:
-            self._fail(httpx.ReadTimeout("the upstream sent nothing in time"))
-        else:
-            self._watchdog = self._loop.call_later(self._silence - quiet, self._on_watchdog)
-
-    def _head_arrived(self) -> None:
-        """The deadline is met: from here on only the silence bound holds (a body that arrived with
-        its head, as small JSON answers do, needs no timer at all)."""
-        self._deadline = None
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-        if self._silence is not None:
-            self._watchdog = self._loop.call_later(self._silence, self._on_watchdog)
-
-    # -- asyncio.Protocol ------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        self.received_any = True
-        if self._silence is not None:
-            self._last_data = self._loop.time()
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(InvalidResponse("the upstream tried to upgrade the connection"))
-        except httptools.HttpParserError as exc:
-            self._fail(InvalidResponse(f"invalid HTTP from the upstream: {exc}"))
-        if self._deadline is not None and self.head.done() and not self.complete and not self.closed:
-            self._head_arrived()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.stop_watching()
-        self.pool._forget(self)
-        if not self.complete:
-            if not self.head.done():
-                self._fail(httpx.RemoteProtocolError("the upstream closed the connection without answering"))
-            else:
-                self._fail(httpx.RemoteProtocolError("the upstream closed the connection mid-body"))
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    # -- httptools callbacks ---------------------------------------------------------------------
-
-    def on_status(self, reason: bytes) -> None:
-        # Possibly in pieces, when the status line is split across reads.
-        self.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
-
-    def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
-        if 100 <= self.status < 200 and self.status != 101:
-            self.headers, self.reason = [], b""  # an interim answer; the real one follows
-            return
-        # Read here: httptools answers for the message being parsed, not after it completes.
-        self.keep_alive = self._parser.should_keep_alive()
-        if not self.head.done():
-            self.head.set_result(None)
-
-    def on_body(self, body: bytes) -> None:
-        self.chunks.append(body)
-        self.buffered += len(body)
-        if self.buffered > READ_HIGH_WATER and not self.reading_paused and self.transport is not None:
-            self.reading_paused = True
-            self.transport.pause_reading()
-        self._wake()
-
-    def on_message_complete(self) -> None:
-        if 100 <= self.status < 200 and self.status != 101:
-            return
-        self.complete = True
-        self.stop_watching()
-        self._wake()
-
-    # -- used by the transport and the response stream -------------------------------------------
-
-    def _fail(self, error: Exception) -> None:
-        if self.error is None:
-            self.error = error
-        if not self.head.done():
-            self.head.set_exception(error)
-            self.head.exception()  # retrieved: a reader may never come
-        self._wake()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)  # a writer waiting for the upstream to read: it won't
-        if self.transport is not None and not self.closed:
-            # Not `close()`: that would wait to flush what the upstream is not reading.
-            self.transport.abort()
-
-    def _wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    async def write(self, data: bytes) -> None:
-        if self.closed or self.transport is None:
-            raise httpx.WriteError("the upstream connection is closed")
-        self.wrote = True
-        self.transport.write(data)
-        if self._write_paused:
-            self._drained = asyncio.get_running_loop().create_future()
-            await self._drained
-            if self.error is not None:
-                raise self.error  # the deadline passed while the upstream was not reading
-            if self.closed:
-                raise httpx.WriteError("the upstream connection closed while sending")
-
-    async def next_chunk(self) -> bytes | None:
-        """The next body chunk, or None at the end of the body (or the error that ended it)."""
-        while not self.chunks:
-            if self.complete:
-                return None
-            if self.error is not None:
-                raise self.error
-            self.waiter = self._loop.create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-        chunk = self.chunks.pop(0)
-        self.buffered -= len(chunk)
-        if self.reading_paused and self.buffered <= READ_HIGH_WATER // 4 and self.transport is not None:
-            self.reading_paused = False
-            self.transport.resume_reading()
-        return chunk
-
-    def reusable(self) -> bool:
-        return self.complete and not self.closed and self.error is None and self.keep_alive
-
-    def close(self) -> None:
-        self.stop_watching()
-        if not self.closed and self.transport is not None:
-            self.closed = True
-            self.transport.abort()  # whatever is still queued for the upstream is not wanted
-        self.pool._forget(self)
+def is_replayable(request: httpx.Request) -> bool:
+    return request.method in IDEMPOTENT_METHODS or request.extensions.get(_REPLAYABLE) is True
 
 
 class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, connection: _Connection) -> None:
-        self._connection = connection
+    __slots__ = ("_cycle", "_released")
+
+    def __init__(self, cycle: ResponseCycle) -> None:
+        self._cycle = cycle
         self._released = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        cycle = self._cycle
         while True:
-            chunk = await self._connection.next_chunk()
+            chunk = await cycle.next_chunk()
             if chunk is None:
                 return
             yield chunk
@@ -313,27 +97,33 @@ class _ResponseStream(httpx.AsyncByteStream):
         if self._released:
             return
         self._released = True
-        connection = self._connection
-        if connection.reusable():
-            connection.pool._release(connection)
+        cycle = self._cycle
+        connection = cycle.connection
+        if cycle.reusable() and connection.cycle is cycle:
+            connection.pool.release(connection)
         else:
             connection.close()
 
 
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # RFC 9110 9.2.2
-
-
-def _may_retry(connection: _Connection, request: httpx.Request) -> bool:
+def _may_retry(cycle: ResponseCycle, request: httpx.Request) -> bool:
     """Whether a request that failed on a reused connection can go again on a new one.
 
     A server that closes a connection with no answer may have closed it while idle (it never saw
     the request) or read the request and died on it: only the first is safe to repeat for a
     request that changes something (a user's message must not be sent twice)."""
-    if not connection.wrote:
+    if not cycle.wrote:
         return True  # nothing left the gateway
-    if connection.received_any or not isinstance(request.stream, httpx.ByteStream):
+    if cycle.received_any or not isinstance(request.stream, httpx.ByteStream):
         return False  # an answer had started, or the body was streamed and is gone
-    return request.method in IDEMPOTENT_METHODS or request.extensions.get("replayable") is True
+    return is_replayable(request)
+
+
+def _head_of(request: httpx.Request) -> bytes:
+    head = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
+    for name, value in request.headers.raw:
+        head += [name, b": ", value, b"\r\n"]
+    head.append(b"\r\n")
+    return b"".join(head)
 
 
 def _connect_timeout(timeout: float | None, deadline: float | None) -> float | None:
@@ -344,6 +134,12 @@ def _connect_timeout(timeout: float | None, deadline: float | None) -> float | N
     return left if timeout is None else min(timeout, left)
 
 
+def _tls_reason(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    return str(exc.reason or exc.strerror or exc)
+
+
 class HTTP11Transport(httpx.AsyncBaseTransport):
     """`httpx.AsyncClient(transport=HTTP11Transport(...))`: HTTP/1.1 to a few upstream origins."""
 
@@ -351,14 +147,18 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         self,
         *,
         max_keepalive: int = 16,
-        keepalive_expiry: float = 4.0,
+        keepalive_expiry: float = 1.5,
         ssl_context: ssl.SSLContext | None = None,
+        server_name: str | None = None,
+        max_header_bytes: int = 65536,
     ) -> None:
         self.max_keepalive = max_keepalive
         self.keepalive_expiry = keepalive_expiry
+        self.max_header_bytes = max_header_bytes
         self._ssl_context = ssl_context
-        self._idle: dict[Origin, list[_Connection]] = {}
-        self._all: set[_Connection] = set()
+        self._server_name = server_name
+        self._idle: dict[Origin, list[UpstreamConnection]] = {}
+        self._all: set[UpstreamConnection] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         origin = (
@@ -367,94 +167,117 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
             request.url.port or (443 if request.url.scheme == "https" else 80),
         )
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
-        deadline: float | None = request.extensions.get("head_deadline")
+        deadline = head_deadline_of(request)
         connection, reused = await self._acquire(origin, _connect_timeout(timeouts.get("connect"), deadline))
+        cycle = connection.start_cycle()
         try:
-            return await self._exchange(connection, request, timeouts.get("read"), deadline)
+            return await self._exchange(cycle, request, timeouts.get("read"), deadline)
         except (httpx.RemoteProtocolError, httpx.WriteError):
-            if not (reused and _may_retry(connection, request)):
+            if not (reused and _may_retry(cycle, request)) or isinstance(cycle.error, InvalidResponse):
                 raise
         # The keep-alive race: the server closed this idle connection as the request went out.
         connection, _ = await self._acquire(origin, _connect_timeout(timeouts.get("connect"), deadline), fresh=True)
-        return await self._exchange(connection, request, timeouts.get("read"), deadline)
+        return await self._exchange(connection.start_cycle(), request, timeouts.get("read"), deadline)
 
     async def _exchange(
-        self, connection: _Connection, request: httpx.Request, read_timeout: float | None, deadline: float | None
+        self, cycle: ResponseCycle, request: httpx.Request, read_timeout: float | None, deadline: float | None
     ) -> httpx.Response:
-        connection.watch(deadline, read_timeout)
+        connection = cycle.connection
+        cycle.watch(deadline, read_timeout)
         try:
-            await self._send(connection, request)
-            await connection.head
+            try:
+                if isinstance(request.stream, httpx.ByteStream):
+                    await connection.write(_head_of(request) + b"".join(request.stream))
+                else:
+                    await self._send_streamed(cycle, request)
+            except httpx.WriteError:
+                # The connection is going down. An answer that came before it still counts (a 413
+                # sent before a reset); without one, the head fails as the connection is lost.
+                pass
+            await cycle.head
         except BaseException:
             connection.close()
             raise
         return httpx.Response(
-            connection.status,
-            headers=connection.headers,
-            stream=_ResponseStream(connection),
+            cycle.status,
+            headers=cycle.headers,
+            stream=_ResponseStream(cycle),
             # The reason phrase as sent (httpcore reports it too; without it httpx looks one up).
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": cycle.reason},
             request=request,
         )
 
-    async def _send(self, connection: _Connection, request: httpx.Request) -> None:
-        target = request.url.raw_path
-        head = [request.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
-        for name, value in request.headers.raw:
-            head += [name, b": ", value, b"\r\n"]
-        head.append(b"\r\n")
-        stream = request.stream
-        if isinstance(stream, httpx.ByteStream):
-            # Small bodies (every ChatKit JSON request) go out with the head in one write.
-            await connection.write(b"".join(head) + b"".join(stream))
-            return
-        await connection.write(b"".join(head))
+    async def _send_streamed(self, cycle: ResponseCycle, request: httpx.Request) -> None:
+        """Send a streamed body (an upload) while watching for the answer: one that refuses the
+        body, or closes the connection, before the body is all out stops the upload (RFC 9112
+        9.5), even while the client is slow to send the next piece; so does a failure (the head
+        deadline). The connection cannot carry another request then."""
+        sending = asyncio.ensure_future(self._write_streamed(cycle.connection, request))
+        try:
+            await asyncio.wait((sending, cycle.head), return_when=asyncio.FIRST_COMPLETED)
+            answered_no = cycle.answered and (cycle.status >= 400 or not cycle.keep_alive)
+            if not sending.done() and (answered_no or cycle.error is not None):
+                cycle.keep_alive = False
+                sending.cancel()
+                return  # the head is read (or its error raised) by the caller
+            await sending  # not answered yet, or a backend that answered early and reads on
+        finally:
+            if not sending.done():
+                sending.cancel()
+
+    async def _write_streamed(self, connection: UpstreamConnection, request: httpx.Request) -> None:
+        await connection.write(_head_of(request))
         chunked = request.headers.get("transfer-encoding", "").lower() == "chunked"
-        assert isinstance(stream, httpx.AsyncByteStream)
-        async for chunk in stream:
-            if not chunk:
-                continue
-            await connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        async for chunk in request.stream:
+            if chunk:
+                await connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
         if chunked:
             await connection.write(b"0\r\n\r\n")
 
     async def _acquire(
         self, origin: Origin, connect_timeout: float | None, *, fresh: bool = False
-    ) -> tuple[_Connection, bool]:
+    ) -> tuple[UpstreamConnection, bool]:
         idle = self._idle.get(origin)
         if idle and not fresh:
             now = asyncio.get_running_loop().time()
             while idle:
                 connection = idle.pop()
                 if not connection.closed and now - connection.idle_since < self.keepalive_expiry:
-                    connection._reset()
                     return connection, True
                 connection.close()
         return await self._connect(origin, connect_timeout), False
 
-    async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
+    async def _connect(self, origin: Origin, timeout: float | None) -> UpstreamConnection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
         context = None
         if scheme == "https":
-            context = self._ssl_context or ssl.create_default_context()
+            if self._ssl_context is None:
+                self._ssl_context = ssl.create_default_context()  # once, not per connection
+            context = self._ssl_context
         try:
             async with asyncio.timeout(timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: _Connection(self, origin),
+                    lambda: UpstreamConnection(self, origin),
                     host,
                     port,
                     ssl=context,
-                    server_hostname=host if context else None,
+                    server_hostname=(self._server_name or host) if context else None,
                 )
         except TimeoutError:
             raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+        except ssl.SSLError as exc:
+            raise TLSFailure(f"{host}:{port}: {_tls_reason(exc)}") from None
         except OSError as exc:
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
         self._all.add(protocol)
         return protocol
 
-    def _release(self, connection: _Connection) -> None:
+    def release(self, connection: UpstreamConnection) -> None:
+        """Back to the idle pool after a complete response (or closed, when the pool is full)."""
+        connection.cycle = None
+        connection.flow.resume_reading()  # paused if its reader stopped before the buffered end
         idle = self._idle.setdefault(connection.origin, [])
         if len(idle) >= self.max_keepalive:
             connection.close()
@@ -462,7 +285,7 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         connection.idle_since = asyncio.get_running_loop().time()
         idle.append(connection)
 
-    def _forget(self, connection: _Connection) -> None:
+    def forget(self, connection: UpstreamConnection) -> None:
         self._all.discard(connection)
         idle = self._idle.get(connection.origin)
         if idle and connection in idle:

@@ -12,9 +12,9 @@ Two httpx clients over the gateway's own transport (`transport.py`), made once i
 
 Both: response headers due within `connect_timeout` + `response_timeout` (the transport's head
 deadline), `trust_env=False` (no proxy variables or .netrc from the environment), no redirects
-followed, no cookie jar. Every httpx exception is translated here, in `Upstream._open` (and, for
-a small JSON body, in `send_json`), into a `GatewayError`. The answer goes back to the client
-through `relay.py`.
+followed, no cookie jar; TLS with the one context `tls.py` makes at start-up. Every httpx
+exception is translated here, in `Upstream._open` (and, for a small JSON body, in `send_json`),
+into a `GatewayError`. The answer goes back to the client through `relay.py`.
 """
 
 from __future__ import annotations
@@ -22,17 +22,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import httpx
 from starlette.types import Message
 
 from .config import UpstreamConfig
-from .errors import GatewayError, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+from .errors import GatewayError, UpstreamBadResponse, UpstreamTimeout, UpstreamTLSFailed, UpstreamUnavailable
 from .headers import Headers
 from .outbound import framed_request
 from .relay import relay_response
-from .transport import HTTP11Transport, InvalidResponse
+from .tls import upstream_ssl_context
+from .transport import HTTP11Transport, InvalidResponse, TLSFailure, exchange_extensions
 
 __all__ = ["Upstream", "UpstreamAnswer", "UpstreamClient", "read_answer"]
 
@@ -103,15 +104,23 @@ class Upstream:
         # stream forever; ChatKit streams can be quiet for minutes (tools), so the bound is long.
         self._stream_timeout = {"connect": config.connect_timeout, "read": config.stream_idle_timeout or None}
         self._gate = asyncio.Semaphore(config.max_connections)
+        # Why the last warm-up failed on TLS (None when it did not): `/readyz` names it.
+        self.tls_error: str | None = None
         # Pool sizes and timeouts live in the transports and in each request's extensions: with a
         # `transport=`, httpx's own `limits=` and client timeouts would never be read.
-        self.json_client = _client(
-            transport or HTTP11Transport(max_keepalive=config.max_connections, keepalive_expiry=config.keepalive_expiry)
-        )
-        self.stream_client = _client(
-            transport
-            or HTTP11Transport(max_keepalive=config.stream_keepalive, keepalive_expiry=config.keepalive_expiry)
-        )
+        tls = upstream_ssl_context(config)  # one for both clients, made here at start-up
+
+        def own_transport(max_keepalive: int) -> HTTP11Transport:
+            return HTTP11Transport(
+                max_keepalive=max_keepalive,
+                keepalive_expiry=config.keepalive_expiry,
+                ssl_context=tls,
+                server_name=config.server_name,
+                max_header_bytes=config.max_header_bytes,
+            )
+
+        self.json_client = _client(transport or own_transport(config.max_connections))
+        self.stream_client = _client(transport or own_transport(config.stream_keepalive))
 
     async def aclose(self) -> None:
         await self.json_client.aclose()
@@ -120,7 +129,7 @@ class Upstream:
     async def warm(self) -> None:
         """Before ready: open one connection per client, through the same code a request runs
         (an `OPTIONS`, relayed to nowhere), so the first request pays no handshake and no
-        first-run cost of the relay path."""
+        first-run cost of the relay path. A TLS failure is kept in `tls_error`."""
 
         async def discard(message: Message) -> None:
             return None
@@ -137,9 +146,14 @@ class Upstream:
                 async with asyncio.timeout(self.config.connect_timeout):
                     response = await self.send_stream(self.url, [], b"", method="OPTIONS")
                     await relay_response(response, discard, never)
+            except UpstreamTLSFailed as exc:
+                self.tls_error = exc.reason
+                return
             except (GatewayError, TimeoutError) as exc:
+                self.tls_error = None
                 logger.warning("upstream warm-up failed: %s", type(exc).__name__)
                 return
+        self.tls_error = None
 
     async def send_json(
         self,
@@ -158,9 +172,7 @@ class Upstream:
         after the keep-alive race)."""
         deadline = asyncio.get_running_loop().time() + self.header_deadline
         await self._admit(deadline)
-        extensions: dict[str, object] = {"timeout": self._json_timeout, "head_deadline": deadline}
-        if replayable:
-            extensions["replayable"] = True
+        extensions = exchange_extensions(self._json_timeout, head_deadline=deadline, replayable=replayable)
         try:
             response = await self._open(self.json_client, method, url, headers, content, extensions)
             if not _is_small_json(response):
@@ -196,7 +208,7 @@ class Upstream:
         """Send through the stream client; the caller relays the body and closes the response.
         (`upstream.max_streams` is admitted by the caller's `OpenStreams`, streams.py.)"""
         deadline = asyncio.get_running_loop().time() + self.header_deadline
-        extensions = {"timeout": self._stream_timeout, "head_deadline": deadline}
+        extensions = exchange_extensions(self._stream_timeout, head_deadline=deadline)
         return await self._open(self.stream_client, method, url, headers, content, extensions)
 
     async def _open(
@@ -206,16 +218,19 @@ class Upstream:
         url: str | httpx.URL,
         headers: Headers,
         content: bytes | AsyncIterable[bytes],
-        extensions: dict[str, object],
+        extensions: dict[str, Any],
     ) -> httpx.Response:
         target = url if isinstance(url, httpx.URL) else httpx.URL(url)
         host = self._netloc if target is self.url else target.netloc  # the backend's Host made once
         request = framed_request(method, target, headers, content, extensions, host=host)
         try:
             return await client.send(request, stream=True, auth=NO_AUTH)
-        except InvalidResponse:
-            logger.warning("upstream answered with invalid HTTP")
+        except InvalidResponse as exc:
+            logger.warning("upstream answered with invalid HTTP: %s", exc)
             raise UpstreamBadResponse() from None
+        except TLSFailure as exc:
+            logger.warning("upstream TLS failed: %s", exc)
+            raise UpstreamTLSFailed(str(exc)) from None
         except httpx.TimeoutException:
             raise UpstreamTimeout() from None
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and benchmarks run for real (redis-server, nginx, chromium, wrk,
-# node and npm for the authorization server in tests/support/node) when missing.
+# node and npm for the authorization server in tests/support/node and the conformance suite's
+# Node backend) when missing.
 # Needs root (CI runs as root); without it, it says what is missing and fails.
 set -euo pipefail
 need=()

@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import pytest
 import uvloop
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamTimeout
+from gateway.transport import HTTP11Transport
 from gateway.upstream import Upstream
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -140,3 +142,32 @@ def test_a_backend_that_stops_reading_the_request_gets_a_timeout_at_the_deadline
     elapsed = run(scenario())
     assert held, "the backend saw no connection"
     assert 1.0 - 0.05 <= elapsed < 5.0, elapsed
+
+
+@loops
+def test_a_finished_response_never_reads_the_next_response_on_its_connection(run: Callable[..., Any]) -> None:
+    """Per-response state lives with the response: once the connection is reused, the first
+    response's stream has nothing more to give, and the second's body is the second's alone."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for body in (b"first", b"second"):
+            await read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%b" % (len(body), body))
+            await writer.drain()
+        await asyncio.sleep(60)
+
+    async def scenario() -> tuple[bytes, bytes, list[bytes], int]:
+        async with serving(answer) as url:
+            transport = HTTP11Transport()
+            async with httpx.AsyncClient(transport=transport) as client:
+                first = await client.send(client.build_request("GET", url), stream=True)
+                first_body = await first.aread()
+                await first.aclose()  # the connection goes back to the pool
+                second = await client.send(client.build_request("GET", url), stream=True)
+                stale = [chunk async for chunk in first.stream]  # type: ignore[union-attr]
+                second_body = await second.aread()
+                return first_body, second_body, stale, len(transport._all)
+
+    first, second, stale, connections = run(scenario())
+    assert (first, second, stale) == (b"first", b"second", [])
+    assert connections == 1  # the second request did reuse the connection

@@ -113,8 +113,13 @@ def gateway_config(upstream_base: str, idp: Issuer, overrides: Mapping[str, Any]
 
 @contextmanager
 def start_gateway(
-    config: Mapping[str, Any], *, port: int | None = None, env: Mapping[str, str] | None = None
+    config: Mapping[str, Any],
+    *,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    ready_path: str = "/readyz",
 ) -> Iterator[RunningGateway]:
+    """The gateway on `config`, once `ready_path` answers 200 (`/healthz` for one that is not ready)."""
     port = port or free_port()
     config = merge(config, {"server": {"port": port}})
     with tempfile.TemporaryDirectory(prefix="chatkit-gateway-test-") as folder:
@@ -122,7 +127,7 @@ def start_gateway(
         path.write_text(tomli_w.dumps(dict(config)), encoding="utf-8")
         args = [sys.executable, "-m", "gateway", "serve", "--config", str(path)]
         url = f"http://127.0.0.1:{port}"
-        proc = start_process(args, env=env, ready_url=f"{url}/readyz")
+        proc = start_process(args, env=env, ready_url=f"{url}{ready_path}")
         try:
             yield RunningGateway(url=url, process=proc, config=config)
         finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -53,11 +54,13 @@ def start_process(
     env: Mapping[str, str] | None = None,
     ready_url: str,
     timeout: float = 20.0,
+    verify: ssl.SSLContext | bool = True,
 ) -> LoggedProcess:
     """Start `args` in the project root and wait until `ready_url` answers 200.
 
-    `env` is layered over the current environment. Raises `ProcessStartError` with the log
-    if the process exits first or is not ready within `timeout` seconds (it is then stopped).
+    `env` is layered over the current environment; `verify` is for an https `ready_url`. Raises
+    `ProcessStartError` with the log if the process exits first or is not ready within `timeout`
+    seconds (it is then stopped).
     """
     fd, log_name = tempfile.mkstemp(prefix="chatkit-gateway-test-", suffix=".log")
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -69,7 +72,7 @@ def start_process(
         os.close(fd)  # the child holds its own copy
     proc.log_path = Path(log_name)
     deadline = time.monotonic() + timeout
-    with httpx.Client(trust_env=False, timeout=1.0) as client:
+    with httpx.Client(trust_env=False, timeout=1.0, verify=verify) as client:
         while True:
             returncode = proc.poll()
             if returncode is not None:
