@@ -76,7 +76,7 @@ class WrkResult:
 
 WRK_SCRIPT = """
 wrk.method = "POST"
-wrk.body = '{"type":"threads.list","params":{},"metadata":{"client":"bench"}}'
+wrk.body = '%s'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer %s"
 """
@@ -90,10 +90,16 @@ def _ms(text: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def wrk(url: str, token: str, *, connections: int, seconds: float, pids: Sequence[int]) -> WrkResult:
-    """`wrk` POSTing a small authenticated ChatKit request; CPU of `pids` over the same window."""
+LIST_BODY = '{"type":"threads.list","params":{},"metadata":{"client":"bench"}}'
+
+
+def wrk(
+    url: str, token: str, *, connections: int, seconds: float, pids: Sequence[int], body: str = LIST_BODY
+) -> WrkResult:
+    """`wrk` POSTing a small authenticated ChatKit request (`body`, by default a `threads.list`);
+    CPU of `pids` over the same window."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT % token)
+        script.write(WRK_SCRIPT % (body, token))
     try:
         before = cpu_seconds(pids)
         output = subprocess.run(

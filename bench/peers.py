@@ -190,6 +190,7 @@ def peers(
                 "upstream": {"url": f"{upstream.url}/chatkit"},
                 "auth": {"issuers": [{"issuer": ISSUER, "jwks_url": f"{jwks.url}/jwks.json", "audiences": [AUDIENCE]}]},
                 "logging": {"level": "warning"},
+                "ownership": {"sqlite_path": str(root / "ownership.sqlite3")},
             }
             (root / "gateway.toml").write_text(tomli_w.dumps(config))
             gateway = start(
@@ -199,6 +200,14 @@ def peers(
                 "/readyz",
             )
             started.append(gateway)
+            # The thread the upstream lists is the bench user's (ownership is on, as by default):
+            # presented once, it is recorded for them (`unknown = "claim"`).
+            httpx.post(
+                f"{gateway.url}/chatkit",
+                json={"type": "threads.get_by_id", "params": {"thread_id": "thr_bench"}},
+                headers={"authorization": f"Bearer {signer.token()}"},
+                trust_env=False,
+            ).raise_for_status()
             nginx = None
             if with_nginx and os.path.exists(NGINX):
                 nginx = start_nginx(root, upstream)

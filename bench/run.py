@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import features, load, measure, observe, peers, verify, workers
+from bench import features, load, measure, observe, ownership, peers, verify, workers
 from bench import tokens as bench_tokens
 
 
@@ -44,6 +44,7 @@ class Results:
     workers: list[workers.WorkersFigure] = field(default_factory=list)
     features: list[features.FeatureCost] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
+    ownership: list[str] = field(default_factory=list)
 
 
 def percentile(values: list[int], q: float) -> float:
@@ -178,6 +179,7 @@ def run(plan: Plan) -> Results:
         run_sse(plan, subjects, token, results)
         run_storms(plan, subjects, int(upstream.url.rsplit(":", 1)[1]), token, results)
         results.tokens = bench_tokens.run(gateway, token, plan.json_seconds)
+        results.ownership = ownership.run(gateway, signer, seconds=max(1.0, plan.json_seconds / 2))
         config = Path(gateway.process.args[-1])  # type: ignore[index]
         config_args = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
         results.workers = workers.measure_workers(

@@ -17,13 +17,15 @@ A ChatKit request goes, in this order, through (the numbers are those of `ChatKi
 2. credentials and their verification (401, `auth/`, through `Runtime.authenticate`);
 3. the origin check for cookie credentials (403, `auth/origin.py`);
 4. reading the body within its size limit (413) and parsing it (400, `chatkit.py`), then the
-   user's limits, which depend on the op (429, `ratelimit.py`);
+   user's limits, which depend on the op (429, `ratelimit.py`), then ownership: every thread or
+   attachment id the request names must be the user's (404, `ownership/`);
 5. the rewrite: authoritative identity and page context in the body's `metadata`, and the headers
    that go with it (`outbound.py`, with `chatkit.py`, `identity.py`, `pagecontext.py`);
 6. the exchange with the ChatKit backend (`upstream.py`, `transport.py`) and the relay of its
    answer as it arrives (`relay.py`); a stream first takes one of the user's concurrent streams
    (429) and a place among the gateway's open streams (503 beyond `upstream.max_streams`,
-   `streams.py`).
+   `streams.py`); the owners of new threads and attachments are recorded on the way, before the
+   answer that carries their ids is relayed (`ownership/`).
 
 Every endpoint runs inside `Endpoint` (`endpoint.py`): a step either passes the request on or
 raises a `GatewayError`, which becomes the JSON error body, and `observe.py` writes the request's
@@ -50,12 +52,13 @@ from .clock import SYSTEM_CLOCK, Clock
 from .config import GatewayConfig
 from .cors import CrossOrigin
 from .endpoint import Endpoint
-from .errors import AuthError, GatewayError, HeadersTooLarge, MethodNotAllowed, NotFound, URITooLong
+from .errors import AuthError, GatewayError, HeadersTooLarge, MethodNotAllowed, NotFound, NotOwned, URITooLong
 from .forward_auth import ForwardAuthEndpoint
 from .headers import Headers
 from .identity import Identity
 from .observe import Exchange
 from .outbound import request_id_from
+from .ownership import AnswerPlan
 from .probes import browser_helper_endpoint, healthz, metrics_endpoint, readyz_endpoint
 from .relay import RelayOutcome, StreamStop, relay_response, stream_error_event
 from .responses import send_error
@@ -64,7 +67,7 @@ from .revocation.backchannel import BackchannelLogoutEndpoint
 from .runtime import Runtime
 from .tokens.wellknown import DISCOVERY_PATH, JWKS_PATH, well_known_documents
 from .uploads import UploadEndpoint
-from .upstream import UpstreamAnswer
+from .upstream import UpstreamAnswer, read_answer
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -74,6 +77,8 @@ __all__ = ["Gateway", "create_app"]
 logger = logging.getLogger("chatkit_gateway")
 
 Stop = asyncio.Future[StreamStop]
+# A JSON answer ownership must read whole (a `threads.list` page to filter) may be this large.
+MAX_READ_ANSWER_BYTES = 32 * 1024 * 1024
 # The longest request target (path, `?` and query, in bytes) served: RFC 9112 3 recommends
 # supporting 8,000 octets; the upload URL the gateway builds from a longer one can exceed what
 # httpx accepts (65,536), which used to end in a plain-text 500.
@@ -95,6 +100,7 @@ class RewrittenRequest(NamedTuple):
     read_only: bool
     body: bytes
     injected: dict[str, object]  # what the gateway wrote into `metadata` (the signed identity covers it)
+    plan: AnswerPlan | None  # what ownership learns from the answer (None: ownership is off)
 
 
 class ChatKitEndpoint(Endpoint):
@@ -134,10 +140,11 @@ class ChatKitEndpoint(Endpoint):
                 principal, identity, exchange.request_id, rewritten.body
             )
         # Step 6.
+        plan = rewritten.plan
         if not rewritten.streaming:
             answer = await self._open(rewritten, upstream_headers)
             del rewritten, upstream_headers, principal, identity  # see below
-            await self._relay(answer, receive, send, exchange)
+            await self._relay(answer, receive, send, exchange, plan)
             return
         slot = await self.runtime.limiter.open_stream(identity.user_id)
         try:
@@ -147,7 +154,7 @@ class ChatKitEndpoint(Endpoint):
                     answer = await self._open(rewritten, upstream_headers)
                     # Nothing of the request is needed while the answer streams back: let it go.
                     del rewritten, upstream_headers, principal, identity
-                    await self._relay(answer, receive, send, exchange, stop)
+                    await self._relay(answer, receive, send, exchange, plan, stop)
         finally:
             await slot.close()
 
@@ -155,7 +162,8 @@ class ChatKitEndpoint(Endpoint):
         self, receive: Receive, headers: Headers, identity: Identity, exchange: Exchange
     ) -> RewrittenRequest:
         """Steps 4 and 5: read and check the body, apply the user's limits (which depend on the op),
-        write the gateway's metadata into the body (returned too: the signed identity covers it).
+        check ownership, write the gateway's metadata into the body (returned too: the signed
+        identity covers it).
 
         (A function of its own, so the parsed body is freed before a long stream starts.)"""
         raw = await read_body(
@@ -169,10 +177,18 @@ class ChatKitEndpoint(Endpoint):
             thread_id = params.get("thread_id") if isinstance(params, dict) else None
             exchange.trace.identify(request.op, identity.user_id, thread_id)
         await self.runtime.limiter.admit(identity.user_id, message=request.streaming)
+        plan = None
+        if self.runtime.ownership is not None:
+            try:
+                plan = await self.runtime.ownership.check(identity.user_id, request)
+            except NotOwned:
+                exchange.ownership = "denied"
+                raise
         injected = self.runtime.outbound.injected_metadata(
             headers, request.body.get("metadata"), identity, exchange.request_id
         )
-        return RewrittenRequest(request.streaming, request.read_only, rewrite_body(request, injected), injected)
+        body = rewrite_body(request, injected)
+        return RewrittenRequest(request.streaming, request.read_only, body, injected, plan)
 
     async def _refuse(self, error: AuthError, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         """A 401, or with `auth.stream_errors` an in-chat error event for streaming ops."""
@@ -200,7 +216,13 @@ class ChatKitEndpoint(Endpoint):
         return UpstreamAnswer(await upstream.send_stream(upstream.url, headers, request.body), None)
 
     async def _relay(
-        self, answer: UpstreamAnswer, receive: Receive, send: Send, exchange: Exchange, stop: Stop | None = None
+        self,
+        answer: UpstreamAnswer,
+        receive: Receive,
+        send: Send,
+        exchange: Exchange,
+        plan: AnswerPlan | None,
+        stop: Stop | None = None,
     ) -> None:
         """Step 6, continued: relay the answer (small JSON whole, anything else as it arrives); a
         stream gets the heartbeat and ends when `stop` does."""
@@ -209,8 +231,11 @@ class ChatKitEndpoint(Endpoint):
             exchange.trace.upstream_answered(response.status_code)
         extra = [(b"x-request-id", exchange.request_id.encode("ascii"))]
         outcome = RelayOutcome()
+        ownership = self.runtime.ownership
         try:
             if stop is None:
+                if plan is not None:
+                    small_body = await self._owned_answer(plan, response, small_body)
                 await relay_response(response, send, receive, body=small_body, extra_headers=extra, outcome=outcome)
             else:
                 heartbeat = self.config.upstream.heartbeat_seconds
@@ -222,9 +247,24 @@ class ChatKitEndpoint(Endpoint):
                     heartbeat_seconds=heartbeat,
                     stop=stop,
                     outcome=outcome,
+                    watch=ownership.stream_watch(plan) if ownership is not None and plan is not None else None,
                 )
         finally:
             exchange.record(outcome)
+
+    async def _owned_answer(self, plan: AnswerPlan, response: httpx.Response, body: bytes | None) -> bytes | None:
+        """A JSON answer as ownership lets it go: its new id recorded, or a list filtered (read whole
+        for that), or a deleted id's record removed."""
+        ownership = self.runtime.ownership
+        if ownership is None:
+            return body
+        if body is None and plan.reads_answer:
+            body = await read_answer(response, MAX_READ_ANSWER_BYTES)
+        answer = await ownership.answer(plan, response.status_code, body)
+        if answer is not None and (plan.reads_answer or answer is not body):
+            # The body goes out whole, maybe shorter (a filtered list): its own length.
+            response.headers["content-length"] = str(len(answer))
+        return answer
 
 
 async def not_found(scope: Scope, receive: Receive, send: Send) -> None:

@@ -46,6 +46,7 @@ __all__ = [
     "JWKSConfig",
     "LoggingConfig",
     "MetadataConfig",
+    "OwnershipConfig",
     "RateLimitConfig",
     "RevocationConfig",
     "SecurityConfig",
@@ -61,7 +62,14 @@ __all__ = [
 
 ENV_PREFIX = "CHATKIT_GATEWAY__"
 CONFIG_PATH_ENV = "CHATKIT_GATEWAY_CONFIG"
-SECRET_KEYS = frozenset({("upstream", "identity_secret"), ("ratelimit", "redis_url"), ("revocation", "redis_url")})
+SECRET_KEYS = frozenset(
+    {
+        ("upstream", "identity_secret"),
+        ("ratelimit", "redis_url"),
+        ("revocation", "redis_url"),
+        ("ownership", "redis_url"),
+    }
+)
 MIB = 1024 * 1024
 
 Seconds = Annotated[float, Strict(), Field(ge=0)]
@@ -458,6 +466,30 @@ class TokensConfig(_Section):
         return self
 
 
+class OwnershipConfig(_Section):
+    enabled: Flag = True
+    store: Literal["sqlite", "redis", "memory"] = "sqlite"
+    sqlite_path: Text = "chatkit-gateway-ownership.sqlite3"
+    redis_url: Text | None = None
+    unknown: Literal["claim", "deny"] = "claim"
+    # Owners never change, so (id -> owner) pairs are cached in process; this bounds how many.
+    cache_size: Annotated[int, Strict(), Field(ge=0)] = 100_000
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        # Checked here, not when the first request reaches Redis: a wrong URL stops start-up.
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> OwnershipConfig:
+        if self.enabled and self.store == "redis" and not self.redis_url:
+            raise ValueError("redis_url is required when store = 'redis'")
+        return self
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
@@ -492,6 +524,7 @@ class GatewayConfig(_Section):
     identity: IdentityConfig = IdentityConfig()
     metadata: MetadataConfig = MetadataConfig()
     ratelimit: RateLimitConfig = RateLimitConfig()
+    ownership: OwnershipConfig = OwnershipConfig()
     revocation: RevocationConfig = RevocationConfig()
     logging: LoggingConfig = LoggingConfig()
     tracing: TracingConfig = TracingConfig()
@@ -525,6 +558,9 @@ def per_process_stores(config: GatewayConfig) -> list[str]:
         limits.requests_per_minute or limits.messages_per_minute or limits.max_concurrent_streams
     ):
         found.append('rate-limit budget (ratelimit.backend = "memory"; set it to "redis" with ratelimit.redis_url)')
+    if config.ownership.enabled and config.ownership.store == "memory":
+        # An owner recorded by one worker would be unknown to the others: another user could claim it.
+        found.append('thread owners (ownership.store = "memory"; use "sqlite", shared by the workers, or "redis")')
     if config.revocation.enabled and config.revocation.store == "memory":
         # A revocation posted to one worker would leave the others serving the revoked token.
         found.append('revocations (revocation.store = "memory"; set it to "redis" with revocation.redis_url)')

@@ -24,6 +24,7 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     ├── Forbidden (403)
     │   └── OriginNotAllowed       origin_not_allowed
     ├── NotFound (404)             not_found
+    │   └── NotOwned               not_found
     ├── MethodNotAllowed (405)     method_not_allowed
     ├── RequestTimeout (408)       request_timeout
     ├── PayloadTooLarge (413)      payload_too_large
@@ -39,7 +40,8 @@ in one place each (httpx in `relay.py`, python-jose in `auth/jose.py`).
     ├── TokenExchangeFailed (502)  token_exchange_failed
     ├── Overloaded (503)           overloaded
     ├── NotReady (503)             not_ready
-    └── RevocationUnavailable (503) revocation_unavailable
+    ├── RevocationUnavailable (503) revocation_unavailable
+    └── OwnershipUnavailable (503) ownership_unavailable
 """
 
 from __future__ import annotations
@@ -63,9 +65,11 @@ __all__ = [
     "MethodNotAllowed",
     "MissingCredentials",
     "NotFound",
+    "NotOwned",
     "NotReady",
     "OriginNotAllowed",
     "Overloaded",
+    "OwnershipUnavailable",
     "PayloadTooLarge",
     "RateLimited",
     "RequestTimeout",
@@ -199,6 +203,13 @@ class NotFound(GatewayError):
     default_message = "There is nothing at this path."
 
 
+class NotOwned(NotFound):
+    """An id the user does not own, or (with `ownership.unknown = "deny"`) that nobody owns: one
+    answer for both, so a 404 says nothing about whether the id exists."""
+
+    default_message = "No such thread or attachment."
+
+
 class MethodNotAllowed(GatewayError):
     status = 405
     code = "method_not_allowed"
@@ -295,6 +306,12 @@ class RevocationUnavailable(GatewayError):
     status = 503
     code = "revocation_unavailable"
     default_message = "The revocation list cannot be reached. Try again shortly."
+
+
+class OwnershipUnavailable(GatewayError):
+    status = 503
+    code = "ownership_unavailable"
+    default_message = "The gateway cannot check who owns this conversation right now. Try again shortly."
 
 
 def error_body(error: GatewayError) -> bytes:

@@ -73,6 +73,7 @@ class Exchange:
     first_event: float | None = None
     stream_end: str | None = None
     trace: RequestTrace | None = None
+    ownership: str | None = None  # "denied": refused for naming an id of someone else's (or nobody's)
 
     def set_op(self, op: str) -> None:
         self.op = op if op in KNOWN_OPS else "other"
@@ -89,6 +90,8 @@ class Exchange:
             self.stream_end = outcome.end_reason
             if outcome.first_event_at is not None:
                 self.first_event = outcome.first_event_at - self.started
+        if outcome.refused is not None:
+            self.error = outcome.refused
 
 
 class _KeyAge(Collector):
@@ -171,6 +174,18 @@ class Observer:
             ["resource", "result"],
             registry=r,
         )
+        self.ownership_denials = Counter(
+            "chatkit_gateway_ownership_denials",
+            "Requests refused for naming a thread or attachment the user does not own, by op.",
+            ["op"],
+            registry=r,
+        )
+        self.ownership_store_errors = Counter(
+            "chatkit_gateway_ownership_store_errors", "Ownership store failures, by reason.", ["reason"], registry=r
+        )
+
+    def ownership_store_failed(self, reason: str) -> None:
+        self.ownership_store_errors.labels(reason).inc()
 
     def prepare(self) -> None:
         """Make each op's series at start-up: they read 0 rather than missing until first used, and
@@ -229,6 +244,8 @@ class Observer:
                 self.upstream_errors.labels(exchange.error).inc()
             elif exchange.error == "rate_limited":
                 self.rate_limited.inc()
+            elif exchange.ownership == "denied":
+                self._child(self.ownership_denials, op).inc()
         elif exchange.upstream_broke:
             self.upstream_errors.labels("broken_stream").inc()
         if access_logger.isEnabledFor(logging.INFO):
@@ -267,4 +284,5 @@ class Observer:
             "stream_end": exchange.stream_end,
             "client_disconnected": exchange.client_disconnected,
             "upstream_broke": exchange.upstream_broke,
+            "ownership": exchange.ownership,
         }

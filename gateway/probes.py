@@ -52,6 +52,8 @@ def readyz_endpoint(runtime: Runtime) -> Callable[[Request], Awaitable[Response]
                 "keys are not loaded (or past max_stale) for: "
                 + ", ".join(str(i["issuer"]) for i in issuers if not i["ready"]),
             )
+        elif runtime.ownership is not None and (problem := await runtime.ownership.owners.problem()):
+            state, reason = "not_ready", problem
         else:
             state, reason = "ready", None
         body: dict[str, object] = {"status": state, "issuers": issuers}

@@ -15,15 +15,16 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 import anyio
 import httpx
 from starlette.types import Receive, Send
 
+from .errors import GatewayError
 from .headers import Headers, header_value, relay_response_headers
 
-__all__ = ["DRAIN_STOP", "RelayOutcome", "StreamStop", "relay_response", "stream_error_event"]
+__all__ = ["DRAIN_STOP", "ChunkWatch", "RelayOutcome", "StreamStop", "relay_response", "stream_error_event"]
 
 logger = logging.getLogger("chatkit_gateway.relay")
 
@@ -82,6 +83,7 @@ class RelayOutcome:
     first_byte_at: float | None = None
     stop_reason: str | None = None
     first_event_at: float | None = None
+    refused: str | None = None  # the error code a `ChunkWatch` ended the stream with
 
     @property
     def end_reason(self) -> str:
@@ -97,6 +99,20 @@ class RelayOutcome:
         return "complete"
 
 
+class ChunkWatch(Protocol):
+    """Sees an SSE stream's chunks before they are relayed, until it turns `active` off.
+
+    `feed` returns the bytes that may go to the client now (it may hold back an unfinished event)
+    or raises a `GatewayError`, which ends the stream with a ChatKit error event; `rest` returns
+    what may still go out when the stream ends."""
+
+    active: bool
+
+    async def feed(self, chunk: bytes) -> bytes: ...
+
+    async def rest(self) -> bytes: ...
+
+
 async def relay_response(
     response: httpx.Response,
     send: Send,
@@ -107,6 +123,7 @@ async def relay_response(
     heartbeat_seconds: float = 0.0,
     stop: asyncio.Future[StreamStop] | None = None,
     outcome: RelayOutcome | None = None,
+    watch: ChunkWatch | None = None,
 ) -> RelayOutcome:
     """Relay status, headers and body; stream bodies chunk by chunk as they arrive.
 
@@ -115,6 +132,7 @@ async def relay_response(
     `stop` completes (the end of a shutdown's grace, the session's end), a stream is ended with the
     ChatKit error event it carries; one that is complete already ends after the first event.
     `outcome`, when given, is filled in as the relay goes, so a caller sees it even if cancelled.
+    `watch`, for an SSE stream, sees its chunks first (see `ChunkWatch`).
     """
     outcome = outcome or RelayOutcome()
     outcome.status, outcome.streamed = response.status_code, body is None
@@ -126,7 +144,8 @@ async def relay_response(
             await send({"type": "http.response.body", "body": body})
             outcome.bytes_out = len(body)
             return outcome
-        await _Pump(response, send, receive, outcome, sse=writable, heartbeat_seconds=heartbeat_seconds).run(stop)
+        pump = _Pump(response, send, receive, outcome, sse=writable, heartbeat_seconds=heartbeat_seconds, watch=watch)
+        await pump.run(stop)
         return outcome
     finally:
         if not response.is_closed:
@@ -179,6 +198,7 @@ class _Pump:
         "sse",
         "tail",
         "task",
+        "watch",
     )
 
     def __init__(
@@ -190,6 +210,7 @@ class _Pump:
         *,
         sse: bool,
         heartbeat_seconds: float,
+        watch: ChunkWatch | None = None,
     ) -> None:
         self.response, self.send, self.receive, self.outcome = response, send, receive, outcome
         self.sse, self.heartbeat_seconds = sse, heartbeat_seconds
@@ -201,6 +222,7 @@ class _Pump:
         assert task is not None
         self.task = task
         self.finished = False
+        self.watch = watch if sse else None
 
     async def run(self, stop: asyncio.Future[StreamStop] | None) -> None:
         watcher = asyncio.ensure_future(_wait_for_disconnect(self.receive))
@@ -235,12 +257,22 @@ class _Pump:
                 heartbeat.cancel()
 
     async def _forward(self) -> None:
-        send, outcome, sse = self.send, self.outcome, self.sse
+        send, outcome, sse, watch = self.send, self.outcome, self.sse, self.watch
         # The transport's own stream, not `aiter_raw()`: chunks as they came off the socket, without
         # two layers of async generators and httpx's re-chunker per chunk (docs/performance.md).
         stream = cast(httpx.AsyncByteStream, self.response.stream)
         try:
             async for chunk in stream:
+                if watch is not None:
+                    try:
+                        chunk = await watch.feed(chunk)
+                    except GatewayError as refusal:
+                        outcome.refused = refusal.code
+                        event = FRAME_END + stream_error_event(refusal.message, allow_retry=True)
+                        await send({"type": "http.response.body", "body": event, "more_body": True})
+                        break
+                    if not watch.active:
+                        watch = None
                 if not chunk:
                     continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -252,6 +284,8 @@ class _Pump:
                     # No copy of the chunk (an event may be hundreds of KB) to keep its last 2 bytes.
                     self.tail = chunk[-2:] if len(chunk) > 1 else (self.tail + chunk)[-2:]
                     self.last_write = self.loop.time()
+            if watch is not None and outcome.refused is None and (held := await watch.rest()):
+                await send({"type": "http.response.body", "body": held, "more_body": True})
         except httpx.HTTPError as exc:
             # The backend broke after its headers went out: the status cannot change any more. An
             # SSE stream is closed cleanly with an in-band error event the chat can show; any other
@@ -261,6 +295,8 @@ class _Pump:
             logger.warning("upstream stream broke: %s", type(exc).__name__)
             if not sse:
                 return
+            if watch is not None and outcome.refused is None and (held := await watch.rest()):
+                await send({"type": "http.response.body", "body": held, "more_body": True})
             await send({"type": "http.response.body", "body": UPSTREAM_BROKE_EVENT, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 

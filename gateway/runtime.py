@@ -25,6 +25,7 @@ from .errors import AuthError, UnknownIssuer
 from .identity import Identity, identity_of, user_id_prefixes
 from .observe import Observer
 from .outbound import Outbound
+from .ownership import Owners, OwnershipPolicy, open_store
 from .ratelimit import RateLimiter
 from .relay import StreamStop
 from .revocation.revocations import Revocations
@@ -90,6 +91,14 @@ class Runtime:
             if config.revocation.enabled
             else None
         )
+        self.ownership: OwnershipPolicy | None = None
+        if config.ownership.enabled:
+            owners = Owners(
+                open_store(config.ownership),
+                cache_size=config.ownership.cache_size,
+                on_store_error=self.observer.ownership_store_failed,
+            )
+            self.ownership = OwnershipPolicy(config.ownership, owners)
         self.started = False
         self.draining = False
         self._tls_retry: asyncio.Task[None] | None = None
@@ -98,6 +107,8 @@ class Runtime:
         await self.limiter.start()
         if self.revocations is not None:
             await self.revocations.start()
+        if self.ownership is not None:
+            await self.ownership.owners.start()
         await self.authenticator.start()
         await self.upstream.warm()
         if self.upstream.tls_error is not None:
@@ -126,6 +137,8 @@ class Runtime:
         await self.limiter.aclose()
         if self.revocations is not None:
             await self.revocations.aclose()
+        if self.ownership is not None:
+            await self.ownership.owners.aclose()
         await self.authenticator.aclose()
         await self.upstream.aclose()
         if self.tracing is not None:

@@ -23,8 +23,11 @@ from .endpoint import Endpoint
 from .errors import InvalidUploadPath, MethodNotAllowed, NotFound, PayloadTooLarge
 from .observe import Exchange
 from .relay import RelayOutcome, relay_response
+from .upstream import read_answer
 
 if TYPE_CHECKING:
+    import httpx
+
     from .runtime import Runtime
 
 __all__ = ["UploadEndpoint", "check_rest", "upload_target"]
@@ -32,6 +35,8 @@ __all__ = ["UploadEndpoint", "check_rest", "upload_target"]
 logger = logging.getLogger("chatkit_gateway.uploads")
 
 UPLOAD_METHODS = frozenset({"POST", "PUT"})
+# An upload's JSON answer (the attachment) is read whole to record its id; it is small.
+MAX_ANSWER_BYTES = 1024 * 1024
 # RFC 3986 3.3: what a path may hold as it is (pchar and "/"), plus "%" for escapes. Anything else
 # (space, controls, a backslash, bytes over 0x7f) is no target a client sends for an upload URL.
 RAW_REST = re.compile(rb"[A-Za-z0-9._~!$&'()*+,;=:@%/-]+")
@@ -117,6 +122,9 @@ class UploadEndpoint(Endpoint):
         if exchange.trace is not None:
             exchange.trace.identify("upload", identity.user_id, None)
         await runtime.limiter.admit(identity.user_id, message=False)
+        if runtime.ownership is not None:
+            # A direct upload creates an attachment: its owner must be recordable first.
+            await runtime.ownership.owners.reach()
         limit = self.config.server.max_upload_bytes
         declared = declared_length(scope["headers"])
         if declared is not None and declared > limit:
@@ -133,10 +141,28 @@ class UploadEndpoint(Endpoint):
         try:
             async with runtime.streams:
                 response = await runtime.upstream.send_stream(target, headers, body, method=scope["method"])
+                answer = await self._record_attachment(response, identity.user_id)
                 await relay_response(
-                    response, send, receive, extra_headers=[(b"x-request-id", request_id.encode())], outcome=outcome
+                    response,
+                    send,
+                    receive,
+                    body=answer,
+                    extra_headers=[(b"x-request-id", request_id.encode())],
+                    outcome=outcome,
                 )
         finally:
             if outcome.status:  # the backend answered: the relay saw what the log line reports
                 exchange.bytes_in = declared or 0
                 exchange.record(outcome)
+
+    async def _record_attachment(self, response: httpx.Response, user_id: str) -> bytes | None:
+        """A successful JSON answer naming an attachment `id` (a direct upload): the id recorded for
+        the user before the answer is relayed, and the body read for that; otherwise None (streamed)."""
+        ownership = self.runtime.ownership
+        content_type = response.headers.get("content-type", "")
+        if ownership is None or not 200 <= response.status_code < 300 or "json" not in content_type.lower():
+            return None
+        body = await read_answer(response, MAX_ANSWER_BYTES)
+        await ownership.record_answer_id(user_id, body)
+        response.headers["content-length"] = str(len(body))
+        return body

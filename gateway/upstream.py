@@ -39,7 +39,7 @@ from .relay import relay_response
 from .tls import upstream_ssl_context
 from .transport import HTTP11Transport, InvalidResponse, TLSFailure, exchange_extensions
 
-__all__ = ["Upstream", "UpstreamAnswer"]
+__all__ = ["Upstream", "UpstreamAnswer", "read_answer"]
 
 logger = logging.getLogger("chatkit_gateway.relay")  # the name operators filter on
 
@@ -206,6 +206,25 @@ class Upstream:
             raise UpstreamUnavailable() from None
         except httpx.HTTPError:
             raise UpstreamBadResponse() from None
+
+
+async def read_answer(response: httpx.Response, limit: int) -> bytes:
+    """A whole (non-small) answer body, for a step that must see all of it; 502 beyond `limit`."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamBadResponse()
+            chunks.append(chunk)
+    except httpx.TimeoutException:
+        raise UpstreamTimeout() from None
+    except httpx.HTTPError:
+        raise UpstreamBadResponse() from None
+    finally:
+        await response.aclose()
+    return b"".join(chunks)
 
 
 def _is_small_json(response: httpx.Response) -> bool:

@@ -25,3 +25,4 @@ def test_bench_quick_run_measures_every_subject_and_writes_the_report(tmp_path: 
     assert "| RS256 (2048-bit), cold |" in report and "## First request after start" in report
     assert "## Measured design choices" in report
     assert "## What each feature costs" in report and "| tracing on," in report
+    assert "## What thread ownership costs" in report and "| sqlite |" in report and "| redis |" in report

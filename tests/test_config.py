@@ -109,6 +109,14 @@ def test_secrets_can_come_from_files(tmp_path: Path) -> None:
     assert config.upstream.identity_secret == "s" * 40
 
 
+def test_the_ownership_redis_url_can_come_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "redis-url"
+    secret.write_text("redis://:pw@127.0.0.1:6379/1\n")
+    environ = {**MINIMAL, "CHATKIT_GATEWAY__OWNERSHIP__STORE": "redis"}
+    config = load_config(environ={**environ, "CHATKIT_GATEWAY__OWNERSHIP__REDIS_URL_FILE": str(secret)})
+    assert config.ownership.redis_url == "redis://:pw@127.0.0.1:6379/1"
+
+
 def test_only_secret_keys_take_a_file() -> None:
     with pytest.raises(ConfigError, match=r"upstream\.url_file: unknown key"):
         load_config(environ={**MINIMAL, "CHATKIT_GATEWAY__UPSTREAM__URL_FILE": "/etc/hostname"})
@@ -142,6 +150,11 @@ BAD_VALUES = [
         {"CHATKIT_GATEWAY__SERVER__TRUSTED_PROXIES": '["not-an-ip"]'}, r"server\.trusted_proxies:", id="proxies"
     ),
     pytest.param({"CHATKIT_GATEWAY__RATELIMIT__BACKEND": "redis"}, r"ratelimit: .*redis_url", id="redis-url"),
+    pytest.param({"CHATKIT_GATEWAY__OWNERSHIP__STORE": "redis"}, r"ownership: .*redis_url", id="ownership-redis"),
+    pytest.param({"CHATKIT_GATEWAY__OWNERSHIP__UNKNOWN": "allow"}, r"ownership\.unknown:", id="ownership-unknown"),
+    pytest.param(
+        {"CHATKIT_GATEWAY__OWNERSHIP__REDIS_URL": "http://r:6379"}, r"ownership\.redis_url:", id="ownership-url"
+    ),
     pytest.param(
         {
             "CHATKIT_GATEWAY__AUTH__ISSUERS": '[{issuer = "https://i.example", audiences = ["a"], '
@@ -191,11 +204,13 @@ def test_redacted_hides_secrets() -> None:
             **MINIMAL,
             "CHATKIT_GATEWAY__UPSTREAM__IDENTITY_SECRET": "x" * 40,
             "CHATKIT_GATEWAY__RATELIMIT__REDIS_URL": "redis://:pw@127.0.0.1:6379/0",
+            "CHATKIT_GATEWAY__OWNERSHIP__REDIS_URL": "redis://:pw@127.0.0.1:6379/1",
         }
     )
     shown = redacted(config)
     assert shown["upstream"]["identity_secret"] == "<redacted>"
     assert shown["ratelimit"]["redis_url"] == "<redacted>"
+    assert shown["ownership"]["redis_url"] == "<redacted>"
     assert "x" * 40 not in repr(shown) and "pw@" not in repr(shown)
 
 

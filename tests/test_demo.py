@@ -138,6 +138,29 @@ def test_signed_in_chat_streams_the_reply_and_shows_what_the_backend_received(
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
 
+def test_another_users_thread_is_refused_on_the_page(demo: RunningDemo, browser: Browser) -> None:
+    """The demo runs with ownership on: grace cannot open ada's thread; ada can."""
+    with browser.new_context() as ada_context, browser.new_context() as grace_context:
+        ada = ada_context.new_page()
+        sign_in(ada, demo)
+        send(ada, MESSAGE)
+        expect(ada.locator(".message.assistant[data-done='true']")).to_have_count(1, timeout=15_000)
+        thread_id = ada.locator("#thread-id").inner_text()
+        assert thread_id.startswith("thr_")
+
+        grace = grace_context.new_page()
+        sign_in(grace, demo, "grace", "grace@example.com")
+        grace.fill("#open-id", thread_id)
+        grace.click("#open")
+        expect(grace.locator("#opened")).to_contain_text("HTTP 404")
+        expect(grace.locator("#opened")).to_contain_text("not_found")
+
+        ada.fill("#open-id", thread_id)
+        ada.click("#open")
+        expect(ada.locator("#opened")).to_contain_text("HTTP 200")
+        expect(ada.locator("#opened")).to_contain_text(thread_id)
+
+
 def test_signed_out_send_gets_the_sign_in_prompt(demo: RunningDemo, context: BrowserContext) -> None:
     page = context.new_page()
     sign_in(page, demo, username="grace", email="")

@@ -232,6 +232,9 @@ def test_the_gateway_overlay_shares_its_limits_through_redis(configs: dict[str, 
         ratelimit = configs[kustomization]["ratelimit"]
         assert ratelimit["backend"] == "redis"
         assert ratelimit["redis_url"] == "<redacted>"
+        ownership = configs[kustomization]["ownership"]
+        assert ownership["store"] == "redis"
+        assert ownership["redis_url"] == "<redacted>"
 
 
 def test_the_secret_holds_clearly_marked_placeholders() -> None:
@@ -275,6 +278,7 @@ def app_config(effective: dict[str, Any]) -> GatewayConfig:
     data = {section: dict(values) for section, values in effective.items()}
     data["upstream"].pop("identity_secret", None)
     data["ratelimit"] = {"backend": "memory"}
+    data["ownership"] = {"store": "memory"}
     return build_config(data)
 
 
@@ -401,7 +405,9 @@ def test_every_container_runs_locked_down_with_resources_and_a_writable_tmp_only
             tmp = [m for m in spec_container.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
             assert len(tmp) == 1 and "emptyDir" in volumes[tmp[0]["name"]], where
             writable = [m for m in spec_container.get("volumeMounts", []) if not m.get("readOnly")]
-            assert all(m["mountPath"] == "/tmp" for m in writable), where
+            # The gateway also writes its ownership records (base/config.toml, [ownership]).
+            allowed = {"/tmp", "/var/lib/chatkit-gateway"} if spec_container["name"] == "gateway" else {"/tmp"}
+            assert all(m["mountPath"] in allowed for m in writable), where
 
 
 def test_the_service_account_mounts_no_token() -> None:

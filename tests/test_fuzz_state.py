@@ -30,7 +30,8 @@ from gateway.outbound import (
 
 NEVER_RELAYED = HOP_BY_HOP_HEADERS | {b"set-cookie", b"server", b"date"}
 SSE_PAIR = [(b"cache-control", b"no-cache, no-transform"), (b"x-accel-buffering", b"no")]
-SSE_REPLACED = {b"content-length", b"content-encoding", b"cache-control", b"x-accel-buffering"}
+# A stream's Content-Encoding stays with its bytes: an encoded stream is relayed as it is, never relabelled.
+SSE_REPLACED = {b"content-length", b"cache-control", b"x-accel-buffering"}
 NOTABLE = sorted(
     HOP_BY_HOP_HEADERS
     | FORWARDED_REQUEST_HEADERS

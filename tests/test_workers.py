@@ -223,14 +223,31 @@ def test_several_workers_with_a_per_process_rate_limit_store_are_refused_naming_
     build_config({**base, "server": {"workers": 2}, "ratelimit": shared})
 
 
-def test_several_workers_with_in_memory_revocations_are_refused_naming_the_key() -> None:
+@pytest.mark.parametrize(
+    ("section", "in_memory", "shared", "key"),
+    [
+        pytest.param(
+            "revocation",
+            {"enabled": True},
+            {"enabled": True, "store": "redis", "redis_url": "redis://127.0.0.1:6379/0"},
+            'revocation.store = "memory"',
+            id="revocation",
+        ),
+        pytest.param(
+            "ownership", {"store": "memory"}, {"store": "sqlite"}, 'ownership.store = "memory"', id="ownership"
+        ),
+    ],
+)
+def test_several_workers_with_an_in_memory_store_are_refused_naming_the_key(
+    section: str, in_memory: dict[str, Any], shared: dict[str, Any], key: str
+) -> None:
     base = {"upstream": {"url": "http://127.0.0.1:9/chatkit"}, "auth": {"issuers": [_issuer()]}}
     with pytest.raises(ConfigError) as refused:
-        build_config({**base, "server": {"workers": 2}, "revocation": {"enabled": True}})
-    assert "server.workers" in str(refused.value) and 'revocation.store = "memory"' in str(refused.value)
-    shared = {"enabled": True, "store": "redis", "redis_url": "redis://127.0.0.1:6379/0"}
-    build_config({**base, "server": {"workers": 2}, "revocation": shared})
-    build_config({**base, "server": {"workers": 2}, "revocation": {"enabled": False}})  # nothing kept
+        build_config({**base, "server": {"workers": 2}, section: in_memory})
+    assert "server.workers" in str(refused.value) and key in str(refused.value)
+    build_config({**base, "server": {"workers": 2}, section: shared})
+    build_config({**base, "server": {"workers": 2}, section: {**in_memory, "enabled": False}})  # nothing kept
+    build_config({**base, "server": {"workers": 1}, section: in_memory})
 
 
 def _issuer() -> dict[str, Any]:

@@ -103,6 +103,8 @@ def demo_config(
             "issuers": [{"issuer": idp.issuer, "jwks_url": idp.jwks_url, "audiences": [AUDIENCE]}],
         },
         "security": {"allowed_origins": list(origins)},
+        # Ownership on, as in production; the demo keeps nothing once it stops.
+        "ownership": {"store": "memory"},
         "logging": {"level": "info", "format": "text"},
     }
     return build_config(data)

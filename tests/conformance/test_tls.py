@@ -148,9 +148,10 @@ def test_a_backend_that_is_merely_unreachable_does_not_make_the_gateway_unready(
         assert list_threads(gateway, session_idp).json()["error"]["code"] == "upstream_unavailable"
 
 
-def test_both_upstream_clients_share_one_context_made_at_start_up(pki: dict[str, Path]) -> None:
+def test_both_upstream_transports_share_one_context_made_at_start_up(pki: dict[str, Path]) -> None:
     upstream = Upstream(UpstreamConfig(url="https://backend.internal/chatkit", ca_file=str(pki["ca"])))
-    contexts = {id(client._transport._ssl_context) for client in (upstream.json_client, upstream.stream_client)}  # type: ignore[attr-defined]
+    transports = (upstream.json_transport, upstream.stream_transport)
+    contexts = {id(transport._ssl_context) for transport in transports}  # type: ignore[attr-defined]
     assert len(contexts) == 1 and None not in contexts
 
 

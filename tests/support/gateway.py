@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,12 +92,20 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
     return result
 
 
+# Ownership records of the gateways the tests start: the default `sqlite_path` is relative to the
+# working directory (the repository, for every process the tests start).
+_OWNERSHIP_FILES = tempfile.TemporaryDirectory(prefix="chatkit-gateway-test-ownership-")
+
+
 def gateway_config(upstream_base: str, idp: Issuer, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The tests' starting config; each call gets an ownership file of its own (set `sqlite_path`
+    to share one between gateways)."""
     base: dict[str, Any] = {
         "server": {"host": "127.0.0.1"},
         # The test backend's uploads prefix (tests.support.backend.UPLOADS_PREFIX).
         "upstream": {"url": f"{upstream_base}/chatkit", "uploads_url": f"{upstream_base}/uploads/"},
         "auth": {"issuers": [issuer_entry(idp)]},
+        "ownership": {"sqlite_path": str(Path(_OWNERSHIP_FILES.name) / f"{uuid.uuid4().hex}.sqlite3")},
         "logging": {"level": "info", "format": "json"},
     }
     return merge(base, overrides or {})

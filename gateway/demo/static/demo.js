@@ -9,6 +9,8 @@
  *   to the visible reply at once.
  * - `createChatKitFetch` (from the gateway) sends the httpOnly cookie and the page context header;
  *   on a 401 it calls `onUnauthorized`, which asks the user to sign in.
+ * - "Someone else's thread" opens any thread id (`threads.get_by_id`): another user's gets the
+ *   gateway's 404, whatever the backend's store would have answered.
  */
 
 import {createChatKitFetch, getPageContext} from "/chatkit-gateway.js";
@@ -22,6 +24,10 @@ const sendButton = document.getElementById("send");
 const signInPrompt = document.getElementById("signin-prompt");
 const received = document.getElementById("received");
 const sent = document.getElementById("sent");
+const threadIdShown = document.getElementById("thread-id");
+const openForm = document.getElementById("open-form");
+const openInput = document.getElementById("open-id");
+const opened = document.getElementById("opened");
 
 const chatFetch = createChatKitFetch({
   onUnauthorized: () => {
@@ -76,6 +82,7 @@ async function send(text) {
     switch (event.type) {
       case "thread.created":
         threadId = event.thread.id;
+        threadIdShown.textContent = threadId;
         break;
       case "client_effect":
         if (event.name === "demo.context") received.textContent = JSON.stringify(event.data, null, 2);
@@ -100,6 +107,19 @@ async function send(text) {
     }
   }
 }
+
+openForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const request = {type: "threads.get_by_id", params: {thread_id: openInput.value.trim()}};
+  const response = await chatFetch(CHATKIT_URL, {
+    method: "POST",
+    headers: {"content-type": "application/json"},
+    body: JSON.stringify(request),
+  });
+  const answer = await response.json().catch(() => null);
+  const shown = response.ok ? {id: answer?.id, title: answer?.title, items: answer?.items?.data?.length} : answer;
+  opened.textContent = `HTTP ${response.status}\n${JSON.stringify(shown, null, 2)}`;
+});
 
 /**
  * The JSON events of a ChatKit stream, each as soon as its frame is complete. Frames are

@@ -1,0 +1,133 @@
+"""The owner records as the request path uses them: a store behind an in-process cache.
+
+Owners never change: a record is made once and only ever removed (when its thread or attachment
+is deleted). So a positive answer, `id -> owner`, may be cached for as long as the process lives,
+and a cached check costs a dict lookup; only ids not yet seen by this process reach the store.
+Absent records are never cached: another replica may record the id a moment later.
+
+Deletion and the cache: a replica evicts its own entry when it relays a successful delete; other
+replicas keep theirs until it falls out of their cache. That entry still names the id's one and
+only owner, so the stale answer can only let that owner reach an id the backend no longer has (the
+backend answers "not found") and keep others out, on that replica, of an id that nobody owns any
+more. Backends that reuse ids would need more; ChatKit's are random.
+
+A failure of the store is reported (a callback for the metric, a warning at most every few
+seconds) and raised as `OwnershipUnavailable` (503): requests that need the store fail closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+
+from gateway.errors import OwnershipUnavailable
+
+from .store import OwnerStore, StoreUnavailable
+
+__all__ = ["Owners"]
+
+logger = logging.getLogger("chatkit_gateway.ownership")
+
+WARNING_INTERVAL_SECONDS = 5.0
+
+
+class Owners:
+    """Lookups and records of owners, cached; the store's failures become `OwnershipUnavailable`."""
+
+    def __init__(
+        self, store: OwnerStore, *, cache_size: int, on_store_error: Callable[[str], None] | None = None
+    ) -> None:
+        self.store = store
+        self._cache: dict[str, str] = {}
+        self._cache_size = cache_size
+        self._on_store_error = on_store_error
+        self._next_warning = -math.inf
+
+    def cached(self, item_id: str) -> str | None:
+        return self._cache.get(item_id)
+
+    def _remember(self, item_id: str, owner: str) -> None:
+        if not self._cache_size:
+            return
+        if len(self._cache) >= self._cache_size:
+            # Oldest first (dicts keep insertion order): O(1), and a hot id that falls out is
+            # fetched again from the store once.
+            del self._cache[next(iter(self._cache))]
+        self._cache[item_id] = owner
+
+    def _failed(self, error: StoreUnavailable, during: str) -> OwnershipUnavailable:
+        if self._on_store_error is not None:
+            self._on_store_error(error.reason)
+        now = time.monotonic()
+        if now >= self._next_warning:
+            self._next_warning = now + WARNING_INTERVAL_SECONDS
+            logger.warning("ownership store (%s) failed during %s: %s", self.store.name, during, error)
+        return OwnershipUnavailable()
+
+    async def start(self) -> None:
+        """Connect; an unreachable store is reported, and readiness says so until it answers."""
+        try:
+            await self.store.start()
+        except StoreUnavailable as error:
+            self._failed(error, "start")
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+
+    async def reach(self) -> None:
+        """Raise `OwnershipUnavailable` unless the store answers now."""
+        try:
+            await self.store.ping()
+        except StoreUnavailable as error:
+            raise self._failed(error, "ping") from None
+
+    async def problem(self) -> str | None:
+        """For readiness: why the store cannot be used now, or None."""
+        try:
+            await self.store.ping()
+        except StoreUnavailable as error:
+            self._failed(error, "readiness check")
+            return f"the ownership store ({self.store.name}) cannot be reached"
+        return None
+
+    async def owners_of(self, ids: Sequence[str]) -> dict[str, str]:
+        """The recorded owners of those of `ids` that have one."""
+        found: dict[str, str] = {}
+        missing: list[str] = []
+        for item_id in ids:
+            owner = self._cache.get(item_id)
+            if owner is None:
+                missing.append(item_id)
+            else:
+                found[item_id] = owner
+        if missing:
+            try:
+                stored = await self.store.owners(missing)
+            except StoreUnavailable as error:
+                raise self._failed(error, "lookup") from None
+            for item_id, owner in stored.items():
+                self._remember(item_id, owner)
+            found.update(stored)
+        return found
+
+    async def claim(self, item_id: str, user_id: str) -> str:
+        """Record `user_id` as the owner unless the id has one; the owner on record after."""
+        owner = self._cache.get(item_id)
+        if owner is not None:
+            return owner
+        try:
+            owner = await self.store.claim(item_id, user_id)
+        except StoreUnavailable as error:
+            raise self._failed(error, "record") from None
+        self._remember(item_id, owner)
+        return owner
+
+    async def release(self, item_id: str, user_id: str) -> None:
+        """Forget the record of a deleted id (best effort: a record left behind names its owner still)."""
+        self._cache.pop(item_id, None)
+        try:
+            await self.store.release(item_id, user_id)
+        except StoreUnavailable as error:
+            self._failed(error, "removal")

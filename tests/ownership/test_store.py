@@ -1,0 +1,211 @@
+"""The owner stores: a record is made once and never overwritten, lookups, removal by the owner
+only, persistence (SQLite file, a real `redis-server`), and failures surfacing as `StoreUnavailable`."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from gateway.config import OwnershipConfig
+from gateway.ownership import Owners, OwnerStore, StoreUnavailable, open_store
+from gateway.ownership.store import MemoryStore, RedisStore, SQLiteStore
+from tests.support.procs import free_port
+
+if TYPE_CHECKING:
+    from tests.support.redis import RedisServer
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OwnerStore]:
+    made: OwnerStore
+    if request.param == "memory":
+        made = MemoryStore()
+    elif request.param == "sqlite":
+        made = SQLiteStore(str(tmp_path / "owners.sqlite3"))
+    else:
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        made = RedisStore(redis_server.url)
+    await made.start()
+    try:
+        yield made
+    finally:
+        await made.aclose()
+
+
+def new_id() -> str:
+    # The Redis store is shared by the session: ids of their own keep tests apart.
+    return f"thr_{uuid.uuid4().hex}"
+
+
+@pytest.mark.anyio
+async def test_the_first_claim_wins_and_is_never_overwritten(store: OwnerStore) -> None:
+    thread = new_id()
+    assert await store.claim(thread, "alice") == "alice"
+    assert await store.claim(thread, "bob") == "alice"
+    assert await store.claim(thread, "alice") == "alice"
+    assert await store.owners([thread]) == {thread: "alice"}
+
+
+@pytest.mark.anyio
+async def test_lookups_answer_only_the_ids_on_record(store: OwnerStore) -> None:
+    mine, yours, nobodys = new_id(), new_id(), new_id()
+    await store.claim(mine, "alice")
+    await store.claim(yours, "bob")
+    assert await store.owners([mine, nobodys, yours]) == {mine: "alice", yours: "bob"}
+    assert await store.owners([]) == {}
+
+
+@pytest.mark.anyio
+async def test_a_record_is_released_by_its_owner_only(store: OwnerStore) -> None:
+    thread = new_id()
+    await store.claim(thread, "alice")
+    await store.release(thread, "bob")
+    assert await store.owners([thread]) == {thread: "alice"}
+    await store.release(thread, "alice")
+    assert await store.owners([thread]) == {}
+    assert await store.claim(thread, "bob") == "bob"
+
+
+@pytest.mark.anyio
+async def test_many_ids_are_looked_up_at_once(store: OwnerStore) -> None:
+    ids = [new_id() for _ in range(1200)]  # more than one SQLite query's worth
+    for item_id in ids[::3]:
+        await store.claim(item_id, "alice")
+    assert await store.owners(ids) == dict.fromkeys(ids[::3], "alice")
+
+
+@pytest.mark.anyio
+async def test_sqlite_records_survive_a_new_store_on_the_same_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "owners.sqlite3")
+    first = SQLiteStore(path)
+    await first.start()
+    await first.claim("thr_1", "alice")
+    await first.aclose()
+    second = SQLiteStore(path)
+    await second.start()
+    try:
+        assert await second.owners(["thr_1"]) == {"thr_1": "alice"}
+        assert await second.claim("thr_1", "bob") == "alice"
+    finally:
+        await second.aclose()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+@pytest.mark.anyio
+async def test_two_sqlite_stores_on_one_file_agree_on_the_first_owner(tmp_path: Path) -> None:
+    path = str(tmp_path / "owners.sqlite3")
+    one, two = SQLiteStore(path), SQLiteStore(path)
+    await one.start()
+    await two.start()
+    try:
+        assert await one.claim("thr_1", "alice") == "alice"
+        assert await two.claim("thr_1", "bob") == "alice"
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
+@pytest.mark.anyio
+async def test_two_redis_stores_share_records(redis_server: RedisServer) -> None:
+    one, two = RedisStore(redis_server.url), RedisStore(redis_server.url)
+    thread = new_id()
+    try:
+        assert await one.claim(thread, "alice") == "alice"
+        assert await two.claim(thread, "bob") == "alice"
+        await two.release(thread, "alice")
+        assert await one.owners([thread]) == {}
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
+@pytest.mark.anyio
+async def test_an_unreachable_redis_raises_store_unavailable_and_is_skipped_for_a_moment() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with pytest.raises(StoreUnavailable) as first:
+            await store.ping()
+        assert first.value.reason == "ConnectionError"
+        # Within the retry pause, a call fails at once without trying the network again.
+        with pytest.raises(StoreUnavailable, match="skipped after a recent failure"):
+            await store.claim("thr_1", "alice")
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_an_unusable_sqlite_path_raises_store_unavailable(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "missing-folder" / "owners.sqlite3"))
+    try:
+        with pytest.raises(StoreUnavailable) as raised:
+            await store.start()
+        assert raised.value.reason == "OperationalError"
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_owners_are_cached_after_the_first_lookup(tmp_path: Path) -> None:
+    """A cached answer never reaches the store again: removed behind the gateway's back, the
+    record is still known, because owners never change."""
+    path = tmp_path / "owners.sqlite3"
+    owners = Owners(SQLiteStore(str(path)), cache_size=10)
+    await owners.start()
+    try:
+        await owners.store.claim("thr_1", "alice")
+        assert await owners.owners_of(["thr_1", "thr_2"]) == {"thr_1": "alice"}
+        with sqlite3.connect(path) as db:
+            db.execute("DELETE FROM owners")
+        assert await owners.owners_of(["thr_1"]) == {"thr_1": "alice"}
+        assert owners.cached("thr_2") is None  # absent records are not cached
+    finally:
+        await owners.aclose()
+
+
+@pytest.mark.anyio
+async def test_the_cache_keeps_at_most_its_size_and_forgets_released_ids() -> None:
+    store = MemoryStore()
+    owners = Owners(store, cache_size=2)
+    for n in range(3):
+        await owners.claim(f"thr_{n}", "alice")
+    assert [owners.cached(f"thr_{n}") for n in range(3)] == [None, "alice", "alice"]
+    await owners.release("thr_2", "alice")
+    assert owners.cached("thr_2") is None
+    assert await store.owners(["thr_2"]) == {}
+
+
+@pytest.mark.anyio
+async def test_store_failures_are_reported_and_become_ownership_unavailable() -> None:
+    from gateway.errors import OwnershipUnavailable
+
+    reasons: list[str] = []
+    owners = Owners(RedisStore(f"redis://127.0.0.1:{free_port()}/0"), cache_size=10, on_store_error=reasons.append)
+    try:
+        await owners.start()  # never raises: readiness reports it
+        with pytest.raises(OwnershipUnavailable):
+            await owners.claim("thr_1", "alice")
+        with pytest.raises(OwnershipUnavailable):
+            await owners.owners_of(["thr_1"])
+        await owners.release("thr_1", "alice")  # best effort: reported, not raised
+        assert await owners.problem() == "the ownership store (redis) cannot be reached"
+        assert len(reasons) == 5
+    finally:
+        await owners.aclose()
+
+
+@pytest.mark.parametrize(
+    ("settings", "kind"),
+    [
+        pytest.param({}, SQLiteStore, id="sqlite-by-default"),
+        pytest.param({"store": "memory"}, MemoryStore, id="memory"),
+        pytest.param({"store": "redis", "redis_url": "redis://127.0.0.1:1/0"}, RedisStore, id="redis"),
+    ],
+)
+def test_the_configured_store_is_opened(settings: dict[str, str], kind: Callable[..., object]) -> None:
+    assert isinstance(open_store(OwnershipConfig.model_validate(settings)), kind)  # type: ignore[arg-type]
