@@ -22,7 +22,8 @@ $(STAMP): requirements/dev.lock pyproject.toml
 venv: $(STAMP)
 
 # npm packages the tests start with node (oidc-provider: an OAuth authorization server for token
-# exchange, an OpenID provider for back-channel logout), exactly as locked.
+# exchange, an OpenID provider for back-channel logout; chatkit-node-backend-sdk: a ChatKit backend
+# on Node for the conformance suite), exactly as locked.
 NODE_DIR   := tests/support/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json

@@ -28,6 +28,7 @@ is one class and one line in `create_app`'s routes:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import time
@@ -50,7 +51,7 @@ __all__ = ["Endpoint"]
 logger = logging.getLogger("chatkit_gateway")
 
 
-class Endpoint:
+class Endpoint(abc.ABC):
     """The base of the gateway's endpoints: `handle` does the work, `__call__` the rest."""
 
     route: str = "-"  # the name the access log and the metrics use
@@ -83,9 +84,9 @@ class Endpoint:
         finally:
             self.observer.finish(exchange)
 
+    @abc.abstractmethod
     async def handle(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
         """Answer the request, filling in `exchange`; raise a `GatewayError` to refuse it."""
-        raise NotImplementedError
 
 
 async def _answer(send: Send, error: GatewayError, request_id: str) -> None:
