@@ -3,7 +3,12 @@
 Owners never change: a record is made once and only ever removed (when its thread or attachment
 is deleted). So a positive answer, `id -> owner`, may be cached for as long as the process lives,
 and a cached check costs a dict lookup; only ids not yet seen by this process reach the store.
-Absent records are never cached: another replica may record the id a moment later.
+Absent records are not cached for checks: another replica may record the id a moment later, and
+its owner must get in at once. Listing alone remembers an absence, for `ABSENT_SECONDS`: a
+`threads.list` answer names the same threads over and over, and threads made outside the gateway
+have no owner until one presents their id, so without it every list would reach the store. The
+price is that a thread recorded on another replica within those seconds can be missing from its
+owner's list on this one for that long (it is never shown to anyone else).
 
 Deletion and the cache: a replica evicts its own entry when it relays a successful delete; other
 replicas keep theirs until it falls out of their cache. That entry still names the id's one and
@@ -31,6 +36,7 @@ __all__ = ["Owners"]
 logger = logging.getLogger("chatkit_gateway.ownership")
 
 WARNING_INTERVAL_SECONDS = 5.0
+ABSENT_SECONDS = 5.0
 
 
 class Owners:
@@ -41,6 +47,7 @@ class Owners:
     ) -> None:
         self.store = store
         self._cache: dict[str, str] = {}
+        self._absent: dict[str, float] = {}  # id -> monotonic time until which it counts as unowned
         self._cache_size = cache_size
         self._on_store_error = on_store_error
         self._next_warning = -math.inf
@@ -56,6 +63,14 @@ class Owners:
             # fetched again from the store once.
             del self._cache[next(iter(self._cache))]
         self._cache[item_id] = owner
+        self._absent.pop(item_id, None)
+
+    def _remember_absent(self, item_id: str, until: float) -> None:
+        if not self._cache_size:
+            return
+        if len(self._absent) >= self._cache_size:
+            del self._absent[next(iter(self._absent))]
+        self._absent[item_id] = until
 
     def _failed(self, error: StoreUnavailable, during: str) -> OwnershipUnavailable:
         if self._on_store_error is not None:
@@ -92,16 +107,18 @@ class Owners:
             return f"the ownership store ({self.store.name}) cannot be reached"
         return None
 
-    async def owners_of(self, ids: Sequence[str]) -> dict[str, str]:
-        """The recorded owners of those of `ids` that have one."""
+    async def owners_of(self, ids: Sequence[str], *, for_listing: bool = False) -> dict[str, str]:
+        """The recorded owners of those of `ids` that have one. `for_listing`: an id found unowned
+        a moment ago counts as unowned still (see the module's docstring)."""
         found: dict[str, str] = {}
         missing: list[str] = []
+        now = time.monotonic()
         for item_id in ids:
             owner = self._cache.get(item_id)
-            if owner is None:
-                missing.append(item_id)
-            else:
+            if owner is not None:
                 found[item_id] = owner
+            elif not (for_listing and self._absent.get(item_id, 0.0) > now):
+                missing.append(item_id)
         if missing:
             try:
                 stored = await self.store.owners(missing)
@@ -110,6 +127,10 @@ class Owners:
             for item_id, owner in stored.items():
                 self._remember(item_id, owner)
             found.update(stored)
+            if for_listing:
+                for item_id in missing:
+                    if item_id not in stored:
+                        self._remember_absent(item_id, now + ABSENT_SECONDS)
         return found
 
     async def claim(self, item_id: str, user_id: str) -> str:

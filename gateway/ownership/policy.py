@@ -157,7 +157,7 @@ class OwnershipPolicy:
             return body
         threads: list[Any] = page["data"]
         ids = [_thread_id(thread) for thread in threads]
-        owners = await self.owners.owners_of([item_id for item_id in ids if item_id])
+        owners = await self.owners.owners_of([item_id for item_id in ids if item_id], for_listing=True)
         kept = [thread for thread, item_id in zip(threads, ids, strict=True) if owners.get(item_id) == user_id]
         if len(kept) == len(threads):
             return body  # the backend's bytes, as they came

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -93,3 +94,32 @@ async def test_a_list_keeps_only_the_users_threads_and_everything_else() -> None
 )
 async def test_a_list_answer_it_cannot_read_or_need_not_change_passes_as_it_came(body: bytes) -> None:
     assert await (await policy()).filter_list("alice", body) == body
+
+
+class CountingStore(MemoryStore):
+    """The memory store, counting the ids each lookup asks for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    async def owners(self, ids: Sequence[str]) -> dict[str, str]:
+        self.asked.extend(ids)
+        return await super().owners(ids)
+
+
+@pytest.mark.anyio
+async def test_a_list_asks_the_store_about_an_unowned_thread_once_while_checks_always_ask() -> None:
+    store = CountingStore()
+    owners = Owners(store, cache_size=100)
+    listing = OwnershipPolicy(OwnershipConfig.model_validate({"unknown": "deny"}), owners)
+    body = json.dumps({"data": [{"id": "thr_nobody"}], "has_more": False}).encode()
+    for _ in range(3):
+        assert json.loads(await listing.filter_list("alice", body))["data"] == []
+    assert store.asked == ["thr_nobody"]  # the absence is remembered for listing
+    for _ in range(2):
+        assert await owners.owners_of(["thr_nobody"]) == {}
+    assert store.asked == ["thr_nobody"] * 3  # a check never trusts a remembered absence
+    # Once recorded (here, on this replica), the owner sees the thread in the list at once.
+    assert await owners.claim("thr_nobody", "alice") == "alice"
+    assert json.loads(await listing.filter_list("alice", body))["data"] == [{"id": "thr_nobody"}]
