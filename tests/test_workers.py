@@ -116,6 +116,12 @@ def workers_config(backend: Backend, idp: LoopbackIdP, **server: Any) -> dict[st
 @pytest.fixture
 def two_workers(backend: Backend, session_idp: LoopbackIdP) -> Iterator[RunningGateway]:
     with start_gateway(workers_config(backend, session_idp, shutdown_grace_seconds=2)) as gateway:
+        # `/readyz` answers once one worker is ready; the tests need both (a worker that dies
+        # before it was ever ready stops the gateway instead of being replaced).
+        workers = children(gateway.process.pid)
+        assert len(workers) == 2
+        for pid in workers:
+            wait_for_log(gateway, f"(pid {pid}) ready")
         yield gateway
 
 
