@@ -46,6 +46,7 @@ import httpx
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .backend_sdk import body_sha256
 from .body import read_body
 from .chatkit import parse_chatkit_request, require_json_content_type, rewrite_body
 from .clock import SYSTEM_CLOCK, Clock
@@ -129,15 +130,24 @@ class ChatKitEndpoint(Endpoint):
         exchange.user_id, exchange.source = identity.user_id, principal.source
         # Steps 4 and 5.
         rewritten = await self._rewrite(receive, headers, identity, exchange)
+        tokens = self.runtime.tokens
+        # The signed identity and the assertion both bind the body: one hash for the two.
+        digest = body_sha256(rewritten.body) if tokens is not None and tokens.assertions else None
         upstream_headers = self.runtime.outbound.chatkit_headers(
-            scope, exchange.request_id, principal, identity, metadata=rewritten.injected, body=rewritten.body
+            scope,
+            exchange.request_id,
+            principal,
+            identity,
+            metadata=rewritten.injected,
+            body=rewritten.body,
+            body_digest=digest,
         )
         if exchange.trace is not None:
             upstream_headers.extend(exchange.trace.upstream_headers("POST", *self.runtime.upstream.endpoint))
-        if self.runtime.tokens is not None:
+        if tokens is not None:
             # The assertion and tool tokens (`tokens/`); an exchange at the IdP may fail (502) here.
-            upstream_headers += await self.runtime.tokens.chatkit_headers(
-                principal, identity, exchange.request_id, rewritten.body
+            upstream_headers += await tokens.chatkit_headers(
+                principal, identity, exchange.request_id, rewritten.body, digest
             )
         # Step 6.
         plan = rewritten.plan

@@ -143,13 +143,17 @@ def _check_metadata_identity(value: Mapping[str, Any], where: str) -> None:
         raise InvalidIdentity(f"{where} has no string requestId")
 
 
-def sign_identity(identity: Mapping[str, Any], secret: Secret, *, body: bytes | None = None) -> str:
+def sign_identity(
+    identity: Mapping[str, Any], secret: Secret, *, body: bytes | None = None, body_digest: str | None = None
+) -> str:
     """The `X-ChatKit-Identity` value for `identity` (`userId`, `userInfo`, `pageContext`,
     `requestId`, `issuer`) bound to `body`, the exact bytes sent with it (None: a streamed upload,
-    signed with `bodySha256: null`)."""
+    signed with `bodySha256: null`). `body_digest`: its `body_sha256`, when already computed."""
     payload = {key: identity.get(key) for key in METADATA_KEYS}
     payload["issuer"] = identity.get("issuer")
-    payload["bodySha256"] = None if body is None else body_sha256(body)
+    if body_digest is None and body is not None:
+        body_digest = body_sha256(body)
+    payload["bodySha256"] = body_digest
     try:
         checked = _checked_identity(payload, "identity")
     except InvalidIdentity as exc:

@@ -158,13 +158,18 @@ class Outbound:
         *,
         metadata: Mapping[str, object],
         body: bytes,
+        body_digest: str | None = None,
     ) -> Headers:
         """The headers of the rewritten ChatKit request. The body was re-encoded: it goes upstream
         as what it now is, whatever the client said (a charset, a second Content-Type, one named
-        in Connection)."""
+        in Connection). `body_digest`: the body's SHA-256, when the caller has it already."""
         result = self.base_headers(scope, request_id, allow=self.body_allow)
         result.append(JSON_CONTENT_TYPE)
-        result.extend(self.identity_headers(principal, identity, request_id, metadata=metadata, body=body))
+        result.extend(
+            self.identity_headers(
+                principal, identity, request_id, metadata=metadata, body=body, body_digest=body_digest
+            )
+        )
         return result
 
     def upload_headers(
@@ -215,6 +220,7 @@ class Outbound:
         *,
         metadata: Mapping[str, object] | None = None,
         body: bytes | None = None,
+        body_digest: str | None = None,
     ) -> Headers:
         """`X-User-Id`, `X-User-Email`, the signed `X-ChatKit-Identity`, the forwarded token.
 
@@ -228,7 +234,7 @@ class Outbound:
         if secret is not None:
             if metadata is None:
                 metadata = {"userId": identity.user_id, "userInfo": identity.user_info(), "requestId": request_id}
-            signed = sign_identity({**metadata, "issuer": identity.issuer}, secret, body=body)
+            signed = sign_identity({**metadata, "issuer": identity.issuer}, secret, body=body, body_digest=body_digest)
             result.append((IDENTITY_HEADER_NAME, signed.encode("ascii")))
         if self.forward_access_token:
             result.append((b"authorization", b"Bearer " + principal.token.encode("ascii")))

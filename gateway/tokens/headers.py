@@ -69,21 +69,23 @@ class TokenHeaders:
             self.client = None
 
     def _assertion(
-        self, principal: Principal, identity: Identity, request_id: str, body: bytes | None
+        self, principal: Principal, identity: Identity, request_id: str, digest: str | None
     ) -> tuple[bytes, bytes]:
-        digest = None if body is None else body_digest(body)
         token = self.minter.assertion(
             identity.user_id, identity.name, identity.email, principal.issuer, request_id, digest
         )
         return ASSERTION_HEADER, token.encode("ascii")
 
-    async def chatkit_headers(self, principal: Principal, identity: Identity, request_id: str, body: bytes) -> Headers:
-        """The tokens of one upstream ChatKit request whose body is exactly `body`.
+    async def chatkit_headers(
+        self, principal: Principal, identity: Identity, request_id: str, body: bytes, digest: str | None = None
+    ) -> Headers:
+        """The tokens of one upstream ChatKit request whose body is exactly `body` (`digest`: its
+        `body_digest`, when the caller has it already).
 
         Raises `TokenExchangeFailed` when an exchanged token cannot be had."""
         result: Headers = []
         if self.assertions:
-            result.append(self._assertion(principal, identity, request_id, body))
+            result.append(self._assertion(principal, identity, request_id, digest or body_digest(body)))
         minter, user_id = self.minter, identity.user_id
         for header, resource in zip(self._minted_names, self._minted, strict=True):
             result.append((header, minter.tool_token(user_id, resource).encode("ascii")))

@@ -45,12 +45,18 @@ def tokens_gateway(
     *,
     port: int | None = None,
     log_level: str = "info",
+    upstream: Mapping[str, Any] | None = None,
     **settings: Any,
 ) -> Iterator[RunningGateway]:
     """A gateway whose `tokens.issuer` is its own URL (so discovery points back at it)."""
     port = port or free_port()
     issuer = f"http://127.0.0.1:{port}"
-    overrides = {"tokens": tokens_section(issuer, key_file, **settings), "logging": {"level": log_level}}
+    overrides: dict[str, Any] = {
+        "tokens": tokens_section(issuer, key_file, **settings),
+        "logging": {"level": log_level},
+    }
+    if upstream is not None:
+        overrides["upstream"] = dict(upstream)
     config = gateway_config(backend.url, idp, overrides)
     with start_gateway(config, port=port) as running:
         yield running

@@ -14,6 +14,7 @@ import jwt
 import pytest
 import tomli_w
 
+from gateway.backend_sdk import verify_identity
 from gateway.outbound import FORWARDED_BODY_HEADERS, FORWARDED_UPLOAD_HEADERS, upstream_request_headers
 from tests.support.fixtures import Backend
 from tests.support.gateway import RunningGateway, bearer, gateway_config
@@ -33,6 +34,8 @@ from tests.tokens.setup import (
     user,
 )
 
+IDENTITY_SECRET = "an-identity-secret-of-at-least-32-bytes"
+
 FORGED = {
     "X-ChatKit-Assertion": "forged.assertion.value",
     "X-ChatKit-Token-crm": "forged.crm.token",
@@ -46,7 +49,9 @@ def gateway_with_tokens(
 ) -> Iterator[RunningGateway]:
     key_file = new_key_file(tmp_path_factory.mktemp("keys"))
     # At debug level: no line at any level may carry a token.
-    with tokens_gateway(backend, session_idp, key_file, log_level="debug") as running:
+    # With the signed identity too: it and the assertion bind the same body (one hash for both).
+    upstream = {"identity_secret": IDENTITY_SECRET}
+    with tokens_gateway(backend, session_idp, key_file, log_level="debug", upstream=upstream) as running:
         yield running
 
 
@@ -93,6 +98,8 @@ def test_the_assertion_verifies_from_the_jwks_and_is_bound_to_the_body_the_backe
     assert isinstance(claims["exp"], int) and isinstance(claims["iat"], int)
     assert 0 < claims["exp"] - claims["iat"] <= 60
     assert claims["jti"]
+    signed = verify_identity(one_header(request, "x-chatkit-identity"), IDENTITY_SECRET, body=request["body"].encode())
+    assert signed["bodySha256"] == claims["chatkit"]["bodySha256"]  # type: ignore[index]
 
 
 def test_tool_tokens_are_per_resource_and_refused_by_other_audiences(
