@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx
 
-from tests.support.procs import PROJECT_ROOT, free_port, process_log, start_process, stop_process
+from tests.support.procs import PROJECT_ROOT, free_port, node_openid_server, process_log
 
 SERVER_SCRIPT = PROJECT_ROOT / "tests" / "support" / "node" / "oidc_logout_server.mjs"
 CLIENT_ID = "chatkit-gateway"
@@ -97,13 +97,5 @@ def start_openid_provider(backchannel_logout_uri: str) -> Iterator[OpenIDProvide
         "redirect_uri": REDIRECT_URI,
         "backchannel_logout_uri": backchannel_logout_uri,
     }
-    url = f"http://127.0.0.1:{port}"
-    proc = start_process(
-        ["node", str(SERVER_SCRIPT), json.dumps(settings)],
-        ready_url=f"{url}/.well-known/openid-configuration",
-        timeout=30,
-    )
-    try:
+    with node_openid_server(SERVER_SCRIPT, settings) as (url, proc):
         yield OpenIDProvider(url=url, process=proc)
-    finally:
-        stop_process(proc)

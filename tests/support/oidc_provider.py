@@ -8,7 +8,6 @@ oidc-provider's own `registerGrantType`; `make test` installs the locked npm pac
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.procs import PROJECT_ROOT, free_port, process_log, start_process, stop_process
+from tests.support.procs import PROJECT_ROOT, free_port, node_openid_server, process_log
 
 SERVER_SCRIPT = PROJECT_ROOT / "tests" / "support" / "node" / "oidc_server.mjs"
 
@@ -61,13 +60,5 @@ def start_authorization_server(
         "clients": [{"client_id": cid, "client_secret": secret} for cid, secret in clients.items()],
         "resources": resources,
     }
-    url = f"http://127.0.0.1:{port}"
-    proc = start_process(
-        ["node", str(SERVER_SCRIPT), json.dumps(settings)],
-        ready_url=f"{url}/.well-known/openid-configuration",
-        timeout=30,
-    )
-    try:
+    with node_openid_server(SERVER_SCRIPT, settings) as (url, proc):
         yield AuthorizationServer(url=url, process=proc)
-    finally:
-        stop_process(proc)

@@ -7,6 +7,7 @@ Each process runs from the project root with stdout and stderr in its own tempor
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,8 +15,10 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -104,3 +107,17 @@ def stop_process(proc: subprocess.Popen[bytes]) -> int:
     if path is not None:
         Path(path).unlink(missing_ok=True)
     return proc.returncode
+
+
+@contextmanager
+def node_openid_server(script: Path, settings: dict[str, Any]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A node `oidc-provider` script of tests/support/node on loopback, given its JSON settings
+    (with `port`); (its URL, its process) once its discovery document answers, stopped after."""
+    url = f"http://127.0.0.1:{settings['port']}"
+    proc = start_process(
+        ["node", str(script), json.dumps(settings)], ready_url=f"{url}/.well-known/openid-configuration", timeout=30
+    )
+    try:
+        yield url, proc
+    finally:
+        stop_process(proc)
