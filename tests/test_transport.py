@@ -79,8 +79,11 @@ def test_the_reason_phrase_is_the_one_the_upstream_sent_even_in_pieces(run: Call
         async with serving(answer) as url:
             client = upstream(url)
             try:
-                response, body = await client.send_json(url, [], b'{"type":"threads.list","params":{}}')
-                return response.reason_phrase, response.status_code, body
+                reply = await client.send_json(url, [], b'{"type":"threads.list","params":{}}')
+                async with httpx.AsyncClient(transport=HTTP11Transport()) as direct:
+                    response = await direct.post(url, content=b"{}")
+                assert (response.status_code, response.content) == (reply.status, reply.body)
+                return response.reason_phrase, reply.status, reply.body
             finally:
                 await client.aclose()
 
