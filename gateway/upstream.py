@@ -80,22 +80,26 @@ class Gate:
         return False
 
     async def take(self, deadline: float) -> None:
-        """Wait for a place until `deadline` (loop time); `TimeoutError` beyond it."""
+        """Wait for a place until `deadline` (loop time); `TimeoutError` beyond it. The deadline is
+        one timer on the waiter, not an `asyncio.timeout` context around the wait."""
         if self.try_take():
             return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
+        timer = loop.call_at(deadline, _expire, waiter)
         try:
-            async with asyncio.timeout_at(deadline):
-                await waiter
+            await waiter
         except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # handed a place just as the wait ended: the next one gets it
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release()  # handed a place just as the wait was cancelled: the next one gets it
             else:
                 waiter.cancel()
-                if waiter in self._waiters:  # `release` may have dropped it already, cancelled
+                if waiter in self._waiters:  # `release` may have dropped it already, done
                     self._waiters.remove(waiter)
             raise
+        finally:
+            timer.cancel()
 
     def release(self) -> None:
         """A place back: to the first waiter still waiting, else to the free ones."""
@@ -106,6 +110,11 @@ class Gate:
                 waiter.set_result(None)
                 return
         self._free += 1
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class Upstream:
