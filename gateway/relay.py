@@ -195,10 +195,12 @@ async def _send_head(status: int, raw_headers: Headers, send: Send, extra_header
     if extra_headers:
         headers.extend(extra_headers)
     await send({"type": "http.response.start", "status": status, "headers": headers})
+    if not sse:
+        return False, False
     # An encoded stream (gzip, say) is relayed as the upstream's bytes under its own label: a
     # heartbeat or an error event written into it would corrupt it.
     encoding = header_value(raw_headers, b"content-encoding")
-    return sse, sse and (encoding is None or encoding.strip().lower() == b"identity")
+    return True, encoding is None or encoding.strip().lower() == b"identity"
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
