@@ -4,7 +4,11 @@ Chosen by measurement: httpx's default transport (httpcore) cost about 5x its CP
 httpx-aiohttp 1.4-1.7x (docs/architecture.md, "The upstream transport"). The gateway's needs are
 narrow: one or a few upstream origins, HTTP/1.1, keep-alive, bodies streamed both ways. This
 transport does exactly that, under httpx's `transport=` seam, so the client API stays httpx's and
-every other module is unchanged; `tests/conformance/` holds it to httpcore's answers:
+every other module is unchanged; `tests/conformance/` holds it to httpcore's answers. Its
+`exchange` method is the same exchange without httpx's request and response objects (method,
+target, header list, body and bounds in; status, lower-cased header list and body out): the one
+`handle_async_request` wraps, and the one the gateway's small-JSON path calls (a tenth of that
+request's CPU went to httpx's objects, docs/performance.md). What it does:
 
 - one `asyncio.Protocol` per connection, parsed by httptools (the C parser uvicorn uses);
 - idle connections kept per origin, most recent first, at most `max_keepalive` of them, dropped
@@ -13,15 +17,16 @@ every other module is unchanged; `tests/conformance/` holds it to httpcore's ans
   slow client slows the upstream instead of growing a buffer;
 - the keep-alive race (a reused connection the server closed as the request went out) is retried
   once on a new connection when that cannot run the request twice: nothing had been written, or
-  the request is replayable (an idempotent method, or marked by `exchange_extensions(replayable=True)`,
-  which the gateway does for read-only ChatKit ops) with its body in hand and not a byte of answer came;
+  the request is replayable (an idempotent method, or marked by `exchange_extensions(replayable=True)`
+  or `exchange(replayable=True)`, as the gateway does for read-only ChatKit ops) with its body in
+  hand and not a byte of answer came;
 - an answer that arrives while the request body is still going out (a 413 or 403 before the
   backend read an upload) stops the upload and is relayed (RFC 9112 9.5), even when the backend
   then resets the connection;
-- timeouts from the request's extensions, made by `exchange_extensions`: httpx's `timeout`
-  (`connect`; `read`, the longest silence allowed once the response has started) and this
-  transport's own head deadline, the loop time (`loop.time()`) by which the response's status and
-  headers must have arrived;
+- timeouts from the request's extensions, made by `exchange_extensions` (or `exchange`'s
+  arguments): httpx's `timeout` (`connect`; `read`, the longest silence allowed once the response
+  has started) and this transport's own head deadline, the loop time (`loop.time()`) by which the
+  response's status and headers must have arrived;
 - TLS with the one `ssl.SSLContext` it is given (made at start-up, `tls.py`), and `server_name`
   for SNI and the certificate check.
 

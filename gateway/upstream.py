@@ -3,10 +3,10 @@
 Requests go straight to two httpx transports (the gateway's own, `transport.py`, unless the app
 was given another), made once with the app:
 
-- the **JSON transport** serves ops that answer one JSON object. An `asyncio.Semaphore` of
-  `upstream.max_connections` admits them, which bounds the backend connections they hold; a wait
-  for it counts against the response deadline. A small answer is read whole and sent to the
-  client in one message;
+- the **JSON transport** serves ops that answer one JSON object. A `Gate` of
+  `upstream.max_connections` places admits them, which bounds the backend connections they hold;
+  a wait for it counts against the response deadline. A small answer is read whole and sent to
+  the client in one message;
 - the **stream transport** serves ops that stream, and uploads. A stream may be quiet for minutes
   while a tool runs, so its silence bound is its own (`upstream.stream_idle_timeout`);
   `upstream.max_streams` caps how many are open (503 beyond it: `streams.py`).
@@ -16,9 +16,11 @@ deadline); TLS with the one context `tls.py` makes at start-up. The request goes
 `transport.handle_async_request` itself, without an `httpx.AsyncClient` around it: the gateway
 used none of what a client adds (redirects are not followed, there is no auth flow, no cookie jar,
 no proxy or `.netrc` from the environment) and its layers were a tenth of a request's CPU
-(docs/performance.md). Every httpx exception is translated here, in `Upstream._open` (and, for a
-small JSON body, in `send_json`), into a `GatewayError`. The answer goes back to the client
-through `relay.py`.
+(docs/performance.md). On the gateway's own transport, a JSON op goes further: through the
+transport's `exchange` entry point, without httpx's request and response objects at all (the
+"Third round" there). Every httpx exception is translated here (`_exchange_error` before the
+response head, `_body_error` for a small body read whole) into a `GatewayError`. The answer goes
+back to the client through `relay.py`.
 """
 
 from __future__ import annotations
