@@ -64,9 +64,9 @@ class UpstreamAnswer(NamedTuple):
 
 
 class Gate:
-    """`upstream.max_connections` places for JSON exchanges (as an `asyncio.Semaphore`, first come
-    first served), taken without a coroutine or a timeout context when one is free: the
-    benchmark's JSON requests nearly always find one (docs/performance.md, "Third round")."""
+    """`upstream.max_connections` places for JSON exchanges, first come first served (as the
+    `asyncio.Semaphore` it replaces), taken without a coroutine or a timeout context when one is
+    free, and waited for under one timer when none is (docs/performance.md, "Third round")."""
 
     __slots__ = ("_free", "_waiters")
 
