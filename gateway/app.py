@@ -61,7 +61,7 @@ from .observe import Exchange
 from .outbound import request_id_from
 from .ownership import AnswerPlan
 from .probes import browser_helper_endpoint, healthz, metrics_endpoint, readyz_endpoint
-from .relay import RelayOutcome, StreamStop, relay_response, stream_error_event
+from .relay import RelayOutcome, StreamStop, relay_body, relay_response, stream_error_event
 from .responses import send_error
 from .revocation.admin import AdminEndpoint
 from .revocation.backchannel import BackchannelLogoutEndpoint
@@ -223,7 +223,8 @@ class ChatKitEndpoint(Endpoint):
         upstream = self.runtime.upstream
         if not request.streaming:
             return await upstream.send_json(upstream.url, headers, request.body, replayable=request.read_only)
-        return UpstreamAnswer(await upstream.send_stream(upstream.url, headers, request.body), None)
+        response = await upstream.send_stream(upstream.url, headers, request.body)
+        return UpstreamAnswer(response.status_code, [], None, response)
 
     async def _relay(
         self,
@@ -236,18 +237,23 @@ class ChatKitEndpoint(Endpoint):
     ) -> None:
         """Step 6, continued: relay the answer (small JSON whole, anything else as it arrives); a
         stream gets the heartbeat and ends when `stop` does."""
-        response, small_body = answer
+        status, headers, body, response = answer
         if exchange.trace is not None:
-            exchange.trace.upstream_answered(response.status_code)
+            exchange.trace.upstream_answered(status)
         extra = [(b"x-request-id", exchange.request_id.encode("ascii"))]
         outcome = RelayOutcome()
         ownership = self.runtime.ownership
         try:
             if stop is None:
                 if plan is not None:
-                    small_body = await self._owned_answer(plan, response, small_body)
-                await relay_response(response, send, receive, body=small_body, extra_headers=extra, outcome=outcome)
+                    body, headers = await self._owned_answer(plan, answer)
+                if body is not None:
+                    await relay_body(status, headers, body, send, extra_headers=extra, outcome=outcome)
+                else:
+                    assert response is not None  # an answer without its body in hand streams
+                    await relay_response(response, send, receive, extra_headers=extra, outcome=outcome)
             else:
+                assert response is not None
                 heartbeat = self.config.upstream.heartbeat_seconds
                 await relay_response(
                     response,
@@ -262,19 +268,39 @@ class ChatKitEndpoint(Endpoint):
         finally:
             exchange.record(outcome)
 
-    async def _owned_answer(self, plan: AnswerPlan, response: httpx.Response, body: bytes | None) -> bytes | None:
+    async def _owned_answer(self, plan: AnswerPlan, answer: UpstreamAnswer) -> tuple[bytes | None, Headers]:
         """A JSON answer as ownership lets it go: its new id recorded, or a list filtered (read whole
-        for that), or a deleted id's record removed."""
+        for that), or a deleted id's record removed; with the headers it goes out with."""
+        status, headers, body, response = answer
         ownership = self.runtime.ownership
         if ownership is None:
-            return body
+            return body, headers
         if body is None and plan.reads_answer:
+            assert response is not None
             body = await read_answer(response, MAX_READ_ANSWER_BYTES)
-        answer = await ownership.answer(plan, response.status_code, body)
-        if answer is not None and (plan.reads_answer or answer is not body):
+        result = await ownership.answer(plan, status, body)
+        if result is not None and (plan.reads_answer or result is not body):
             # The body goes out whole, maybe shorter (a filtered list): its own length.
-            response.headers["content-length"] = str(len(answer))
-        return answer
+            headers = with_content_length(headers, len(result))
+        return result, headers
+
+
+def with_content_length(headers: Headers, length: int) -> Headers:
+    """`headers` (lower-cased) with one `content-length` of `length`, where the first one was (the
+    others dropped), or last when there was none."""
+    value = b"%d" % length
+    result: Headers = []
+    placed = False
+    for name, item in headers:
+        if name == b"content-length":
+            if not placed:
+                result.append((name, value))
+                placed = True
+            continue
+        result.append((name, item))
+    if not placed:
+        result.append((b"content-length", value))
+    return result
 
 
 async def not_found(scope: Scope, receive: Receive, send: Send) -> None:

@@ -37,6 +37,7 @@ HOP_BY_HOP_HEADERS = frozenset(
 DROPPED_RESPONSE_HEADERS = HOP_BY_HOP_HEADERS | {b"set-cookie", b"server", b"date"}
 # A `Content-Encoding` is never among them: the bytes relayed are the upstream's, so their label stays.
 SSE_REPLACED_HEADERS = frozenset({b"content-length", b"cache-control", b"x-accel-buffering"})
+SSE_DROPPED_HEADERS = DROPPED_RESPONSE_HEADERS | SSE_REPLACED_HEADERS  # made once, not per response
 SSE_HEADERS: Headers = [(b"cache-control", b"no-cache, no-transform"), (b"x-accel-buffering", b"no")]
 
 
@@ -59,10 +60,10 @@ def connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
 
 def relay_response_headers(headers: Sequence[tuple[bytes, bytes]], *, sse: bool) -> Headers:
     """The upstream's response headers as they go to the client."""
+    dropped = SSE_DROPPED_HEADERS if sse else DROPPED_RESPONSE_HEADERS
     listed = connection_listed(headers)
-    dropped = DROPPED_RESPONSE_HEADERS | listed
-    if sse:
-        dropped = dropped | SSE_REPLACED_HEADERS
+    if listed:
+        dropped = dropped | listed
     result = [(key, value) for key, value in headers if key not in dropped]
     if sse:
         result.extend(SSE_HEADERS)

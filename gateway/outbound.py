@@ -44,6 +44,7 @@ __all__ = [
     "Outbound",
     "TrustedProxies",
     "forwarded_headers",
+    "framed_headers",
     "framed_request",
     "request_id_from",
     "upstream_request_headers",
@@ -241,6 +242,16 @@ class Outbound:
         return result
 
 
+def framed_headers(method: str, headers: Headers, content: bytes, *, host: bytes) -> Headers:
+    """The headers of a request whose body is in hand, framed: `Host` first, the gateway's headers
+    as given, then the body's `Content-Length` (for any body, and for an empty one where the
+    method defines a body, as httpx frames it: RFC 9110 8.6)."""
+    framed = [(b"host", host), *headers]
+    if content or method in BODY_METHODS:
+        framed.append((b"content-length", b"%d" % len(content)))
+    return framed
+
+
 def framed_request(
     method: str,
     url: httpx.URL,
@@ -258,9 +269,7 @@ def framed_request(
     design choices"); a streamed body (uploads) is framed by httpx.
     """
     if isinstance(content, bytes):
-        framed = [(b"host", host), *headers]
-        if content or method in BODY_METHODS:
-            framed.append((b"content-length", b"%d" % len(content)))
+        framed = framed_headers(method, headers, content, host=host)
         request = httpx.Request(method, url, headers=framed, stream=httpx.ByteStream(content), extensions=extensions)
         request.read()  # `request.content` readable, as for any request httpx builds with a body
         return request

@@ -24,7 +24,15 @@ from starlette.types import Receive, Send
 from .errors import GatewayError
 from .headers import Headers, header_value, relay_response_headers
 
-__all__ = ["DRAIN_STOP", "ChunkWatch", "RelayOutcome", "StreamStop", "relay_response", "stream_error_event"]
+__all__ = [
+    "DRAIN_STOP",
+    "ChunkWatch",
+    "RelayOutcome",
+    "StreamStop",
+    "relay_body",
+    "relay_response",
+    "stream_error_event",
+]
 
 logger = logging.getLogger("chatkit_gateway.relay")
 
@@ -153,19 +161,46 @@ async def relay_response(
                 await response.aclose()
 
 
+async def relay_body(
+    status: int,
+    headers: Headers,
+    body: bytes,
+    send: Send,
+    *,
+    extra_headers: Headers | None = None,
+    outcome: RelayOutcome | None = None,
+) -> RelayOutcome:
+    """Relay an answer whose body is in hand (a small JSON answer, read whole): status, headers
+    (lower-cased, as the upstream sent them) and the body in one message."""
+    outcome = outcome or RelayOutcome()
+    outcome.status = status
+    sse, _ = await _send_head(status, headers, send, extra_headers)
+    outcome.first_byte_at = time.monotonic()
+    outcome.sse = sse
+    await send({"type": "http.response.body", "body": body})
+    outcome.bytes_out = len(body)
+    return outcome
+
+
 async def _send_start(response: httpx.Response, send: Send, extra_headers: Headers | None) -> tuple[bool, bool]:
     """Send the status and headers; whether the body is an SSE stream, and whether the gateway may
     write events into it. (Its own function so the header lists are freed before a long stream starts.)"""
-    raw_headers = _lower(response.headers.raw)
+    return await _send_head(response.status_code, _lower(response.headers.raw), send, extra_headers)
+
+
+async def _send_head(status: int, raw_headers: Headers, send: Send, extra_headers: Headers | None) -> tuple[bool, bool]:
+    """`_send_start` from the status and the lower-cased header list."""
     sse = _is_sse(raw_headers)
     headers = relay_response_headers(raw_headers, sse=sse)
     if extra_headers:
         headers.extend(extra_headers)
-    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    if not sse:
+        return False, False
     # An encoded stream (gzip, say) is relayed as the upstream's bytes under its own label: a
     # heartbeat or an error event written into it would corrupt it.
     encoding = header_value(raw_headers, b"content-encoding")
-    return sse, sse and (encoding is None or encoding.strip().lower() == b"identity")
+    return True, encoding is None or encoding.strip().lower() == b"identity"
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

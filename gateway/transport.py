@@ -4,7 +4,11 @@ Chosen by measurement: httpx's default transport (httpcore) cost about 5x its CP
 httpx-aiohttp 1.4-1.7x (docs/architecture.md, "The upstream transport"). The gateway's needs are
 narrow: one or a few upstream origins, HTTP/1.1, keep-alive, bodies streamed both ways. This
 transport does exactly that, under httpx's `transport=` seam, so the client API stays httpx's and
-every other module is unchanged; `tests/conformance/` holds it to httpcore's answers:
+every other module is unchanged; `tests/conformance/` holds it to httpcore's answers. Its
+`exchange` method is the same exchange without httpx's request and response objects (method,
+target, header list, body and bounds in; status, lower-cased header list and body out): the one
+`handle_async_request` wraps, and the one the gateway's small-JSON path calls (a tenth of that
+request's CPU went to httpx's objects, docs/performance.md). What it does:
 
 - one `asyncio.Protocol` per connection, parsed by httptools (the C parser uvicorn uses);
 - idle connections kept per origin, most recent first, at most `max_keepalive` of them, dropped
@@ -13,15 +17,16 @@ every other module is unchanged; `tests/conformance/` holds it to httpcore's ans
   slow client slows the upstream instead of growing a buffer;
 - the keep-alive race (a reused connection the server closed as the request went out) is retried
   once on a new connection when that cannot run the request twice: nothing had been written, or
-  the request is replayable (an idempotent method, or marked by `exchange_extensions(replayable=True)`,
-  which the gateway does for read-only ChatKit ops) with its body in hand and not a byte of answer came;
+  the request is replayable (an idempotent method, or marked by `exchange_extensions(replayable=True)`
+  or `exchange(replayable=True)`, as the gateway does for read-only ChatKit ops) with its body in
+  hand and not a byte of answer came;
 - an answer that arrives while the request body is still going out (a 413 or 403 before the
   backend read an upload) stops the upload and is relayed (RFC 9112 9.5), even when the backend
   then resets the connection;
-- timeouts from the request's extensions, made by `exchange_extensions`: httpx's `timeout`
-  (`connect`; `read`, the longest silence allowed once the response has started) and this
-  transport's own head deadline, the loop time (`loop.time()`) by which the response's status and
-  headers must have arrived;
+- timeouts from the request's extensions, made by `exchange_extensions` (or `exchange`'s
+  arguments): httpx's `timeout` (`connect`; `read`, the longest silence allowed once the response
+  has started) and this transport's own head deadline, the loop time (`loop.time()`) by which the
+  response's status and headers must have arrived;
 - TLS with the one `ssl.SSLContext` it is given (made at start-up, `tls.py`), and `server_name`
   for SNI and the certificate check.
 
@@ -34,7 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -42,7 +47,16 @@ import httpx
 from .connection import InvalidResponse, UpstreamConnection
 from .cycle import ResponseCycle
 
-__all__ = ["HTTP11Transport", "InvalidResponse", "TLSFailure", "exchange_extensions"]
+__all__ = [
+    "HTTP11Transport",
+    "InvalidResponse",
+    "TLSFailure",
+    "exchange_extensions",
+    "give_back",
+    "read_whole",
+    "request_head",
+    "response_of",
+]
 
 Origin = tuple[str, str, int]
 
@@ -74,10 +88,6 @@ def head_deadline_of(request: httpx.Request) -> float | None:
     return deadline
 
 
-def is_replayable(request: httpx.Request) -> bool:
-    return request.method in IDEMPOTENT_METHODS or request.extensions.get(_REPLAYABLE) is True
-
-
 class _ResponseStream(httpx.AsyncByteStream):
     __slots__ = ("_cycle", "_released")
 
@@ -97,15 +107,46 @@ class _ResponseStream(httpx.AsyncByteStream):
         if self._released:
             return
         self._released = True
-        cycle = self._cycle
-        connection = cycle.connection
-        if cycle.reusable() and connection.cycle is cycle:
-            connection.pool.release(connection)
-        else:
-            connection.close()
+        give_back(self._cycle)
 
 
-def _may_retry(cycle: ResponseCycle, request: httpx.Request) -> bool:
+def give_back(cycle: ResponseCycle) -> None:
+    """The exchange is over for its reader: the connection goes back to the idle pool when its
+    response ended cleanly and it may carry another, else it is closed. Once per exchange."""
+    connection = cycle.connection
+    if cycle.reusable() and connection.cycle is cycle:
+        connection.pool.release(connection)
+    else:
+        connection.close()
+
+
+async def read_whole(cycle: ResponseCycle) -> bytes:
+    """The whole body of an exchange whose head has arrived; the connection is given back in every
+    case (read whole, stalled, broken, or cancelled). Raises what the body's reading raises
+    (`ReadTimeout`, `RemoteProtocolError`)."""
+    try:
+        chunks: list[bytes] = []
+        while (chunk := await cycle.next_chunk()) is not None:
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        give_back(cycle)
+
+
+def response_of(cycle: ResponseCycle) -> httpx.Response:
+    """An exchange whose head has arrived as an `httpx.Response` whose stream reads its body."""
+    return httpx.Response(
+        cycle.status,
+        headers=cycle.headers,
+        stream=_ResponseStream(cycle),
+        # The reason phrase as sent (httpcore reports it too; without it httpx looks one up).
+        extensions={"http_version": b"HTTP/1.1", "reason_phrase": cycle.reason},
+        # Not `request=`: a stream's response lives as long as the stream, and the request (its
+        # body, the user's message, included) has no use once sent (docs/performance.md).
+    )
+
+
+def _may_retry(cycle: ResponseCycle, method: str, body_in_hand: bool, replayable: bool) -> bool:
     """Whether a request that failed on a reused connection can go again on a new one.
 
     A server that closes a connection with no answer may have closed it while idle (it never saw
@@ -113,15 +154,16 @@ def _may_retry(cycle: ResponseCycle, request: httpx.Request) -> bool:
     request that changes something (a user's message must not be sent twice)."""
     if not cycle.wrote:
         return True  # nothing left the gateway
-    if cycle.received_any or not isinstance(request.stream, httpx.ByteStream):
+    if cycle.received_any or not body_in_hand:
         return False  # an answer had started, or the body was streamed and is gone
-    return is_replayable(request)
+    return method in IDEMPOTENT_METHODS or replayable
 
 
-def _head_of(request: httpx.Request) -> bytes:
-    head = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
-    for name, value in request.headers.raw:
-        head += [name, b": ", value, b"\r\n"]
+def request_head(method: str, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """The request line and header block, as they go on the wire (RFC 9112 3, 5)."""
+    head = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        head += (name, b": ", value, b"\r\n")
     head.append(b"\r\n")
     return b"".join(head)
 
@@ -161,35 +203,92 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         self._all: set[UpstreamConnection] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        origin = (
-            request.url.scheme,
-            request.url.host,
-            request.url.port or (443 if request.url.scheme == "https" else 80),
-        )
+        url = request.url
+        origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
-        deadline = head_deadline_of(request)
-        connection, reused = await self._acquire(origin, _connect_timeout(timeouts.get("connect"), deadline))
+        stream = request.stream
+        body: bytes | AsyncIterable[bytes]
+        if isinstance(stream, httpx.ByteStream):
+            body, chunked = b"".join(stream), False
+        else:
+            assert isinstance(stream, httpx.AsyncByteStream)
+            body, chunked = stream, request.headers.get("transfer-encoding", "").lower() == "chunked"
+        cycle = await self.exchange(
+            origin,
+            request.method,
+            url.raw_path,
+            request.headers.raw,
+            body,
+            chunked=chunked,
+            connect_timeout=timeouts.get("connect"),
+            read_timeout=timeouts.get("read"),
+            deadline=head_deadline_of(request),
+            replayable=request.extensions.get(_REPLAYABLE) is True,
+        )
+        return response_of(cycle)
+
+    async def exchange(
+        self,
+        origin: Origin,
+        method: str,
+        target: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes | AsyncIterable[bytes],
+        *,
+        chunked: bool = False,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+        deadline: float | None,
+        replayable: bool = False,
+    ) -> ResponseCycle:
+        """Send one request and wait for its response head: the transport's own entry point, which
+        `handle_async_request` wraps in httpx's objects and the gateway's small-JSON path uses
+        as is (docs/performance.md, "Third round").
+
+        `headers` go out as given, in order (the caller frames the request: `Host`, and the
+        `Content-Length` of a body in hand or the `Transfer-Encoding` of a streamed one, which
+        `chunked` says to apply). `connect_timeout` bounds the connection's opening, `deadline`
+        (loop time) the arrival of the head, `read_timeout` any silence after it. `replayable`:
+        sending the request twice changes nothing (idempotent methods are so anyway).
+
+        The returned exchange has its status, reason and (lower-cased) headers; its body is read
+        with `read_whole`, or through `response_of`'s stream, either of which gives the connection
+        back. Failures are httpx's exceptions, as the module's docstring lists them."""
+        head = request_head(method, target, headers)
+        connection, reused = await self._acquire(origin, _connect_timeout(connect_timeout, deadline))
         cycle = connection.start_cycle()
         try:
-            return await self._exchange(cycle, request, timeouts.get("read"), deadline)
+            await self._exchange(cycle, head, body, chunked, read_timeout, deadline)
+            return cycle
         except (httpx.RemoteProtocolError, httpx.WriteError):
-            if not (reused and _may_retry(cycle, request)) or isinstance(cycle.error, InvalidResponse):
+            body_in_hand = isinstance(body, bytes)
+            if not (reused and _may_retry(cycle, method, body_in_hand, replayable)) or isinstance(
+                cycle.error, InvalidResponse
+            ):
                 raise
         # The keep-alive race: the server closed this idle connection as the request went out.
-        connection, _ = await self._acquire(origin, _connect_timeout(timeouts.get("connect"), deadline), fresh=True)
-        return await self._exchange(connection.start_cycle(), request, timeouts.get("read"), deadline)
+        connection, _ = await self._acquire(origin, _connect_timeout(connect_timeout, deadline), fresh=True)
+        cycle = connection.start_cycle()
+        await self._exchange(cycle, head, body, chunked, read_timeout, deadline)
+        return cycle
 
     async def _exchange(
-        self, cycle: ResponseCycle, request: httpx.Request, read_timeout: float | None, deadline: float | None
-    ) -> httpx.Response:
+        self,
+        cycle: ResponseCycle,
+        head: bytes,
+        body: bytes | AsyncIterable[bytes],
+        chunked: bool,
+        read_timeout: float | None,
+        deadline: float | None,
+    ) -> None:
         connection = cycle.connection
         cycle.watch(deadline, read_timeout)
         try:
             try:
-                if isinstance(request.stream, httpx.ByteStream):
-                    await connection.write(_head_of(request) + b"".join(request.stream))
+                if isinstance(body, bytes):
+                    await connection.write(head + body)
                 else:
-                    await self._send_streamed(cycle, request)
+                    await self._send_streamed(cycle, head, body, chunked)
             except httpx.WriteError:
                 # The connection is going down. An answer that came before it still counts (a 413
                 # sent before a reset); without one, the head fails as the connection is lost.
@@ -198,22 +297,15 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         except BaseException:
             connection.close()
             raise
-        return httpx.Response(
-            cycle.status,
-            headers=cycle.headers,
-            stream=_ResponseStream(cycle),
-            # The reason phrase as sent (httpcore reports it too; without it httpx looks one up).
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": cycle.reason},
-            # Not `request=`: a stream's response lives as long as the stream, and the request (its
-            # body, the user's message, included) has no use once sent (docs/performance.md).
-        )
 
-    async def _send_streamed(self, cycle: ResponseCycle, request: httpx.Request) -> None:
+    async def _send_streamed(
+        self, cycle: ResponseCycle, head: bytes, body: AsyncIterable[bytes], chunked: bool
+    ) -> None:
         """Send a streamed body (an upload) while watching for the answer: one that refuses the
         body, or closes the connection, before the body is all out stops the upload (RFC 9112
         9.5), even while the client is slow to send the next piece; so does a failure (the head
         deadline). The connection cannot carry another request then."""
-        sending = asyncio.ensure_future(self._write_streamed(cycle.connection, request))
+        sending = asyncio.ensure_future(self._write_streamed(cycle.connection, head, body, chunked))
         try:
             await asyncio.wait((sending, cycle.head), return_when=asyncio.FIRST_COMPLETED)
             answered_no = cycle.answered and (cycle.status >= 400 or not cycle.keep_alive)
@@ -226,11 +318,11 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
             if not sending.done():
                 sending.cancel()
 
-    async def _write_streamed(self, connection: UpstreamConnection, request: httpx.Request) -> None:
-        await connection.write(_head_of(request))
-        chunked = request.headers.get("transfer-encoding", "").lower() == "chunked"
-        assert isinstance(request.stream, httpx.AsyncByteStream)
-        async for chunk in request.stream:
+    async def _write_streamed(
+        self, connection: UpstreamConnection, head: bytes, body: AsyncIterable[bytes], chunked: bool
+    ) -> None:
+        await connection.write(head)
+        async for chunk in body:
             if chunk:
                 await connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
         if chunked:

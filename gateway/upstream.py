@@ -3,10 +3,10 @@
 Requests go straight to two httpx transports (the gateway's own, `transport.py`, unless the app
 was given another), made once with the app:
 
-- the **JSON transport** serves ops that answer one JSON object. An `asyncio.Semaphore` of
-  `upstream.max_connections` admits them, which bounds the backend connections they hold; a wait
-  for it counts against the response deadline. A small answer is read whole and sent to the
-  client in one message;
+- the **JSON transport** serves ops that answer one JSON object. A `Gate` of
+  `upstream.max_connections` places admits them, which bounds the backend connections they hold;
+  a wait for it counts against the response deadline. A small answer is read whole and sent to
+  the client in one message;
 - the **stream transport** serves ops that stream, and uploads. A stream may be quiet for minutes
   while a tool runs, so its silence bound is its own (`upstream.stream_idle_timeout`);
   `upstream.max_streams` caps how many are open (503 beyond it: `streams.py`).
@@ -16,15 +16,18 @@ deadline); TLS with the one context `tls.py` makes at start-up. The request goes
 `transport.handle_async_request` itself, without an `httpx.AsyncClient` around it: the gateway
 used none of what a client adds (redirects are not followed, there is no auth flow, no cookie jar,
 no proxy or `.netrc` from the environment) and its layers were a tenth of a request's CPU
-(docs/performance.md). Every httpx exception is translated here, in `Upstream._open` (and, for a
-small JSON body, in `send_json`), into a `GatewayError`. The answer goes back to the client
-through `relay.py`.
+(docs/performance.md). On the gateway's own transport, a JSON op goes further: through the
+transport's `exchange` entry point, without httpx's request and response objects at all (the
+"Third round" there). Every httpx exception is translated here (`_exchange_error` before the
+response head, `_body_error` for a small body read whole) into a `GatewayError`. The answer goes
+back to the client through `relay.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterable
 from typing import Any, NamedTuple
 
@@ -34,12 +37,12 @@ from starlette.types import Message
 from .config import UpstreamConfig
 from .errors import GatewayError, UpstreamBadResponse, UpstreamTimeout, UpstreamTLSFailed, UpstreamUnavailable
 from .headers import Headers
-from .outbound import framed_request
-from .relay import relay_response
+from .outbound import framed_headers, framed_request
+from .relay import relay_body, relay_response
 from .tls import upstream_ssl_context
-from .transport import HTTP11Transport, InvalidResponse, TLSFailure, exchange_extensions
+from .transport import HTTP11Transport, InvalidResponse, TLSFailure, exchange_extensions, read_whole, response_of
 
-__all__ = ["Upstream", "UpstreamAnswer", "read_answer"]
+__all__ = ["Gate", "Upstream", "UpstreamAnswer", "read_answer"]
 
 logger = logging.getLogger("chatkit_gateway.relay")  # the name operators filter on
 
@@ -50,11 +53,70 @@ WARM_ROUNDS = 10
 
 
 class UpstreamAnswer(NamedTuple):
-    """The backend's response, and its body when it was small enough to be read whole (else None:
-    the caller streams it, and closes the response)."""
+    """The backend's answer to a JSON op: its status, its headers (names lower-cased, as
+    received), and either its body, when it was small enough to be read whole, or the response
+    whose body the caller streams (and closes)."""
 
-    response: httpx.Response
+    status: int
+    headers: Headers
     body: bytes | None
+    response: httpx.Response | None
+
+
+class Gate:
+    """`upstream.max_connections` places for JSON exchanges, first come first served (as the
+    `asyncio.Semaphore` it replaces), taken without a coroutine or a timeout context when one is
+    free, and waited for under one timer when none is (docs/performance.md, "Third round")."""
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, places: int) -> None:
+        self._free = places
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_take(self) -> bool:
+        """Take a free place, if there is one and nobody waits for it."""
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def take(self, deadline: float) -> None:
+        """Wait for a place until `deadline` (loop time); `TimeoutError` beyond it. The deadline is
+        one timer on the waiter, not an `asyncio.timeout` context around the wait."""
+        if self.try_take():
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_at(deadline, _expire, waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release()  # handed a place just as the wait was cancelled: the next one gets it
+            else:
+                waiter.cancel()
+                if waiter in self._waiters:  # `release` may have dropped it already, done
+                    self._waiters.remove(waiter)
+            raise
+        finally:
+            timer.cancel()
+
+    def release(self) -> None:
+        """A place back: to the first waiter still waiting, else to the free ones."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class Upstream:
@@ -67,12 +129,14 @@ class Upstream:
         # (host, port, URL) of the ChatKit endpoint, as a trace's upstream span names them.
         self.endpoint = (self.url.host, self.url.port or (443 if self.url.scheme == "https" else 80), str(self.url))
         self._netloc = self.url.netloc
+        self._target = self.url.raw_path  # the request target (path and query), as sent
+        self._origin = (self.url.scheme, self.url.host, self.endpoint[1])
         # httpx's `timeout` extension, built once; the transport reads `connect` and `read` only.
         self._json_timeout = {"connect": config.connect_timeout, "read": config.response_timeout}
         # No read timeout by default would let a backend that answers headers and then hangs hold a
         # stream forever; ChatKit streams can be quiet for minutes (tools), so the bound is long.
         self._stream_timeout = {"connect": config.connect_timeout, "read": config.stream_idle_timeout or None}
-        self._gate = asyncio.Semaphore(config.max_connections)
+        self._gate = Gate(config.max_connections)
         # Why the last warm-up failed on TLS (None when it did not): `/readyz` names it.
         self.tls_error: str | None = None
         # Pool sizes live in the transports, timeouts in each request's extensions.
@@ -110,8 +174,11 @@ class Upstream:
         # A few rounds: Python specialises a function's bytecode after its first runs.
         for _ in range(WARM_ROUNDS):
             try:
-                response, body = await self.send_json(self.url, [], b"", method="OPTIONS")
-                await relay_response(response, discard, never, body=body)
+                answer = await self.send_json(self.url, [], b"", method="OPTIONS")
+                if answer.body is not None:
+                    await relay_body(answer.status, answer.headers, answer.body, discard)
+                elif answer.response is not None:
+                    await relay_response(answer.response, discard, never)
                 async with asyncio.timeout(self.config.connect_timeout):
                     response = await self.send_stream(self.url, [], b"", method="OPTIONS")
                     await relay_response(response, discard, never)
@@ -140,36 +207,71 @@ class Upstream:
         `replayable`: sending the request twice changes nothing (the transport may then retry it
         after the keep-alive race)."""
         deadline = asyncio.get_running_loop().time() + self.header_deadline
-        await self._admit(deadline)
-        extensions = exchange_extensions(self._json_timeout, head_deadline=deadline, replayable=replayable)
+        if not self._gate.try_take():
+            try:
+                await self._gate.take(deadline)
+            except TimeoutError:
+                raise UpstreamTimeout() from None
         try:
-            response = await self._open(self.json_transport, method, url, headers, content, extensions)
-            if not _is_small_json(response):
-                return UpstreamAnswer(response, None)
+            transport = self.json_transport
+            if isinstance(transport, HTTP11Transport):
+                return await self._exchange_json(transport, method, url, headers, content, deadline, replayable)
+            extensions = exchange_extensions(self._json_timeout, head_deadline=deadline, replayable=replayable)
+            response = await self._open(transport, method, url, headers, content, extensions)
+            answer_headers = [(key.lower(), value) for key, value in response.headers.raw]
+            if not _is_small_json(answer_headers):
+                return UpstreamAnswer(response.status_code, answer_headers, None, response)
             try:
                 # The stream itself, not `aiter_raw()`: no re-chunking of a body read whole anyway.
                 body = b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
-            except httpx.TimeoutException:
-                raise UpstreamTimeout() from None
-            except httpx.HTTPError:
-                raise UpstreamBadResponse() from None
+            except httpx.HTTPError as exc:
+                raise _body_error(exc) from None
             finally:
                 # Given back at once, read whole or not (a stalled or broken body too).
                 await response.aclose()
-            return UpstreamAnswer(response, body)
+            return UpstreamAnswer(response.status_code, answer_headers, body, None)
         finally:
             self._gate.release()
 
-    async def _admit(self, deadline: float) -> None:
-        """A place among `max_connections`; a wait for one counts against the head deadline."""
-        if not self._gate.locked():
-            await self._gate.acquire()
-            return
+    async def _exchange_json(
+        self,
+        transport: HTTP11Transport,
+        method: str,
+        url: str | httpx.URL,
+        headers: Headers,
+        content: bytes,
+        deadline: float,
+        replayable: bool,
+    ) -> UpstreamAnswer:
+        """`send_json` on the gateway's own transport: its exchange entry point, without httpx's
+        request, response and headers objects (docs/performance.md, "Third round")."""
+        if url is self.url:
+            origin, target, host = self._origin, self._target, self._netloc
+        else:
+            parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
+            origin = (parsed.scheme, parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80))
+            target, host = parsed.raw_path, parsed.netloc
         try:
-            async with asyncio.timeout_at(deadline):
-                await self._gate.acquire()
-        except TimeoutError:
-            raise UpstreamTimeout() from None
+            cycle = await transport.exchange(
+                origin,
+                method,
+                target,
+                framed_headers(method, headers, content, host=host),
+                content,
+                connect_timeout=self.config.connect_timeout,
+                read_timeout=self.config.response_timeout,
+                deadline=deadline,
+                replayable=replayable,
+            )
+        except httpx.HTTPError as exc:
+            raise _exchange_error(exc) from None
+        if not _is_small_json(cycle.headers):
+            return UpstreamAnswer(cycle.status, cycle.headers, None, response_of(cycle))
+        try:
+            body = await read_whole(cycle)  # the connection is given back, read whole or not
+        except httpx.HTTPError as exc:
+            raise _body_error(exc) from None
+        return UpstreamAnswer(cycle.status, cycle.headers, body, None)
 
     async def send_stream(
         self, url: str | httpx.URL, headers: Headers, content: bytes | AsyncIterable[bytes], *, method: str = "POST"
@@ -194,18 +296,28 @@ class Upstream:
         request = framed_request(method, target, headers, content, extensions, host=host)
         try:
             return await transport.handle_async_request(request)
-        except InvalidResponse as exc:
-            logger.warning("upstream answered with invalid HTTP: %s", exc)
-            raise UpstreamBadResponse() from None
-        except TLSFailure as exc:
-            logger.warning("upstream TLS failed: %s", exc)
-            raise UpstreamTLSFailed(str(exc)) from None
-        except httpx.TimeoutException:
-            raise UpstreamTimeout() from None
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
-            raise UpstreamUnavailable() from None
-        except httpx.HTTPError:
-            raise UpstreamBadResponse() from None
+        except httpx.HTTPError as exc:
+            raise _exchange_error(exc) from None
+
+
+def _exchange_error(exc: httpx.HTTPError) -> GatewayError:
+    """What a failed exchange (no response head) is to the client."""
+    if isinstance(exc, InvalidResponse):
+        logger.warning("upstream answered with invalid HTTP: %s", exc)
+        return UpstreamBadResponse()
+    if isinstance(exc, TLSFailure):
+        logger.warning("upstream TLS failed: %s", exc)
+        return UpstreamTLSFailed(str(exc))
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout()
+    if isinstance(exc, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+        return UpstreamUnavailable()
+    return UpstreamBadResponse()
+
+
+def _body_error(exc: httpx.HTTPError) -> GatewayError:
+    """What a small body that stalled or broke after its head is to the client."""
+    return UpstreamTimeout() if isinstance(exc, httpx.TimeoutException) else UpstreamBadResponse()
 
 
 async def read_answer(response: httpx.Response, limit: int) -> bytes:
@@ -227,10 +339,11 @@ async def read_answer(response: httpx.Response, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _is_small_json(response: httpx.Response) -> bool:
+def _is_small_json(headers: Headers) -> bool:
+    """Whether (lower-cased) response headers announce a body that is not an SSE stream and whose
+    length is at most `SMALL_BODY_BYTES`."""
     content_type = length = None
-    for key, value in response.headers.raw:
-        name = key.lower()
+    for name, value in headers:
         if name == b"content-type" and content_type is None:
             content_type = value
         elif name == b"content-length" and length is None:

@@ -1,6 +1,7 @@
 """The upstream transport's own promises, against real loopback servers written for each case:
-the reason phrase as sent, and the response-head deadline that covers the wait for a place in
-the JSON gate and a backend that stops reading the request."""
+the reason phrase as sent, the response-head deadline that covers the wait for a place in the
+JSON gate and a backend that stops reading the request, the exchange entry point the small-JSON
+path uses (the same bytes as through httpx, the keep-alive race rules), and the JSON gate."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import uvloop
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamTimeout
-from gateway.transport import HTTP11Transport
-from gateway.upstream import Upstream
+from gateway.transport import HTTP11Transport, read_whole
+from gateway.upstream import Gate, Upstream
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -79,8 +80,11 @@ def test_the_reason_phrase_is_the_one_the_upstream_sent_even_in_pieces(run: Call
         async with serving(answer) as url:
             client = upstream(url)
             try:
-                response, body = await client.send_json(url, [], b'{"type":"threads.list","params":{}}')
-                return response.reason_phrase, response.status_code, body
+                reply = await client.send_json(url, [], b'{"type":"threads.list","params":{}}')
+                async with httpx.AsyncClient(transport=HTTP11Transport()) as direct:
+                    response = await direct.post(url, content=b"{}")
+                assert (response.status_code, response.content) == (reply.status, reply.body)
+                return response.reason_phrase, reply.status, reply.body
             finally:
                 await client.aclose()
 
@@ -171,3 +175,208 @@ def test_a_finished_response_never_reads_the_next_response_on_its_connection(run
     first, second, stale, connections = run(scenario())
     assert (first, second, stale) == (b"first", b"second", [])
     assert connections == 1  # the second request did reuse the connection
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request with a `content-length` body (or none), as it came on the wire."""
+    head = await read_head(reader)
+    length = 0
+    for line in head.lower().split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head + await reader.readexactly(length)
+
+
+@loops
+def test_the_exchange_entry_point_sends_what_httpx_sends_and_answers_the_raw_head(run: Callable[..., Any]) -> None:
+    """`HTTP11Transport.exchange` (the small-JSON path's entry point) puts the same bytes on the
+    wire as `handle_async_request` for the same request, answers status, lower-cased header names
+    with values as sent, in order, and a body `read_whole` reads; the connection is then reused."""
+    seen: list[bytes] = []
+    connections: list[int] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        while True:
+            seen.append(await read_request(reader))
+            writer.write(b"HTTP/1.1 201 Made\r\nContent-Type: application/json\r\nX-Two: a\r\nx-two: B\r\n")
+            writer.write(b'Content-Length: 7\r\n\r\n{"a":1}')
+            await writer.drain()
+
+    headers = [(b"host", b"backend"), (b"x-request-id", b"r1"), (b"content-length", b"2")]
+
+    async def scenario() -> tuple[int, list[tuple[bytes, bytes]], bytes, int]:
+        async with serving(answer) as url:
+            parsed = httpx.URL(url)
+            origin = ("http", parsed.host, parsed.port or 80)
+            transport = HTTP11Transport()
+            try:
+                timeouts = {"connect": 1.0, "read": 1.0}
+                cycle = await transport.exchange(
+                    origin,
+                    "POST",
+                    parsed.raw_path,
+                    headers,
+                    b"{}",
+                    connect_timeout=1.0,
+                    read_timeout=1.0,
+                    deadline=None,
+                )
+                body = await read_whole(cycle)
+                request = httpx.Request(
+                    "POST", url, headers=headers, stream=httpx.ByteStream(b"{}"), extensions={"timeout": timeouts}
+                )
+                response = await transport.handle_async_request(request)
+                assert await response.aread() == body
+                await response.aclose()
+                return cycle.status, cycle.headers, body, len(transport._all)
+            finally:
+                await transport.aclose()
+
+    status, answer_headers, body, open_connections = run(scenario())
+    assert (status, body) == (201, b'{"a":1}')
+    assert answer_headers == [
+        (b"content-type", b"application/json"),
+        (b"x-two", b"a"),
+        (b"x-two", b"B"),
+        (b"content-length", b"7"),
+    ]
+    assert (
+        seen[0]
+        == seen[1]
+        == b"POST /chatkit HTTP/1.1\r\nhost: backend\r\nx-request-id: r1\r\ncontent-length: 2\r\n\r\n{}"
+    )
+    assert (len(connections), open_connections) == (1, 1)  # the second exchange reused the connection
+
+
+@loops
+@pytest.mark.parametrize("replayable", [True, False], ids=["replayable", "not-replayable"])
+def test_the_exchange_entry_point_retries_the_keepalive_race_only_when_replayable(
+    run: Callable[..., Any], replayable: bool
+) -> None:
+    """A reused connection that the server closes after reading a POST, unanswered: sent again on a
+    new connection when marked replayable, else the failure (the server may have acted on it)."""
+    served: list[int] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.append(0)
+        first_connection = len(served) == 1
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+        if first_connection:
+            await read_request(reader)  # read, never answered: the connection closes
+            return
+        await asyncio.sleep(60)
+
+    async def scenario() -> list[bytes | str]:
+        async with serving(answer) as url:
+            parsed = httpx.URL(url)
+            origin = ("http", parsed.host, parsed.port or 80)
+            transport = HTTP11Transport()
+            results: list[bytes | str] = []
+            try:
+                for _ in range(2):
+                    try:
+                        cycle = await transport.exchange(
+                            origin,
+                            "POST",
+                            parsed.raw_path,
+                            [(b"host", b"backend"), (b"content-length", b"2")],
+                            b"{}",
+                            connect_timeout=1.0,
+                            read_timeout=1.0,
+                            deadline=asyncio.get_running_loop().time() + 2.0,
+                            replayable=replayable,
+                        )
+                        results.append(await read_whole(cycle))
+                    except httpx.RemoteProtocolError:
+                        results.append("failed")
+                return results
+            finally:
+                await transport.aclose()
+
+    results = run(scenario())
+    assert results == ([b"{}", b"{}"] if replayable else [b"{}", "failed"])
+    assert len(served) == (2 if replayable else 1)
+
+
+@loops
+def test_a_json_answer_that_is_not_small_comes_back_as_a_stream(run: Callable[..., Any]) -> None:
+    """`send_json` reads whole only an answer with a length within `SMALL_BODY_BYTES` that is not
+    SSE; a chunked one comes back as a response to stream, its connection given back at its close."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+            writer.write(b"2\r\n{}\r\n0\r\n\r\n")
+            await writer.drain()
+
+    async def scenario() -> tuple[int, bytes | None, bytes, int]:
+        async with serving(answer) as url:
+            client = upstream(url)
+            try:
+                reply = await client.send_json(url, [], b"{}")
+                assert reply.response is not None
+                streamed = b"".join([chunk async for chunk in reply.response.stream])  # type: ignore[union-attr]
+                await reply.response.aclose()
+                again = await client.send_json(url, [], b"{}")
+                assert again.response is not None
+                await again.response.aclose()
+                return reply.status, reply.body, streamed, len(client.json_transport._all)  # type: ignore[attr-defined]
+            finally:
+                await client.aclose()
+
+    assert run(scenario()) == (200, None, b"{}", 1)
+
+
+def test_the_gate_takes_a_free_place_at_once_and_hands_places_on_in_order() -> None:
+    async def scenario() -> list[object]:
+        gate = Gate(1)
+        assert gate.try_take() and not gate.try_take()
+        loop = asyncio.get_running_loop()
+        order: list[object] = []
+
+        async def wait(name: str, deadline: float) -> None:
+            try:
+                await gate.take(deadline)
+            except TimeoutError:
+                order.append(f"{name} timed out")
+                return
+            order.append(name)
+            await asyncio.sleep(0.01)
+            gate.release()
+
+        far = loop.time() + 5
+        first = asyncio.ensure_future(wait("first", far))
+        cancelled = asyncio.ensure_future(wait("cancelled", far))
+        late = asyncio.ensure_future(wait("late", loop.time() + 0.05))
+        second = asyncio.ensure_future(wait("second", far))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.sleep(0.1)  # `late` times out while the place is still held
+        gate.release()
+        await asyncio.gather(first, second, late, return_exceptions=True)
+        order.append(cancelled.cancelled())
+        order.append(gate.try_take() and not gate.try_take())  # one place, free again
+        return order
+
+    assert asyncio.run(scenario()) == ["late timed out", "first", "second", True, True]
+
+
+def test_a_place_handed_to_a_waiter_cancelled_at_that_moment_goes_to_the_next() -> None:
+    async def scenario() -> tuple[bool, bool]:
+        gate = Gate(1)
+        gate.try_take()
+        far = asyncio.get_running_loop().time() + 5
+        granted = asyncio.ensure_future(gate.take(far))
+        after = asyncio.ensure_future(gate.take(far))
+        await asyncio.sleep(0)
+        gate.release()  # to `granted`, which is cancelled before it runs again
+        granted.cancel()
+        await asyncio.sleep(0)
+        await asyncio.wait_for(after, 1.0)  # the place passed on
+        return granted.cancelled(), gate.try_take()
+
+    assert asyncio.run(scenario()) == (True, False)

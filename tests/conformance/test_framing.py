@@ -69,8 +69,7 @@ def test_upstream_max_header_bytes_bounds_the_final_head(raw: RawUpstream) -> No
         config = UpstreamConfig(url=f"{raw.url}/head-60k", max_header_bytes=max_header_bytes)
         upstream = Upstream(config)
         try:
-            response, _ = await upstream.send_json(upstream.url, [], b"{}")
-            return response.status_code
+            return (await upstream.send_json(upstream.url, [], b"{}")).status
         finally:
             await upstream.aclose()
 

@@ -96,6 +96,29 @@ async def test_a_list_answer_it_cannot_read_or_need_not_change_passes_as_it_came
     assert await (await policy()).filter_list("alice", body) == body
 
 
+@pytest.mark.anyio
+async def test_a_filtered_list_keeps_its_numbers_as_sent() -> None:
+    """An integer beyond 64 bits (which `orjson` reads as a float) is written back whole."""
+    body = b'{"data":[{"id":"thr_a","n":123456789012345678901234567890},{"id":"thr_b"}],"total":1e2}'
+    filtered = await (await policy()).filter_list("alice", body)
+    assert filtered == b'{"data":[{"id":"thr_a","n":123456789012345678901234567890}],"total":100.0}'
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(json.dumps(LIST).encode("utf-16"), id="utf-16"),
+        pytest.param(b"\xef\xbb\xbf" + json.dumps(LIST).encode(), id="utf-8-bom"),
+        pytest.param(json.dumps({**LIST, "extra": float("nan")}).encode(), id="nan"),
+    ],
+)
+async def test_a_list_only_json_reads_is_filtered_all_the_same(body: bytes) -> None:
+    """Answers `orjson` refuses are read as `json` reads them: never relayed unfiltered."""
+    filtered = json.loads(await (await policy()).filter_list("alice", body))
+    assert filtered["data"] == [{"id": "thr_a", "title": "ä"}]
+
+
 class CountingStore(MemoryStore):
     """The memory store, counting the ids each lookup asks for."""
 
