@@ -79,9 +79,9 @@ def browser_helper_endpoint() -> Callable[[Request], Awaitable[Response]]:
 
 
 def metrics_endpoint(runtime: Runtime) -> Callable[[Request], Awaitable[Response]]:
-    """`GET /metrics`: the Prometheus text format of this gateway's own registry."""
+    """`GET /metrics`: the Prometheus text format of this gateway's metrics (all its workers')."""
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(runtime.observer.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(runtime.observer.exposition), media_type=CONTENT_TYPE_LATEST)
 
     return metrics
