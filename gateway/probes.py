@@ -54,6 +54,9 @@ def readyz_endpoint(runtime: Runtime) -> Callable[[Request], Awaitable[Response]
             )
         elif runtime.ownership is not None and (problem := await runtime.ownership.owners.problem()):
             state, reason = "not_ready", problem
+        elif runtime.revocations is not None and not runtime.revocations.store.available:
+            # Requests fail closed (503 `revocation_unavailable`) until it answers again.
+            state, reason = "not_ready", "the revocation store (redis) cannot be reached"
         else:
             state, reason = "ready", None
         body: dict[str, object] = {"status": state, "issuers": issuers}
