@@ -7,7 +7,9 @@ behind the same upstream and JWKS, and the loads alternate between them round by
 the change is also given as the median of each round's B/A (the steadier figure on a busy machine).
 
 Loads: `json1` and `json16` (wrk, small authenticated `threads.list`, 1 and 16 connections),
-`sse300` (300 streams, events 50 ms apart). CPU is the gateway process tree's user + system time
+`sse300` (300 streams, events 50 ms apart). `--python-after` runs the AFTER gateway on another
+interpreter (a venv of another Python with the same lock installed): the same tree twice then
+measures the interpreter. CPU is the gateway process tree's user + system time
 from /proc over each run; `sys` is the system part (the kernel's share: socket calls, loopback TCP).
 """
 
@@ -68,12 +70,14 @@ def sse_load(streams: int, events: int) -> Load:
     return run
 
 
-def start_gateway(tree: Path, name: str, config: dict[str, object], folder: Path) -> peers.Peer:
+def start_gateway(
+    tree: Path, name: str, config: dict[str, object], folder: Path, python: str = sys.executable
+) -> peers.Peer:
     port = peers.free_port()
     path = folder / f"{name}.toml"
     path.write_text(tomli_w.dumps({**config, "server": {**config["server"], "port": port}}))  # type: ignore[dict-item]
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    args = [sys.executable, "-m", "gateway", "serve", "--config", str(path)]
+    args = [python, "-m", "gateway", "serve", "--config", str(path)]
     return peers.start(name, args, f"http://127.0.0.1:{port}", "/readyz", cwd=tree, env=env)
 
 
@@ -85,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--load", action="append", choices=["json1", "json16", "sse300"])
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--python-after", default=sys.executable, help="the interpreter of the AFTER gateway (its own venv's python)"
+    )
     args = parser.parse_args(argv)
     loads: dict[str, Load] = {
         "json1": json_load(1, args.seconds),
@@ -126,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             gateways = {
                 "A": start_gateway(args.before.resolve(), "A", config, folder),
-                "B": start_gateway(args.after.resolve(), "B", config, folder),
+                "B": start_gateway(args.after.resolve(), "B", config, folder, args.python_after),
             }
             started += gateways.values()
             token = signer.token()

@@ -184,6 +184,7 @@ def run(plan: Plan) -> Results:
         config_args = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
         results.workers = workers.measure_workers(
             gateway,
+            upstream,
             config_args,
             token,
             connections=plan.workers_concurrency,

@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from itertools import chain
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -61,7 +61,15 @@ from .observe import Exchange
 from .outbound import request_id_from
 from .ownership import AnswerPlan
 from .probes import browser_helper_endpoint, healthz, metrics_endpoint, readyz_endpoint
-from .relay import RelayOutcome, StreamStop, relay_body, relay_response, stream_error_event
+from .relay import (
+    DirectSource,
+    RelayOutcome,
+    StreamStop,
+    direct_body_of,
+    relay_body,
+    relay_response,
+    stream_error_event,
+)
 from .responses import send_error
 from .revocation.admin import AdminEndpoint
 from .revocation.backchannel import BackchannelLogoutEndpoint
@@ -164,7 +172,7 @@ class ChatKitEndpoint(Endpoint):
                     answer = await self._open(rewritten, upstream_headers)
                     # Nothing of the request is needed while the answer streams back: let it go.
                     del rewritten, upstream_headers, principal, identity
-                    await self._relay(answer, receive, send, exchange, plan, stop)
+                    await self._relay(answer, receive, send, exchange, plan, stop, direct_body_of(scope))
         finally:
             await slot.close()
 
@@ -234,6 +242,7 @@ class ChatKitEndpoint(Endpoint):
         exchange: Exchange,
         plan: AnswerPlan | None,
         stop: Stop | None = None,
+        direct: Callable[[], DirectSource | None] | None = None,
     ) -> None:
         """Step 6, continued: relay the answer (small JSON whole, anything else as it arrives); a
         stream gets the heartbeat and ends when `stop` does."""
@@ -264,6 +273,7 @@ class ChatKitEndpoint(Endpoint):
                     stop=stop,
                     outcome=outcome,
                     watch=ownership.stream_watch(plan) if ownership is not None and plan is not None else None,
+                    direct=direct,
                 )
         finally:
             exchange.record(outcome)

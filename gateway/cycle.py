@@ -9,6 +9,7 @@ own, so nothing of one response can reach the next.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import httpx
@@ -88,6 +89,8 @@ class ResponseCycle:
         "_deadline",
         "last_data",
         "_watchdog",
+        "sink",
+        "sink_full",
     )
 
     def __init__(self, connection: UpstreamConnection) -> None:
@@ -111,6 +114,9 @@ class ResponseCycle:
         self._deadline: float | None = None
         self.last_data = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
+        # While `deliver` runs: where each body chunk goes, from the read callback itself.
+        self.sink: Callable[[bytes], bool] | None = None
+        self.sink_full = False
 
     @property
     def answered(self) -> bool:
@@ -187,6 +193,14 @@ class ResponseCycle:
             self.waiter.set_result(None)
 
     def add_chunk(self, body: bytes) -> None:
+        sink = self.sink
+        if sink is not None:
+            if not sink(body):
+                # The sink's client takes no more for now: stop reading until `deliver` saw it drain.
+                self.sink_full = True
+                self.connection.flow.pause_reading()
+                self._wake()
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > READ_HIGH_WATER:
@@ -210,6 +224,42 @@ class ResponseCycle:
         if self.buffered <= READ_HIGH_WATER // 4 and self.connection.flow.read_paused:
             self.connection.flow.resume_reading()
         return chunk
+
+    async def deliver(self, sink: Callable[[bytes], bool], drained: Callable[[], Awaitable[None]]) -> None:
+        """Hand every remaining body chunk to `sink` as it comes off the socket, in the connection's
+        read callback: no task wakes up per chunk (docs/performance.md). Returns at the end of the
+        body; raises the error that ended it.
+
+        `sink` must not raise, and returns False when its client can take no more for now: reading
+        then pauses until `drained()` returns. The same read-side flow control as `next_chunk`'s, so
+        a slow client slows the upstream instead of growing a buffer."""
+        while self.chunks:  # read before this call: in order, first
+            chunk = self.chunks.pop(0)
+            self.buffered -= len(chunk)
+            if not sink(chunk):
+                await drained()
+        if self.connection.flow.read_paused:
+            self.connection.flow.resume_reading()
+        self.sink = sink
+        try:
+            while True:
+                if self.sink_full:
+                    self.sink_full = False
+                    await drained()
+                    self.connection.flow.resume_reading()
+                    continue
+                if self.complete:
+                    return
+                if self.error is not None:
+                    raise self.error
+                self.waiter = self.connection.loop.create_future()
+                try:
+                    await self.waiter
+                finally:
+                    self.waiter = None
+        finally:
+            self.sink = None
+            self.sink_full = False
 
     def reusable(self) -> bool:
         return self.complete and self.error is None and self.keep_alive and not self.connection.closed

@@ -5,6 +5,11 @@ op, what the upstream answered, bytes, events); `Observer.finish` turns it into 
 and the metric updates when the request ends (at stream end for streams). The record holds no
 token, cookie or message text, so neither can the log.
 
+With several workers (`server.workers`), the metrics are the workers' together: each worker keeps
+its values in a file of a directory the supervisor made (prometheus-client's multiprocess mode,
+`share_metrics`), and `/metrics` on any worker sums them; gauges of open streams count the live
+workers only.
+
 Label values are bounded: `op` is one of the ChatKit ops the gateway knows (anything else is
 `other`), `status` an HTTP status, `code` an error code of `errors.py`; a client cannot grow the
 metric set by sending new values.
@@ -13,13 +18,15 @@ metric set by sending new values.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from .chatkit import NON_STREAMING_TYPES, STREAMING_TYPES
@@ -28,7 +35,18 @@ from .relay import RelayOutcome
 if TYPE_CHECKING:
     from .tracing import RequestTrace
 
-__all__ = ["Exchange", "Observer"]
+__all__ = ["SHARED_METRICS_DIR", "Exchange", "Observer", "share_metrics"]
+
+# Where the workers of one gateway keep their metric values (prometheus-client's own variable).
+SHARED_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def share_metrics(directory: str) -> None:
+    """In a worker, before its `Observer` is made: keep metric values in files under `directory`
+    (one set per process), which every worker's `/metrics` sums."""
+    os.environ[SHARED_METRICS_DIR] = directory
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
 
 access_logger = logging.getLogger("chatkit_gateway.access")
 
@@ -118,6 +136,12 @@ class Observer:
     def __init__(self) -> None:
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
+        # What `/metrics` answers with: this registry, or with several workers all of theirs.
+        self.exposition = self.registry
+        shared = os.environ.get(SHARED_METRICS_DIR)
+        if shared and values.ValueClass is not values.MutexValue:
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition, path=shared)  # type: ignore[no-untyped-call]
         r = self.registry
         self.requests = Counter(
             "chatkit_gateway_requests", "Requests answered, by ChatKit op and status.", ["op", "status"], registry=r
@@ -149,7 +173,9 @@ class Observer:
             ["op", "reason"],
             registry=r,
         )
-        self.open_streams = Gauge("chatkit_gateway_open_streams", "Streams and uploads open now.", registry=r)
+        self.open_streams = Gauge(
+            "chatkit_gateway_open_streams", "Streams and uploads open now.", registry=r, multiprocess_mode="livesum"
+        )
         self.auth_failures = Counter(
             "chatkit_gateway_auth_failures", "Refused credentials, by error code.", ["code"], registry=r
         )
@@ -202,7 +228,10 @@ class Observer:
             self.revocations.labels(source)
 
     def watch_key_ages(self, ages: Callable[[], Iterable[tuple[str, float | None]]]) -> None:
-        self.registry.register(_KeyAge(ages))
+        collector = _KeyAge(ages)
+        self.registry.register(collector)
+        if self.exposition is not self.registry:
+            self.exposition.register(collector)  # read in the worker that takes the scrape
 
     def revoked(self, source: str, count: int) -> None:
         self.revocations.labels(source).inc(count)

@@ -54,6 +54,9 @@ def readyz_endpoint(runtime: Runtime) -> Callable[[Request], Awaitable[Response]
             )
         elif runtime.ownership is not None and (problem := await runtime.ownership.owners.problem()):
             state, reason = "not_ready", problem
+        elif runtime.revocations is not None and not runtime.revocations.store.available:
+            # Requests fail closed (503 `revocation_unavailable`) until it answers again.
+            state, reason = "not_ready", "the revocation store (redis) cannot be reached"
         else:
             state, reason = "ready", None
         body: dict[str, object] = {"status": state, "issuers": issuers}
@@ -79,9 +82,9 @@ def browser_helper_endpoint() -> Callable[[Request], Awaitable[Response]]:
 
 
 def metrics_endpoint(runtime: Runtime) -> Callable[[Request], Awaitable[Response]]:
-    """`GET /metrics`: the Prometheus text format of this gateway's own registry."""
+    """`GET /metrics`: the Prometheus text format of this gateway's metrics (all its workers')."""
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(runtime.observer.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(runtime.observer.exposition), media_type=CONTENT_TYPE_LATEST)
 
     return metrics

@@ -10,6 +10,12 @@ one write where it makes two.
 
 Both connections close after the answer.
 
+- **Body chunks written directly** (`DIRECT_BODY`): each request's scope carries, under
+  `scope["extensions"]["chatkit_gateway.direct_body"]`, a weak reference to its cycle, whose
+  `direct_writer()` writes a streamed body's chunks to the socket, chunk-framed, without an ASGI
+  `send` per chunk. The stream relay (`relay.py`) calls it from the upstream connection's own read
+  callback, so a relayed chunk costs no task switch (docs/performance.md). A weak reference: the
+  cycle holds the scope, and the scope must not keep the cycle alive.
 - **A head and its body**: uvicorn writes a response's status line and headers to the socket as
   soon as the application sends `http.response.start`, and the body with the next message: two
   `write()` calls, two segments and two wake-ups of the client for an answer the gateway had whole
@@ -25,12 +31,15 @@ pinned to the version it was written against, and `tests/test_client_protocol.py
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-__all__ = ["GatewayHttpProtocol"]
+__all__ = ["DIRECT_BODY", "DirectBody", "GatewayHttpProtocol"]
+
+DIRECT_BODY = "chatkit_gateway.direct_body"  # relay.DIRECT_BODY: the key the relay reads
 
 FRAMING_HEADERS = (b"content-length", b"transfer-encoding")
 NO_BODY = b"content-length: 0\r\n"
@@ -141,6 +150,43 @@ class _OneWriteCycle(RequestResponseCycle):
         if head and not self.disconnected and not self.transport.is_closing():
             self.transport.write(head)
 
+    def direct_writer(self) -> DirectBody | None:
+        """The writer of this response's next body chunks, when they may bypass `send`: the head
+        is out, the body is chunk-framed (a stream) and not over. None otherwise (send them)."""
+        if not self.response_started or self.response_complete or self.disconnected or self._head is not None:
+            return None
+        if self.chunked_encoding is not True or self.scope["method"] == "HEAD":
+            return None
+        return DirectBody(self)
+
+
+class DirectBody:
+    """Writes body chunks of one chunk-framed response straight to the client's socket, as `send`
+    would (RFC 9112 7.1), but synchronously: from the upstream connection's read callback.
+
+    `write` returns whether the client can take more now; False once its socket buffer is full
+    (wait for `drain()`) or it has left. It never raises: it runs inside another protocol's callback.
+    The end of the body (the last chunk) still goes through `send`, which completes the cycle."""
+
+    __slots__ = ("_cycle", "_transport")
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+        self._transport = cycle.transport
+
+    def write(self, chunk: bytes) -> bool:
+        cycle = self._cycle
+        if cycle.disconnected or cycle.response_complete or self._transport.is_closing():
+            return False
+        self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        return not cycle.flow.write_paused
+
+    async def drain(self) -> None:
+        """Until the client's socket takes more (or the client is gone)."""
+        cycle = self._cycle
+        if cycle.flow.write_paused and not cycle.disconnected:
+            await cycle.flow.drain()
+
 
 class _Event(asyncio.Event):
     """`asyncio.Event` with its waiters in a list: the same behaviour, without the ~600-byte first
@@ -163,7 +209,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return
         # Not started yet (its task runs on the next loop turn): it answers close-delimited
         # (HTTP/1.0), or with its head and body in one write. Its event is not used yet either.
-        cycle.__class__ = _CloseDelimitedCycle if self.scope.get("http_version") == "1.0" else _OneWriteCycle
+        if self.scope.get("http_version") == "1.0":
+            cycle.__class__ = _CloseDelimitedCycle
+        else:
+            cycle.__class__ = _OneWriteCycle
+            extensions: dict[str, object] = cycle.scope.setdefault("extensions", {})  # type: ignore[assignment]
+            extensions[DIRECT_BODY] = weakref.ref(cycle)
         cycle.message_event = _Event()
 
     def data_received(self, data: bytes) -> None:

@@ -6,6 +6,13 @@ whole there and goes out in one message; anything else is forwarded chunk by chu
 which also ends the exchange when the client leaves (ChatKit's stop button is a disconnect), when
 the shutdown grace is over, and when the backend breaks mid-stream (an SSE stream then ends with
 a ChatKit error event the chat can show).
+
+Where the server offers it (the gateway's own protocol, `protocol.py`) and the answer came through
+the gateway's transport, a stream's chunks after the first go from the upstream connection's read
+callback straight to the client's socket (`ResponseCycle.deliver` into `DirectBody.write`): no task
+wakes up and no ASGI message is built per chunk. Everything else is as on the `send` path: the
+same bytes in the same order, as they arrive, with the same flow control, counting, heartbeat and
+endings (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -14,21 +21,28 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import anyio
 import httpx
-from starlette.types import Receive, Send
+from starlette.types import Receive, Scope, Send
 
 from .errors import GatewayError
 from .headers import Headers, header_value, relay_response_headers
 
+if TYPE_CHECKING:
+    from .cycle import ResponseCycle
+
 __all__ = [
+    "DIRECT_BODY",
     "DRAIN_STOP",
     "ChunkWatch",
+    "DirectSource",
     "RelayOutcome",
     "StreamStop",
+    "direct_body_of",
     "relay_body",
     "relay_response",
     "stream_error_event",
@@ -37,6 +51,8 @@ __all__ = [
 logger = logging.getLogger("chatkit_gateway.relay")
 
 HEARTBEAT = b": keepalive\n\n"
+# The scope extension under which the server offers a direct body writer (`protocol.py`).
+DIRECT_BODY = "chatkit_gateway.direct_body"
 FRAME_END = b"\n\n"
 
 
@@ -107,6 +123,26 @@ class RelayOutcome:
         return "complete"
 
 
+class DirectWriter(Protocol):
+    """Writes a stream's chunks to the client synchronously (`protocol.DirectBody`)."""
+
+    def write(self, chunk: bytes) -> bool: ...
+
+    async def drain(self) -> None: ...
+
+
+class DirectSource(Protocol):
+    """What the server's scope extension refers to: a response that may take chunks directly."""
+
+    def direct_writer(self) -> DirectWriter | None: ...
+
+
+def direct_body_of(scope: Scope) -> Callable[[], DirectSource | None] | None:
+    """The server's direct body writer for this request, if it offers one (a weak reference)."""
+    extensions = scope.get("extensions")
+    return extensions.get(DIRECT_BODY) if extensions else None
+
+
 class ChunkWatch(Protocol):
     """Sees an SSE stream's chunks before they are relayed, until it turns `active` off.
 
@@ -132,6 +168,7 @@ async def relay_response(
     stop: asyncio.Future[StreamStop] | None = None,
     outcome: RelayOutcome | None = None,
     watch: ChunkWatch | None = None,
+    direct: Callable[[], DirectSource | None] | None = None,
 ) -> RelayOutcome:
     """Relay status, headers and body; stream bodies chunk by chunk as they arrive.
 
@@ -140,7 +177,8 @@ async def relay_response(
     `stop` completes (the end of a shutdown's grace, the session's end), a stream is ended with the
     ChatKit error event it carries; one that is complete already ends after the first event.
     `outcome`, when given, is filled in as the relay goes, so a caller sees it even if cancelled.
-    `watch`, for an SSE stream, sees its chunks first (see `ChunkWatch`).
+    `watch`, for an SSE stream, sees its chunks first (see `ChunkWatch`). `direct`, the server's
+    offer of a direct body writer (`direct_body_of`), lets a stream's chunks bypass `send`.
     """
     outcome = outcome or RelayOutcome()
     outcome.status, outcome.streamed = response.status_code, body is None
@@ -152,7 +190,16 @@ async def relay_response(
             await send({"type": "http.response.body", "body": body})
             outcome.bytes_out = len(body)
             return outcome
-        pump = _Pump(response, send, receive, outcome, sse=writable, heartbeat_seconds=heartbeat_seconds, watch=watch)
+        pump = _Pump(
+            response,
+            send,
+            receive,
+            outcome,
+            sse=writable,
+            heartbeat_seconds=heartbeat_seconds,
+            watch=watch,
+            direct=direct,
+        )
         await pump.run(stop)
         return outcome
     finally:
@@ -222,6 +269,7 @@ class _Pump:
     """
 
     __slots__ = (
+        "direct",
         "finished",
         "heartbeat_seconds",
         "last_write",
@@ -246,8 +294,10 @@ class _Pump:
         sse: bool,
         heartbeat_seconds: float,
         watch: ChunkWatch | None = None,
+        direct: Callable[[], DirectSource | None] | None = None,
     ) -> None:
         self.response, self.send, self.receive, self.outcome = response, send, receive, outcome
+        self.direct = direct
         self.sse, self.heartbeat_seconds = sse, heartbeat_seconds
         self.loop = asyncio.get_running_loop()
         self.last_write = self.loop.time()
@@ -296,6 +346,9 @@ class _Pump:
         # The transport's own stream, not `aiter_raw()`: chunks as they came off the socket, without
         # two layers of async generators and httpx's re-chunker per chunk (docs/performance.md).
         stream = cast(httpx.AsyncByteStream, self.response.stream)
+        # The exchange itself when it came through the gateway's transport: chunks after the first
+        # may then go to the client from its read callback (`_deliver`).
+        cycle: ResponseCycle | None = getattr(stream, "cycle", None) if self.direct is not None else None
         try:
             async for chunk in stream:
                 if watch is not None:
@@ -319,6 +372,8 @@ class _Pump:
                     # No copy of the chunk (an event may be hundreds of KB) to keep its last 2 bytes.
                     self.tail = chunk[-2:] if len(chunk) > 1 else (self.tail + chunk)[-2:]
                     self.last_write = self.loop.time()
+                if watch is None and cycle is not None and await self._deliver(cycle):
+                    break
             if watch is not None and outcome.refused is None and (held := await watch.rest()):
                 await send({"type": "http.response.body", "body": held, "more_body": True})
         except httpx.HTTPError as exc:
@@ -334,6 +389,31 @@ class _Pump:
                 await send({"type": "http.response.body", "body": held, "more_body": True})
             await send({"type": "http.response.body", "body": UPSTREAM_BROKE_EVENT, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+
+    async def _deliver(self, cycle: ResponseCycle) -> bool:
+        """The rest of the body, from the upstream's read callback straight to the client, if the
+        server offers a direct writer now (else False: the caller goes on sending chunk by chunk)."""
+        source = self.direct() if self.direct is not None else None
+        writer = source.direct_writer() if source is not None else None
+        if writer is None:
+            return False
+        write, outcome, loop, sse = writer.write, self.outcome, self.loop, self.sse
+
+        def sink(chunk: bytes) -> bool:
+            # Runs in the upstream connection's callback: the same bookkeeping as `_forward`'s.
+            more = write(chunk)
+            outcome.bytes_out += len(chunk)
+            if sse:
+                if events := chunk.count(FRAME_END):
+                    outcome.events += events
+                    if outcome.first_event_at is None:
+                        outcome.first_event_at = time.monotonic()
+                self.tail = chunk[-2:] if len(chunk) > 1 else (self.tail + chunk)[-2:]
+                self.last_write = loop.time()
+            return more
+
+        await cycle.deliver(sink, writer.drain)
+        return True
 
     async def _forward_first_event(self) -> None:
         send, outcome = self.send, self.outcome

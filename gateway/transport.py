@@ -95,6 +95,11 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._cycle = cycle
         self._released = False
 
+    @property
+    def cycle(self) -> ResponseCycle:
+        """The exchange whose body this is (the relay may take its chunks with `deliver`)."""
+        return self._cycle
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         cycle = self._cycle
         while True:

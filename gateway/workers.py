@@ -18,8 +18,12 @@ supervisor that serves nothing itself:
   (Linux `PR_SET_PDEATHSIG`), so no orphan keeps serving.
 
 Everything a worker keeps in memory is its own: a per-process store where sharing matters makes
-start-up refuse `workers > 1` (`config.py`, `per_process_stores`), and `/metrics` answers for the
-worker that takes the scrape (docs/operations.md, "Several workers").
+start-up refuse `workers > 1` (`config.py`, `per_process_stores`). The metrics are the exception:
+the supervisor makes a temporary directory where every worker keeps its metric values in files
+(`observe.share_metrics`), so `/metrics`, whichever worker takes the scrape, answers for all of
+them: counters and histograms summed (a replaced worker's counts included), open streams those of
+the live workers. The directory is removed when the supervisor exits (docs/operations.md,
+"Several workers").
 """
 
 from __future__ import annotations
@@ -29,12 +33,16 @@ import ctypes
 import logging
 import os
 import selectors
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
+
+from prometheus_client import multiprocess
 
 from .config import GatewayConfig
 
@@ -85,6 +93,7 @@ class Supervisor:
     config: GatewayConfig
     sock: socket.socket
     count: int
+    metrics_dir: str
     workers: dict[int, Worker] = field(default_factory=dict)
     deaths: deque[float] = field(default_factory=deque)
     stopping: bool = False
@@ -121,7 +130,7 @@ class Supervisor:
             self._selector.close()
             for other in self.workers.values():
                 os.close(other.ready_pipe)
-            _run_worker(self.config, self.sock, write_end)  # never returns
+            _run_worker(self.config, self.sock, write_end, self.metrics_dir)  # never returns
         os.close(write_end)
         os.set_blocking(read_end, False)
         self.workers[pid] = Worker(index, pid, read_end)
@@ -153,6 +162,8 @@ class Supervisor:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(worker.ready_pipe)
             os.close(worker.ready_pipe)
+            # Its open streams are gone with it.
+            multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
             code = os.waitstatus_to_exitcode(status)
             statuses.append(code)
             if not self.stopping:
@@ -192,7 +203,7 @@ class Supervisor:
                 os.kill(pid, sig)
 
 
-def _run_worker(config: GatewayConfig, sock: socket.socket, ready_pipe: int) -> None:
+def _run_worker(config: GatewayConfig, sock: socket.socket, ready_pipe: int, metrics_dir: str) -> None:
     """The forked worker: serve on the inherited socket, say when ready, exit with the outcome."""
     code = 1
     try:
@@ -201,7 +212,11 @@ def _run_worker(config: GatewayConfig, sock: socket.socket, ready_pipe: int) -> 
         _die_with_parent()
         if os.getppid() == 1:  # the supervisor died before the line above
             os._exit(1)
-        from .server import GatewayServer  # it builds the app; the supervisor never needs it
+        # The app's modules: the supervisor never needs them.
+        from .observe import share_metrics
+        from .server import GatewayServer
+
+        share_metrics(metrics_dir)  # before the app makes its metrics
 
         server = GatewayServer(config, on_ready=lambda: os.write(ready_pipe, READY))
         server.run(sockets=[sock])
@@ -223,4 +238,8 @@ def run_workers(config: GatewayConfig) -> int:
     except OSError as exc:
         logger.error("cannot listen on %s:%d: %s", config.server.host, config.server.port, exc.strerror or exc)
         return 1
-    return Supervisor(config, sock, config.server.workers).run()
+    metrics_dir = tempfile.mkdtemp(prefix="chatkit-gateway-metrics-")
+    try:
+        return Supervisor(config, sock, config.server.workers, metrics_dir).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

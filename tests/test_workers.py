@@ -125,7 +125,7 @@ def two_workers(backend: Backend, session_idp: LoopbackIdP) -> Iterator[RunningG
         yield gateway
 
 
-def test_two_workers_each_serve_requests_and_count_their_own(
+def test_two_workers_each_serve_requests_and_metrics_count_them_all(
     two_workers: RunningGateway, session_idp: LoopbackIdP
 ) -> None:
     token = user_token(session_idp, sub="workers-count")
@@ -133,16 +133,43 @@ def test_two_workers_each_serve_requests_and_count_their_own(
     held = one_connection_per_worker(two_workers, 2)
     served = {pid: 0 for pid in held}
     before = {pid: requests_counted(request(c, "GET", "/metrics", None, token)) for pid, c in held.items()}
+    assert len(set(before.values())) == 1  # whichever worker is asked, the same count
     for round_ in range(3):
         for pid, connection in held.items():
             for _ in range(round_ + 1 if pid == min(held) else 1):
                 request(connection, "POST", "/chatkit", LIST, token)
                 served[pid] += 1
+    assert sorted(served.values()) == [3, 6]
     for pid, connection in held.items():
         after = requests_counted(request(connection, "GET", "/metrics", None, token))
-        assert after - before[pid] == served[pid]  # 6 on one worker, 3 on the other
+        assert after - before[pid] == sum(served.values())  # both workers' requests, on either
         assert worker_of(connection, two_workers) == pid
         connection.close()
+
+
+def open_streams(metrics: bytes) -> float:
+    match = re.search(rb"\nchatkit_gateway_open_streams ([0-9.e+]+)", metrics)
+    assert match, metrics[:2000]
+    return float(match.group(1))
+
+
+def test_open_streams_are_those_of_the_live_workers(two_workers: RunningGateway, session_idp: LoopbackIdP) -> None:
+    token = user_token(session_idp, sub="workers-gauge")
+    held = one_connection_per_worker(two_workers, 2)
+    probes = one_connection_per_worker(two_workers, 2)
+    try:
+        for connection in held.values():
+            stream_first_event(connection, token, "/forever")
+        for probe in probes.values():
+            assert open_streams(request(probe, "GET", "/metrics", None, token)) == 2
+        victim = min(held)
+        os.kill(victim, signal.SIGKILL)
+        wait_for_log(two_workers, f"(pid {victim}) exited with -9; starting a replacement")
+        survivor = probes[max(held)]
+        assert open_streams(request(survivor, "GET", "/metrics", None, token)) == 1
+    finally:
+        for connection in (*held.values(), *probes.values()):
+            connection.close()
 
 
 def stream_first_event(connection: http.client.HTTPConnection, token: str, text: str) -> http.client.HTTPResponse:

@@ -111,12 +111,17 @@ def test_entries_survive_a_redis_restart_and_an_unreachable_redis_fails_closed(
         for replica in replicas:
             wait_for(lambda replica=replica: ask(replica.url, fine).status_code == 503, timeout=10)
             assert_error(ask(replica.url, fine), 503, "revocation_unavailable")
+            # And readiness says why, so the platform stops sending traffic to it.
+            ready = httpx.get(f"{replica.url}/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["reason"] == "the revocation store (redis) cannot be reached"
         assert_error(admin(replicas[0].url, {"jti": "x"}), 503, "revocation_unavailable")
     finally:
         redis.start()  # the same port, and no data: the list is gone from Redis
     for replica in replicas:
         wait_for(lambda replica=replica: ask(replica.url, fine).status_code == 200, timeout=15)
         assert_error(ask(replica.url, revoked), 401, "token_revoked")
+        assert httpx.get(f"{replica.url}/readyz").status_code == 200
     # And the list is whole in Redis again: a replica started now learns it from there.
     with start_gateway(replicas[0].config, port=None) as third:
         assert_error(ask(third.url, revoked), 401, "token_revoked")

@@ -1,0 +1,262 @@
+"""A stream's chunks written to the client from the upstream connection's read callback
+(`ResponseCycle.deliver` into the protocol's `DirectBody`, docs/performance.md): the same bytes, in
+the same order, as they arrive, with back-pressure both ways, and the same endings.
+
+The relay runs here as the gateway runs it: `relay_response` in an ASGI app served by uvicorn
+with the gateway's protocol, its upstream reached through the gateway's transport, against a
+loopback server written for each case, on uvloop and on plain asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+import uvloop
+from starlette.types import Message, Receive, Scope, Send
+
+from gateway.config import UpstreamConfig
+from gateway.protocol import GatewayHttpProtocol
+from gateway.relay import UPSTREAM_BROKE_EVENT, RelayOutcome, direct_body_of, relay_response
+from gateway.upstream import Upstream
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+LOOPS = {"uvloop": uvloop.run, "asyncio": asyncio.run}
+loops = pytest.mark.parametrize("run", list(LOOPS.values()), ids=list(LOOPS))
+
+SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+class Relayed:
+    """What the gateway-side app saw of each relayed answer."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[RelayOutcome] = []
+        self.body_messages: list[int] = []  # per answer: `http.response.body` messages through `send`
+        self.done = asyncio.Event()
+
+
+@asynccontextmanager
+async def upstream_server(handler: Handler) -> AsyncIterator[tuple[str, set[asyncio.Task[None]]]]:
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await handler(reader, writer)
+        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(connected, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/chatkit", tasks
+    finally:
+        server.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@asynccontextmanager
+async def relaying_gateway(upstream_url: str) -> AsyncIterator[tuple[str, Relayed]]:
+    """uvicorn with the gateway's protocol, serving an app that relays the upstream's stream."""
+    upstream = Upstream(UpstreamConfig.model_validate({"url": upstream_url}))
+    relayed = Relayed()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        counted = 0
+
+        async def counting_send(message: Message) -> None:
+            nonlocal counted
+            counted += message["type"] == "http.response.body"
+            await send(message)
+
+        outcome = RelayOutcome()
+        try:
+            response = await upstream.send_stream(upstream.url, [], b"{}")
+            await relay_response(response, counting_send, receive, outcome=outcome, direct=direct_body_of(scope))
+        finally:
+            relayed.outcomes.append(outcome)
+            relayed.body_messages.append(counted)
+            relayed.done.set()
+
+    config = uvicorn.Config(app, http=GatewayHttpProtocol, ws="none", lifespan="off", log_level="warning")
+    server = uvicorn.Server(config)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}/chatkit", relayed
+    finally:
+        server.should_exit = True
+        await serving
+        await upstream.aclose()
+
+
+@loops
+def test_chunks_after_the_first_bypass_send_and_arrive_in_order_as_they_come(run: Callable[..., Any]) -> None:
+    events = 20
+    log: list[tuple[str, int]] = []
+
+    async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD)
+        for n in range(events):
+            log.append(("upstream", n))
+            writer.write(chunk(b'data: {"n": %d}\n\n' % n))
+            await writer.drain()
+            await asyncio.sleep(0.03)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def scenario() -> tuple[bytes, Relayed]:
+        async with upstream_server(stream) as (url, _), relaying_gateway(url) as (gateway, relayed):
+            received = b""
+            async with httpx.AsyncClient() as client, client.stream("POST", gateway, content=b"{}") as response:
+                assert response.status_code == 200
+                async for data in response.aiter_raw():
+                    received += data
+                    log.append(("client", received.count(b"\n\n") - 1))
+            await relayed.done.wait()
+            return received, relayed
+
+    received, relayed = run(scenario())
+    assert received == b"".join(b'data: {"n": %d}\n\n' % n for n in range(events))
+    # The first chunk goes through `send` (with the held head), then the body's end: the 19 others
+    # went straight from the upstream's read callback to the socket.
+    assert relayed.body_messages == [2]
+    outcome = relayed.outcomes[0]
+    assert (outcome.events, outcome.bytes_out, outcome.upstream_broke) == (events, len(received), False)
+    # Incremental: the client had event n before the upstream wrote event n + 2 (30 ms later).
+    for n in range(events - 2):
+        assert log.index(("client", n)) < log.index(("upstream", n + 2)), log
+
+
+@loops
+def test_a_client_that_stops_reading_stops_the_upstream_instead_of_growing_a_buffer(run: Callable[..., Any]) -> None:
+    event = b"data: " + b"x" * 16_000 + b"\n\n"
+    total_events = 4_000  # 64 MB: far more than the sockets on the way can hold
+    written = 0
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal written
+        writer.write(SSE_HEAD)
+        for _ in range(total_events):
+            writer.write(chunk(event))
+            await writer.drain()
+            written += len(event)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def scenario() -> tuple[int, str, int, Relayed]:
+        async with upstream_server(flood) as (url, _), relaying_gateway(url) as (gateway, relayed):
+            port = int(gateway.rsplit(":", 1)[1].split("/")[0])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+            writer.write(b"POST /chatkit HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+            await reader.readuntil(b"\r\n\r\n")
+            await asyncio.sleep(1.0)  # not reading: every buffer on the way fills up
+            while_paused = written
+            digest, size = hashlib.sha256(), 0
+            while True:  # the chunked body, read as it comes
+                line = await reader.readuntil(b"\r\n")
+                length = int(line.strip(), 16)
+                data = await reader.readexactly(length + 2)
+                if length == 0:
+                    break
+                digest.update(data[:-2])
+                size += length
+            writer.close()
+            await relayed.done.wait()
+            return while_paused, digest.hexdigest(), size, relayed
+
+    while_paused, digest, size, relayed = run(scenario())
+    expected = event * total_events
+    assert size == len(expected) and digest == hashlib.sha256(expected).hexdigest()
+    # Bounded by the kernel's socket buffers (a few MB each way), not by the 64 MB on offer.
+    assert while_paused < 24 * 1024 * 1024, while_paused
+    assert relayed.body_messages == [2] and relayed.outcomes[0].events == total_events
+
+
+@loops
+def test_a_client_leaving_mid_stream_closes_the_upstream_connection(run: Callable[..., Any]) -> None:
+    state: dict[str, asyncio.Event] = {}  # made in the scenario's own loop
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD)
+        try:
+            for n in range(2_000):
+                writer.write(chunk(b"data: %d\n\n" % n))
+                await writer.drain()
+                await asyncio.sleep(0.01)
+            await reader.read()  # pragma: no cover - the test fails before this
+        finally:
+            state["closed"].set()
+
+    async def scenario() -> tuple[bool, Relayed]:
+        state["closed"] = asyncio.Event()
+        async with upstream_server(endless) as (url, _), relaying_gateway(url) as (gateway, relayed):
+            async with httpx.AsyncClient() as client, client.stream("POST", gateway, content=b"{}") as response:
+                received = b""
+                async for data in response.aiter_raw():
+                    received += data
+                    if received.count(b"\n\n") >= 10:
+                        break  # leaves: the connection is closed with the stream
+            await asyncio.wait_for(relayed.done.wait(), 5)
+            await asyncio.wait_for(state["closed"].wait(), 5)
+            return state["closed"].is_set(), relayed
+
+    upstream_closed, relayed = run(scenario())
+    assert upstream_closed
+    outcome = relayed.outcomes[0]
+    assert outcome.client_disconnected and outcome.events >= 10
+    assert relayed.body_messages == [1]  # only the first chunk went through `send`
+
+
+@loops
+def test_an_upstream_breaking_mid_stream_ends_with_the_chatkit_error_event(run: Callable[..., Any]) -> None:
+    async def breaks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD)
+        for n in range(5):
+            writer.write(chunk(b"data: %d\n\n" % n))
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        writer.write(chunk(b"data: half an ev"))  # then the connection drops mid-frame
+        await writer.drain()
+        writer.transport.abort()
+
+    async def scenario() -> tuple[bytes, Relayed]:
+        async with upstream_server(breaks) as (url, _), relaying_gateway(url) as (gateway, relayed):
+            async with httpx.AsyncClient() as client:
+                response = await client.post(gateway, content=b"{}")
+            await relayed.done.wait()
+            return response.content, relayed
+
+    body, relayed = run(scenario())
+    assert body.startswith(b"data: 0\n\n") and body.endswith(UPSTREAM_BROKE_EVENT)
+    assert b"data: half an ev" + UPSTREAM_BROKE_EVENT in body
+    outcome = relayed.outcomes[0]
+    assert outcome.upstream_broke and not outcome.client_disconnected
+    assert relayed.body_messages == [3]  # the first chunk, the error event, the end
