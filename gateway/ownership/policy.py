@@ -169,7 +169,11 @@ class OwnershipPolicy:
         if isinstance(exact, dict) and isinstance(exact.get("data"), list) and len(exact["data"]) == len(keep):
             page = exact
         page["data"] = [thread for thread, kept in zip(page["data"], keep, strict=True) if kept]
-        return json.dumps(page, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        try:
+            return json.dumps(page, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate escape (`"\ud800"`) has no UTF-8 form: written back escaped, as it came.
+            return json.dumps(page, separators=(",", ":")).encode("ascii")
 
 
 def _thread_id(thread: object) -> str:

@@ -119,6 +119,15 @@ async def test_a_list_only_json_reads_is_filtered_all_the_same(body: bytes) -> N
     assert filtered["data"] == [{"id": "thr_a", "title": "ä"}]
 
 
+@pytest.mark.anyio
+async def test_a_filtered_list_with_a_lone_surrogate_escape_is_written_back_escaped() -> None:
+    """`"\\ud800"` is valid JSON with no UTF-8 form: the page is filtered and stays valid JSON."""
+    body = b'{"data":[{"id":"thr_a","title":"\\ud800 \xc3\xa4"},{"id":"thr_b"}]}'
+    filtered = await (await policy()).filter_list("alice", body)
+    assert filtered == b'{"data":[{"id":"thr_a","title":"\\ud800 \\u00e4"}]}'
+    assert json.loads(filtered) == {"data": [{"id": "thr_a", "title": "\ud800 ä"}]}
+
+
 class CountingStore(MemoryStore):
     """The memory store, counting the ids each lookup asks for."""
 
