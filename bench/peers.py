@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import tomli_w
@@ -157,6 +158,18 @@ class Signer:
         return f"{signing_input}.{_b64(signature)}"
 
 
+def gateway_config(port: int, upstream_url: str, jwks_url: str, folder: Path) -> dict[str, Any]:
+    """The gateway's configuration as the benchmarks run it: auth on, ownership on its default
+    store (SQLite, in `folder`), warnings only in the log."""
+    return {
+        "server": {"host": "127.0.0.1", "port": port},
+        "upstream": {"url": f"{upstream_url}/chatkit"},
+        "auth": {"issuers": [{"issuer": ISSUER, "jwks_url": f"{jwks_url}/jwks.json", "audiences": [AUDIENCE]}]},
+        "logging": {"level": "warning"},
+        "ownership": {"sqlite_path": str(folder / "ownership.sqlite3")},
+    }
+
+
 @contextmanager
 def peers(
     with_nginx: bool = True, gateway_command: Sequence[str] = (sys.executable, "-m", "gateway")
@@ -185,13 +198,7 @@ def peers(
                 "/",
             )
             started.append(upstream)
-            config = {
-                "server": {"host": "127.0.0.1", "port": gw_port},
-                "upstream": {"url": f"{upstream.url}/chatkit"},
-                "auth": {"issuers": [{"issuer": ISSUER, "jwks_url": f"{jwks.url}/jwks.json", "audiences": [AUDIENCE]}]},
-                "logging": {"level": "warning"},
-                "ownership": {"sqlite_path": str(root / "ownership.sqlite3")},
-            }
+            config = gateway_config(gw_port, upstream.url, jwks.url, root)
             (root / "gateway.toml").write_text(tomli_w.dumps(config))
             gateway = start(
                 "gateway",

@@ -8,7 +8,6 @@ What goes upstream is built by `outbound.py`; the request path itself is in `app
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 from collections.abc import Mapping, Sequence
@@ -27,7 +26,6 @@ from .observe import Observer
 from .outbound import Outbound
 from .ownership import Owners, OwnershipPolicy, open_store
 from .ratelimit import RateLimiter
-from .relay import StreamStop
 from .revocation.revocations import Revocations
 from .revocation.streams import StreamGuard
 from .streams import OpenStreams
@@ -186,19 +184,16 @@ class Runtime:
             raise UnknownIssuer()
         return principal, identity_of(principal, self.config.identity, prefix)
 
-    def session_end(
-        self, principal: Principal, drain: asyncio.Future[StreamStop]
-    ) -> contextlib.AbstractContextManager[asyncio.Future[StreamStop]]:
-        """`with runtime.session_end(principal, drain) as stop:` for one SSE stream: `stop` completes
-        at the drain, at the token's `exp` plus `auth.stream_grace_seconds`, or at a revocation
-        that names the token (docs/revocation.md)."""
+    def session_end(self, principal: Principal) -> StreamGuard:
+        """`with runtime.session_end(principal) as stop:` for one SSE stream (inside `async with
+        runtime.streams`): `stop` completes at the end of the drain's grace, at the token's `exp`
+        plus `auth.stream_grace_seconds`, or at a revocation that names the token (docs/revocation.md)."""
         grace = self.config.auth.stream_grace_seconds
         revocations = self.revocations
+        registry = revocations.streams if revocations is not None else None
+        guard = StreamGuard(principal, grace=grace, clock=self.clock, streams=self.streams, registry=registry)
         if revocations is None:
-            if grace < 0:
-                return contextlib.nullcontext(drain)
-            return StreamGuard(principal, grace=grace, clock=self.clock, drain=drain, registry=None)
-        guard = StreamGuard(principal, grace=grace, clock=self.clock, drain=drain, registry=revocations.streams)
+            return guard
         try:
             # Watched from here on; an entry that arrived since the request's check refuses it now.
             revocations.check(principal, bearer=principal.source == "bearer")
