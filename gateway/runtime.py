@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Runtime"]
 
+GC_YOUNG_THRESHOLD = 10_000
+
 logger = logging.getLogger("chatkit_gateway")
 
 # While the backend's TLS handshake fails, the warm-up connection is tried again this often.
@@ -118,6 +120,13 @@ class Runtime:
         # first ones would otherwise walk every object made at start-up).
         gc.collect()
         gc.freeze()
+        # A collection of the youngest generation every GC_YOUNG_THRESHOLD new container objects
+        # rather than CPython's 700: a stream holds some 70 of them for as long as it is open, so
+        # thousands of streams opening together made hundreds of young collections and, as the
+        # survivors piled up, full ones, which walk every open stream's objects (0.95 s of CPU for
+        # 5,000 streams, a third of the time to their first events: docs/performance.md, "Many
+        # streams"). The older generations keep their thresholds.
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         self.started = True
 
     async def _retry_tls(self) -> None:
