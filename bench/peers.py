@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -47,11 +48,10 @@ FD_LIMIT = 65536
 
 
 def _raise_fd_limit() -> None:
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
-        # Two fds per relayed stream: 10,000 streams need more than the usual 20,000 (root may raise it).
+        # Two fds per relayed stream: 10,000 streams need more than 20,000. Root may raise the hard
+        # limit on most machines; where it cannot, the hard one it is (`storm.max_streams_per_worker`).
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(hard, FD_LIMIT), max(hard, FD_LIMIT)))
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -230,8 +230,8 @@ worker_processes 1;
 daemon off;
 pid {root}/nginx.pid;
 error_log {root}/nginx-error.log warn;
-worker_rlimit_nofile 20000;
-events {{ worker_connections 16384; }}
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     client_body_temp_path {root}/body; proxy_temp_path {root}/proxy;
@@ -254,7 +254,18 @@ http {{
 def start_nginx(root: Path, upstream: Peer) -> Peer:
     port = free_port()
     conf = root / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(root=root, upstream=upstream.url.removeprefix("http://"), port=port))
+    # Two connections per relayed stream: as many as the fd limit lets one worker hold.
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = 65536 if nofile == resource.RLIM_INFINITY else min(nofile, 65536)
+    conf.write_text(
+        NGINX_CONF.format(
+            root=root,
+            upstream=upstream.url.removeprefix("http://"),
+            port=port,
+            nofile=nofile,
+            connections=nofile - 64,
+        )
+    )
     return start(
         "nginx",
         [NGINX, "-c", str(conf), "-p", str(root), "-e", str(root / "nginx-error.log")],

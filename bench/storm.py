@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--profile", type=Path, help="the gateway under bench.cpuprofile: the storms' stacks in OUT-1")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--direct", action="store_true", help="the storm to the upstream itself, for scale")
     args = parser.parse_args(argv)
     raise_own_fd_limit()
     streams = args.streams or max_streams_per_worker()
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile:
                 gateway.process.send_signal(signal.SIGUSR1)  # start-up's stacks to OUT-0, the storms' to OUT-1
             for round_ in range(args.rounds):
-                figures = run_storm(gateway.pids, gw_port, up_port, token, streams)
+                subject, port = (upstream, up_port) if args.direct else (gateway, gw_port)
+                figures = run_storm(subject.pids, port, up_port, token, streams)
                 print(json.dumps({"round": round_, "streams": streams, "workers": args.workers, **figures}), flush=True)
             if args.profile:
                 gateway.process.send_signal(signal.SIGUSR1)
