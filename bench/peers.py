@@ -263,7 +263,7 @@ def start_nginx(root: Path, upstream: Peer) -> Peer:
             upstream=upstream.url.removeprefix("http://"),
             port=port,
             nofile=nofile,
-            connections=nofile - 64,
+            connections=nofile,
         )
     )
     return start(
