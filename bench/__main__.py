@@ -182,12 +182,15 @@ def storm_intro() -> list[str]:
         "event is `thread.created` (so the gateway records each new thread's owner in its SQLite store),",
         "held, then dropped. *RSS kept* is the subject's RSS growth still there",
         f"{bench_storm.MEMORY_BACK_SECONDS:g} s after the clients left, as a share of what the streams took.",
+        "Each gateway row is a gateway started for it; direct and nginx run their counts in turn in one",
+        "process each, where a storm reuses memory an earlier one left (their later rows read low).",
         "",
         f"The largest count, {most:,}, is what one process can relay under this machine's open-file hard",
         f"limit of {hard:,} (`ulimit -Hn`; it cannot be raised here, even by root): a relayed stream holds",
         f"two fds, the client's and the upstream's, and {bench_storm.FD_MARGIN} are left for the rest. So",
         f"10,000 streams in one worker cannot be opened on this machine; the *{bench_run.TWO_WORKERS}* row",
-        "holds them across two (`server.workers = 2`).",
+        "holds them across two (`server.workers = 2`). nginx stops at 5,000: at the largest count its one",
+        "worker runs out of `worker_connections` and fails a few hundred streams.",
     ]
 
 

@@ -113,23 +113,36 @@ def run_storms(
     config_args: list[str],
     results: Results,
 ) -> None:
-    """Every subject at each count; then a gateway with `server.workers = 2` at `plan.two_workers_storm`
-    (more streams than one worker can hold here: docs/BENCHMARKS.md, "Many open streams")."""
+    """Every subject at each count; then `server.workers = 2` at `plan.two_workers_storm` (more
+    streams than one worker can hold here: docs/BENCHMARKS.md, "Many open streams").
+
+    Each gateway storm runs in a gateway started for it: in a process that held streams before,
+    the new ones reuse the memory the earlier ones left (`run_storm`), and their RSS per stream
+    would read low. direct and nginx run their counts in turn in one process each."""
     for name, peer, pids in subjects:
         results.storms[name] = {}
-        port = int(peer.url.rsplit(":", 1)[1])
         for streams in storm_counts(plan, name):
-            results.storms[name][streams] = storm.run_storm(pids, port, upstream_port, token, streams)
+            if name == "gateway":
+                figures = _fresh_gateway_storm(config_args, {}, upstream_port, token, streams)
+            else:
+                port = int(peer.url.rsplit(":", 1)[1])
+                figures = storm.run_storm(pids, port, upstream_port, token, streams)
+            results.storms[name][streams] = figures
+    two = {"CHATKIT_GATEWAY__SERVER__WORKERS": "2"}
+    streams = plan.two_workers_storm
+    results.storms[TWO_WORKERS] = {streams: _fresh_gateway_storm(config_args, two, upstream_port, token, streams)}
+
+
+def _fresh_gateway_storm(
+    config_args: list[str], env: dict[str, str], upstream_port: int, token: str, streams: int
+) -> dict[str, float]:
     port = peers.free_port()
-    env = {**os.environ, "CHATKIT_GATEWAY__SERVER__WORKERS": "2"}
-    two = peers.start(
-        "gateway-2-workers", [*config_args, "--port", str(port)], f"http://127.0.0.1:{port}", "/readyz", env=env
-    )
+    args = [*config_args, "--port", str(port)]
+    gateway = peers.start("gateway-storm", args, f"http://127.0.0.1:{port}", "/readyz", env={**os.environ, **env})
     try:
-        streams = plan.two_workers_storm
-        results.storms[TWO_WORKERS] = {streams: storm.run_storm(two.pids, port, upstream_port, token, streams)}
+        return storm.run_storm(gateway.pids, port, upstream_port, token, streams)
     finally:
-        peers.stop(two)
+        peers.stop(gateway)
 
 
 IDLE_BEFORE_REQUEST = 0.2
