@@ -157,7 +157,10 @@ class SQLiteStore:
 
     def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Statement]) -> None:
         """On the store's thread: the batch's statements, in one transaction if any writes."""
-        outcomes = self._outcomes(batch)
+        try:
+            outcomes = self._outcomes(batch)
+        except Exception as exc:  # not SQLite's: the callers get it, and the next batch still goes
+            outcomes = [exc] * len(batch)
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
             loop.call_soon_threadsafe(self._finished, loop, batch, outcomes)
 
@@ -173,7 +176,7 @@ class SQLiteStore:
                 for statement in batch:
                     try:
                         outcomes.append(statement.work(db))
-                    except (sqlite3.Error, OSError) as exc:
+                    except Exception as exc:
                         outcomes.append(exc)
                 return outcomes
             # IMMEDIATE: the write lock is taken (waiting up to busy_timeout for another process)

@@ -262,3 +262,23 @@ async def test_a_sqlite_batch_that_cannot_commit_fails_every_claim_in_it(tmp_pat
     finally:
         blocker.close()
         await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_sqlite_claim_given_up_by_its_caller_leaves_the_others_and_the_store_working(tmp_path: Path) -> None:
+    """A caller cancelled while its claim waits for its batch (a client gone): the claims beside it
+    are answered, and the store takes the next ones."""
+    store = SQLiteStore(str(tmp_path / "owners.sqlite3"))
+    await store.start()
+    try:
+        ids = [new_id() for _ in range(50)]
+        tasks = [asyncio.ensure_future(store.claim(item_id, "alice")) for item_id in ids]
+        await asyncio.sleep(0)
+        tasks[25].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[25], asyncio.CancelledError)
+        assert [result for n, result in enumerate(results) if n != 25] == ["alice"] * 49
+        assert await store.claim(new_id(), "bob") == "bob"
+        assert set(await store.owners(ids)) >= set(ids[:25] + ids[26:])
+    finally:
+        await store.aclose()
