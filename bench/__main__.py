@@ -6,11 +6,13 @@ import argparse
 import math
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
 
 from bench import run as bench_run
+from bench import storm as bench_storm
 from bench import tokens as bench_tokens
 from bench import workers as bench_workers
 
@@ -146,22 +148,50 @@ def sse_section(results: bench_run.Results) -> list[str]:
 
 def storm_section(results: bench_run.Results) -> list[str]:
     out = table(
-        "subject", "streams", "opened", "all first events s", "KiB RSS per stream", "fds back s", "upstream closed s"
+        "subject",
+        "streams",
+        "opened",
+        "all first events s",
+        "KiB RSS per stream",
+        "fds back s",
+        "upstream closed s",
+        f"RSS kept {bench_storm.MEMORY_BACK_SECONDS:g} s after",
     )
     for name, by_n in results.storms.items():
         for n, r in by_n.items():
             out.append(
                 row(
                     name,
-                    n,
-                    int(r["opened"]),
+                    f"{n:,}",
+                    f"{int(r['opened']):,}",
                     fmt(r["all_first_events_s"], 2),
                     fmt(r["kib_per_stream"]),
                     fmt(r["fds_back_s"], 2),
                     fmt(r["upstream_back_s"], 2),
+                    "–" if math.isnan(r["rss_kept_share"]) else f"{r['rss_kept_share']:.0%}",
                 )
             )
     return out
+
+
+def storm_intro() -> list[str]:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    most = bench_storm.max_streams_per_worker()
+    return [
+        "Idle streams opened at once (at most 512 connects in flight), each a `threads.create` whose first",
+        "event is `thread.created` (so the gateway records each new thread's owner in its SQLite store),",
+        "held, then dropped. *RSS kept* is the subject's RSS growth still there",
+        f"{bench_storm.MEMORY_BACK_SECONDS:g} s after the clients left, as a share of what the streams took.",
+        "Each gateway row is a gateway started for it; direct and nginx run their counts in turn in one",
+        "process each, where a storm reuses memory an earlier one left (their later rows read low).",
+        "",
+        f"The largest count, {most:,}, is what one process can relay under this machine's open-file hard",
+        f"limit of {hard:,} (`ulimit -Hn`; it cannot be raised here, even by root): a relayed stream holds",
+        f"two fds, the client's and the upstream's, and {bench_storm.FD_MARGIN} are left for the rest. So",
+        f"10,000 streams in one worker cannot be opened on this machine; the *{bench_run.TWO_WORKERS}* row",
+        "holds them across two (`server.workers = 2`). nginx stops at 5,000: at the largest count its one",
+        "worker runs out of `worker_connections` and fails a few hundred streams.",
+    ]
 
 
 def render(results: bench_run.Results, quick: bool) -> str:
@@ -175,7 +205,7 @@ def render(results: bench_run.Results, quick: bool) -> str:
     out += ["From the upstream's send to the client's read; *added* is over direct at the same load.", ""]
     out += [*sse_section(results), ""]
     out += ["## Many open streams", ""]
-    out += ["Idle streams opened at once (at most 512 connects in flight), held, then dropped.", ""]
+    out += [*storm_intro(), ""]
     out += [*storm_section(results), ""]
     if results.workers:
         out += ["## Several workers", "", *bench_workers.render(results.workers, os.cpu_count()), ""]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import tomli_w
@@ -46,11 +48,10 @@ FD_LIMIT = 65536
 
 
 def _raise_fd_limit() -> None:
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
-        # Two fds per relayed stream: 10,000 streams need more than the usual 20,000 (root may raise it).
+        # Two fds per relayed stream: 10,000 streams need more than 20,000. Root may raise the hard
+        # limit on most machines; where it cannot, the hard one it is (`storm.max_streams_per_worker`).
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(hard, FD_LIMIT), max(hard, FD_LIMIT)))
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -157,6 +158,18 @@ class Signer:
         return f"{signing_input}.{_b64(signature)}"
 
 
+def gateway_config(port: int, upstream_url: str, jwks_url: str, folder: Path) -> dict[str, Any]:
+    """The gateway's configuration as the benchmarks run it: auth on, ownership on its default
+    store (SQLite, in `folder`), warnings only in the log."""
+    return {
+        "server": {"host": "127.0.0.1", "port": port},
+        "upstream": {"url": f"{upstream_url}/chatkit"},
+        "auth": {"issuers": [{"issuer": ISSUER, "jwks_url": f"{jwks_url}/jwks.json", "audiences": [AUDIENCE]}]},
+        "logging": {"level": "warning"},
+        "ownership": {"sqlite_path": str(folder / "ownership.sqlite3")},
+    }
+
+
 @contextmanager
 def peers(
     with_nginx: bool = True, gateway_command: Sequence[str] = (sys.executable, "-m", "gateway")
@@ -185,13 +198,7 @@ def peers(
                 "/",
             )
             started.append(upstream)
-            config = {
-                "server": {"host": "127.0.0.1", "port": gw_port},
-                "upstream": {"url": f"{upstream.url}/chatkit"},
-                "auth": {"issuers": [{"issuer": ISSUER, "jwks_url": f"{jwks.url}/jwks.json", "audiences": [AUDIENCE]}]},
-                "logging": {"level": "warning"},
-                "ownership": {"sqlite_path": str(root / "ownership.sqlite3")},
-            }
+            config = gateway_config(gw_port, upstream.url, jwks.url, root)
             (root / "gateway.toml").write_text(tomli_w.dumps(config))
             gateway = start(
                 "gateway",
@@ -223,8 +230,8 @@ worker_processes 1;
 daemon off;
 pid {root}/nginx.pid;
 error_log {root}/nginx-error.log warn;
-worker_rlimit_nofile 20000;
-events {{ worker_connections 16384; }}
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     client_body_temp_path {root}/body; proxy_temp_path {root}/proxy;
@@ -247,7 +254,18 @@ http {{
 def start_nginx(root: Path, upstream: Peer) -> Peer:
     port = free_port()
     conf = root / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(root=root, upstream=upstream.url.removeprefix("http://"), port=port))
+    # Two connections per relayed stream: as many as the fd limit lets one worker hold.
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = 65536 if nofile == resource.RLIM_INFINITY else min(nofile, 65536)
+    conf.write_text(
+        NGINX_CONF.format(
+            root=root,
+            upstream=upstream.url.removeprefix("http://"),
+            port=port,
+            nofile=nofile,
+            connections=nofile,
+        )
+    )
     return start(
         "nginx",
         [NGINX, "-c", str(conf), "-p", str(root), "-e", str(root / "nginx-error.log")],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import features, load, measure, observe, ownership, peers, verify, workers
+from bench import features, load, measure, observe, ownership, peers, storm, verify, workers
 from bench import tokens as bench_tokens
 
 
@@ -26,11 +27,14 @@ class Plan:
     first_request_rounds: int
     workers_concurrency: tuple[int, ...] = (16, 64)
     workers_rounds: int = 3
+    storm_to_limit: bool = True  # also the most streams one worker can hold here (`storm.max_streams_per_worker`)
+    two_workers_storm: int = 10_000
 
 
 # The single stream runs long enough (1,000 events) for its CPU time to rise above /proc's 10 ms tick.
 FULL = Plan((1, 16, 64), 5.0, ((1, 1000, 5.0), (100, 100, 20.0), (300, 60, 50.0)), (1000, 5000), 2000, 10, 5)
-QUICK = Plan((1, 4), 1.0, ((1, 10, 10.0), (5, 10, 20.0)), (20,), 20, 3, 1, (4,), 1)
+QUICK = Plan((1, 4), 1.0, ((1, 10, 10.0), (5, 10, 20.0)), (20,), 20, 3, 1, (4,), 1, False, 20)
+TWO_WORKERS = "gateway, 2 workers"
 
 
 @dataclass
@@ -91,37 +95,54 @@ def run_sse(plan: Plan, subjects: list[tuple[str, peers.Peer, list[int]]], token
             }
 
 
+def storm_counts(plan: Plan, subject: str) -> tuple[int, ...]:
+    """The plan's storms, and the most streams one worker can hold under this machine's fd limit.
+
+    Not for nginx: at that count its one worker runs out of `worker_connections` slots (it warns
+    "worker_connections are not enough, reusing connections") and refuses a few hundred streams."""
+    if not plan.storm_to_limit or subject == "nginx":
+        return plan.storms
+    return (*plan.storms, storm.max_streams_per_worker())
+
+
 def run_storms(
-    plan: Plan, subjects: list[tuple[str, peers.Peer, list[int]]], upstream_port: int, token: str, results: Results
+    plan: Plan,
+    subjects: list[tuple[str, peers.Peer, list[int]]],
+    upstream_port: int,
+    token: str,
+    config_args: list[str],
+    results: Results,
 ) -> None:
+    """Every subject at each count; then `server.workers = 2` at `plan.two_workers_storm` (more
+    streams than one worker can hold here: docs/BENCHMARKS.md, "Many open streams").
+
+    Each gateway storm runs in a gateway started for it: in a process that held streams before,
+    the new ones reuse the memory the earlier ones left (`run_storm`), and their RSS per stream
+    would read low. direct and nginx run their counts in turn in one process each."""
     for name, peer, pids in subjects:
         results.storms[name] = {}
-        port = int(peer.url.rsplit(":", 1)[1])
-        for streams in plan.storms:
-            time.sleep(1.0)
-            base_rss, base_fds = measure.rss_kib(pids), measure.fd_count(pids)
-            base_upstream = measure.established_to(upstream_port)
-            storm = load.Storm("127.0.0.1", port, token, streams)
-            storm.start()
-            storm.opened.wait(150)
-            time.sleep(0.5)
-            rss = measure.rss_kib(pids)
-            storm.release()
-            fds_back = measure.wait_until(lambda p=pids, b=base_fds: measure.fd_count(p) <= b + 2, timeout=60)
-            conns_back = measure.wait_until(
-                lambda b=base_upstream: measure.established_to(upstream_port) <= b + 2, timeout=60
-            )
-            storm.join(30)
-            result = storm.result
-            assert result is not None
-            results.storms[name][streams] = {
-                "opened": result.opened,
-                "failures": result.failures,
-                "all_first_events_s": result.seconds_to_all_first_events,
-                "kib_per_stream": (rss - base_rss) / max(result.opened, 1),
-                "fds_back_s": float("nan") if fds_back is None else fds_back,
-                "upstream_back_s": float("nan") if conns_back is None else conns_back,
-            }
+        for streams in storm_counts(plan, name):
+            if name == "gateway":
+                figures = _fresh_gateway_storm(config_args, {}, upstream_port, token, streams)
+            else:
+                port = int(peer.url.rsplit(":", 1)[1])
+                figures = storm.run_storm(pids, port, upstream_port, token, streams)
+            results.storms[name][streams] = figures
+    two = {"CHATKIT_GATEWAY__SERVER__WORKERS": "2"}
+    streams = plan.two_workers_storm
+    results.storms[TWO_WORKERS] = {streams: _fresh_gateway_storm(config_args, two, upstream_port, token, streams)}
+
+
+def _fresh_gateway_storm(
+    config_args: list[str], env: dict[str, str], upstream_port: int, token: str, streams: int
+) -> dict[str, float]:
+    port = peers.free_port()
+    args = [*config_args, "--port", str(port)]
+    gateway = peers.start("gateway-storm", args, f"http://127.0.0.1:{port}", "/readyz", env={**os.environ, **env})
+    try:
+        return storm.run_storm(gateway.pids, port, upstream_port, token, streams)
+    finally:
+        peers.stop(gateway)
 
 
 IDLE_BEFORE_REQUEST = 0.2
@@ -171,17 +192,18 @@ def run_first_request(plan: Plan, config_args: list[str], signer: peers.Signer, 
 
 
 def run(plan: Plan) -> Results:
+    storm.raise_own_fd_limit()  # the storms' clients run in this process, one fd each
     results = Results()
     with peers.peers() as (upstream, gateway, nginx, signer):
         token = signer.token()
         subjects = targets(upstream, gateway, nginx)
         run_json(plan, subjects, token, results)
         run_sse(plan, subjects, token, results)
-        run_storms(plan, subjects, int(upstream.url.rsplit(":", 1)[1]), token, results)
-        results.tokens = bench_tokens.run(gateway, token, plan.json_seconds)
-        results.ownership = ownership.run(gateway, signer, seconds=max(1.0, plan.json_seconds / 2))
         config = Path(gateway.process.args[-1])  # type: ignore[index]
         config_args = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
+        run_storms(plan, subjects, int(upstream.url.rsplit(":", 1)[1]), token, config_args, results)
+        results.tokens = bench_tokens.run(gateway, token, plan.json_seconds)
+        results.ownership = ownership.run(gateway, signer, seconds=max(1.0, plan.json_seconds / 2))
         results.workers = workers.measure_workers(
             gateway,
             upstream,

@@ -5,7 +5,8 @@
 - `threads.create` with `params.events` = n and `params.interval_ms` = ms: an SSE stream of n
   events, each carrying `time.monotonic_ns()` taken just before it is sent, so a client on the
   same machine can measure per-event latency;
-- `threads.create` with `params.idle` = true: one event, then silence until the client leaves.
+- `threads.create` with `params.idle` = true: one event (`thread.created`, a new thread id each
+  time), then silence until the client leaves.
 
 Run: `python -m bench.upstream --port N`.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import time
 from typing import Any
 
@@ -50,7 +52,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
     if params.get("idle"):
-        await send({"type": "http.response.body", "body": b'data: {"type":"stream_options"}\n\n', "more_body": True})
+        # A new thread, as openai-chatkit opens a `threads.create` stream: the gateway records its owner.
+        thread = f'{{"id":"thr_{secrets.token_hex(8)}","title":null,"created_at":"2025-01-01T00:00:00Z"}}'
+        event = f'data: {{"type":"thread.created","thread":{thread}}}\n\n'.encode()
+        await send({"type": "http.response.body", "body": event, "more_body": True})
         while (await receive())["type"] != "http.disconnect":
             pass
         return

@@ -167,8 +167,8 @@ class ChatKitEndpoint(Endpoint):
         slot = await self.runtime.limiter.open_stream(identity.user_id)
         try:
             # The session's end is watched before the upstream is asked, so a revocation meanwhile counts.
-            async with self.runtime.streams as drain:
-                with self.runtime.session_end(principal, drain) as stop:
+            async with self.runtime.streams:
+                with self.runtime.session_end(principal) as stop:
                     answer = await self._open(rewritten, upstream_headers)
                     # Nothing of the request is needed while the answer streams back: let it go.
                     del rewritten, upstream_headers, principal, identity

@@ -8,7 +8,6 @@ What goes upstream is built by `outbound.py`; the request path itself is in `app
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 from collections.abc import Mapping, Sequence
@@ -27,7 +26,6 @@ from .observe import Observer
 from .outbound import Outbound
 from .ownership import Owners, OwnershipPolicy, open_store
 from .ratelimit import RateLimiter
-from .relay import StreamStop
 from .revocation.revocations import Revocations
 from .revocation.streams import StreamGuard
 from .streams import OpenStreams
@@ -41,6 +39,8 @@ if TYPE_CHECKING:
     from .tracing import RequestTrace, Tracing
 
 __all__ = ["Runtime"]
+
+GC_YOUNG_THRESHOLD = 10_000
 
 logger = logging.getLogger("chatkit_gateway")
 
@@ -120,6 +120,13 @@ class Runtime:
         # first ones would otherwise walk every object made at start-up).
         gc.collect()
         gc.freeze()
+        # A collection of the youngest generation every GC_YOUNG_THRESHOLD new container objects
+        # rather than CPython's 700: a stream holds some 70 of them for as long as it is open, so
+        # thousands of streams opening together made hundreds of young collections and, as the
+        # survivors piled up, full ones, which walk every open stream's objects (0.95 s of CPU for
+        # 5,000 streams, a third of the time to their first events: docs/performance.md, "Many
+        # streams"). The older generations keep their thresholds.
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         self.started = True
 
     async def _retry_tls(self) -> None:
@@ -186,19 +193,16 @@ class Runtime:
             raise UnknownIssuer()
         return principal, identity_of(principal, self.config.identity, prefix)
 
-    def session_end(
-        self, principal: Principal, drain: asyncio.Future[StreamStop]
-    ) -> contextlib.AbstractContextManager[asyncio.Future[StreamStop]]:
-        """`with runtime.session_end(principal, drain) as stop:` for one SSE stream: `stop` completes
-        at the drain, at the token's `exp` plus `auth.stream_grace_seconds`, or at a revocation
-        that names the token (docs/revocation.md)."""
+    def session_end(self, principal: Principal) -> StreamGuard:
+        """`with runtime.session_end(principal) as stop:` for one SSE stream (inside `async with
+        runtime.streams`): `stop` completes at the end of the drain's grace, at the token's `exp`
+        plus `auth.stream_grace_seconds`, or at a revocation that names the token (docs/revocation.md)."""
         grace = self.config.auth.stream_grace_seconds
         revocations = self.revocations
+        registry = revocations.streams if revocations is not None else None
+        guard = StreamGuard(principal, grace=grace, clock=self.clock, streams=self.streams, registry=registry)
         if revocations is None:
-            if grace < 0:
-                return contextlib.nullcontext(drain)
-            return StreamGuard(principal, grace=grace, clock=self.clock, drain=drain, registry=None)
-        guard = StreamGuard(principal, grace=grace, clock=self.clock, drain=drain, registry=revocations.streams)
+            return guard
         try:
             # Watched from here on; an entry that arrived since the request's check refuses it now.
             revocations.check(principal, bearer=principal.source == "bearer")

@@ -142,6 +142,8 @@ class Owners:
             owner = await self.store.claim(item_id, user_id)
         except StoreUnavailable as error:
             raise self._failed(error, "record") from None
+        if owner == user_id:
+            owner = user_id  # the caller's string, not a copy per cached record
         self._remember(item_id, owner)
         return owner
 

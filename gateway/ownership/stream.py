@@ -32,6 +32,10 @@ EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 LINE_END = re.compile(rb"\r\n|\n|\r")
 
 
+async def _recorded(thread_id: str) -> None:
+    """What a finished watch records with: nothing (it reads no more events)."""
+
+
 class ThreadCreatedWatch:
     """Feed it each chunk of an SSE stream; relay what it returns. `active` turns False once done."""
 
@@ -51,18 +55,23 @@ class ThreadCreatedWatch:
             await self._event(data[relayable : match.start()])
             relayable = match.end()
             if self._seen >= SCANNED_EVENTS:
-                self.active = False
-                self._held = b""
+                self._stop()
                 return data
         rest = data[relayable:]
         if len(rest) > MAX_HELD_BYTES:
             if THREAD_CREATED in rest:
                 raise OwnershipUnavailable()
-            self.active = False
-            self._held = b""
+            self._stop()
             return data
         self._held = rest
         return data[:relayable]
+
+    def _stop(self) -> None:
+        """Done watching. The relay may keep the watch for the rest of a long stream: what it
+        referred to (the recording closure, with the user's id and the policy) goes now."""
+        self.active = False
+        self._held = b""
+        self._record = _recorded
 
     async def rest(self) -> bytes:
         """What is held back when the stream ends or breaks: an unfinished last event. It is

@@ -1,20 +1,25 @@
 """How an open SSE stream ends when its session does: at its token's `exp` plus
 `auth.stream_grace_seconds`, or when a revocation names its token.
 
-Each stream gets one `StreamGuard`: a future the relay watches (as it watches the shutdown's), one
-timer for the expiry, and a place in the replica's `StreamRegistry` while revocation is on. Nothing is
-done per event. A stream whose end has already passed when it opens is ended after its first event.
+Each stream gets one `StreamGuard`: a future the relay watches, which the end of a shutdown's grace,
+the expiry and a revocation complete; one timer for the expiry, and a place in the replica's
+`StreamRegistry` while revocation is on. Nothing is done per event. A stream whose end has already
+passed when it opens is ended after its first event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from typing import TYPE_CHECKING
 
 from ..auth.verify import Principal
 from ..clock import Clock
 from ..relay import FRAME_END, StreamStop, stream_error_event
 from .entries import Key, StreamRegistry, StreamStopper, keys_of
+
+if TYPE_CHECKING:
+    from ..streams import OpenStreams
 
 __all__ = ["REVOKED", "SESSION_EXPIRED", "StreamGuard"]
 
@@ -31,7 +36,7 @@ class StreamGuard:
     """One stream's end conditions; `stop` completes with why it must end. Closed when the stream
     ends (`close()`, or use it as a context manager)."""
 
-    __slots__ = ("_drain", "_keys", "_registry", "_stopper", "_timer", "stop")
+    __slots__ = ("_keys", "_registry", "_stopper", "_streams", "_timer", "stop")
 
     def __init__(
         self,
@@ -39,24 +44,25 @@ class StreamGuard:
         *,
         grace: float,
         clock: Clock,
-        drain: asyncio.Future[StreamStop] | None,
+        streams: OpenStreams | None,
         registry: StreamRegistry | None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self.stop: asyncio.Future[StreamStop] = loop.create_future()
-        self._drain = drain
+        self._streams = streams
         self._timer: asyncio.TimerHandle | None = None
         self._registry = registry
         self._keys: tuple[Key, ...] = ()
         self._stopper: StreamStopper | None = None
-        if drain is not None:
-            drain.add_done_callback(self._on_drain)
         if grace >= 0 and math.isfinite(principal.expires_at):
             remaining = principal.expires_at + grace - clock.time()
             if remaining <= 0:
                 self.stop.set_result(SESSION_EXPIRED)
             else:
                 self._timer = loop.call_at(loop.time() + remaining, self._end, SESSION_EXPIRED)
+        if streams is not None:
+            # The drain completes `stop` itself (an O(1) place per stream, streams.py).
+            streams.watch(self.stop)
         if registry is not None:
             self._keys = tuple(keys_of(principal))
             self._stopper = StreamStopper(principal.claims.get("iat"), self._revoked)
@@ -69,10 +75,6 @@ class StreamGuard:
     def _revoked(self) -> None:
         self._end(REVOKED)
 
-    def _on_drain(self, drain: asyncio.Future[StreamStop]) -> None:
-        if not drain.cancelled():
-            self._end(drain.result())
-
     def __enter__(self) -> asyncio.Future[StreamStop]:
         return self.stop
 
@@ -82,7 +84,7 @@ class StreamGuard:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self._drain is not None:
-            self._drain.remove_done_callback(self._on_drain)
+        if self._streams is not None:
+            self._streams.unwatch(self.stop)
         if self._registry is not None and self._stopper is not None:
             self._registry.remove(self._keys, self._stopper)

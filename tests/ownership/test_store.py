@@ -3,6 +3,7 @@ only, persistence (SQLite file, a real `redis-server`), and failures surfacing a
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -209,3 +210,75 @@ async def test_store_failures_are_reported_and_become_ownership_unavailable() ->
 )
 def test_the_configured_store_is_opened(settings: dict[str, str], kind: Callable[..., object]) -> None:
     assert isinstance(open_store(OwnershipConfig.model_validate(settings)), kind)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_sqlite_claims_made_together_share_commits_and_each_is_on_disk_when_answered(tmp_path: Path) -> None:
+    """Claims asked for while a commit runs go in the next one (a few commits for hundreds of
+    records), yet no claim is answered before its record can be read from the file by another
+    connection; two users claiming one id in the same batch still get one owner."""
+    path = str(tmp_path / "owners.sqlite3")
+    store = SQLiteStore(path)
+    await store.start()
+    commits: list[str] = []
+    assert store._db is not None
+    store._db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    reader = sqlite3.connect(path)
+    try:
+
+        async def claim_and_check(item_id: str, owner: str) -> str:
+            holder = await store.claim(item_id, owner)
+            row = reader.execute("SELECT owner FROM owners WHERE id = ?", (item_id,)).fetchone()
+            assert row == (holder,)
+            return holder
+
+        ids = [new_id() for _ in range(300)]
+        claims = [claim_and_check(item_id, "alice") for item_id in ids]
+        claims += [claim_and_check(ids[0], "bob"), claim_and_check(ids[1], "bob")]
+        holders = await asyncio.gather(*claims)
+        assert holders == ["alice"] * 302
+        assert 1 <= len(commits) < 30
+    finally:
+        reader.close()
+        await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_sqlite_batch_that_cannot_commit_fails_every_claim_in_it(tmp_path: Path) -> None:
+    """Another process holds the write lock past the busy timeout: every claim waiting fails with
+    `StoreUnavailable`, and none is on record afterwards."""
+    path = str(tmp_path / "owners.sqlite3")
+    store = SQLiteStore(path)
+    await store.start()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        ids = [new_id() for _ in range(5)]
+        results = await asyncio.gather(*(store.claim(item_id, "alice") for item_id in ids), return_exceptions=True)
+        assert all(isinstance(result, StoreUnavailable) for result in results), results
+        blocker.execute("ROLLBACK")
+        assert await store.owners(ids) == {}
+        assert await store.claim(ids[0], "alice") == "alice"  # and the store works again
+    finally:
+        blocker.close()
+        await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_sqlite_claim_given_up_by_its_caller_leaves_the_others_and_the_store_working(tmp_path: Path) -> None:
+    """A caller cancelled while its claim waits for its batch (a client gone): the claims beside it
+    are answered, and the store takes the next ones."""
+    store = SQLiteStore(str(tmp_path / "owners.sqlite3"))
+    await store.start()
+    try:
+        ids = [new_id() for _ in range(50)]
+        tasks = [asyncio.ensure_future(store.claim(item_id, "alice")) for item_id in ids]
+        await asyncio.sleep(0)
+        tasks[25].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[25], asyncio.CancelledError)
+        assert [result for n, result in enumerate(results) if n != 25] == ["alice"] * 49
+        assert await store.claim(new_id(), "bob") == "bob"
+        assert set(await store.owners(ids)) >= set(ids[:25] + ids[26:])
+    finally:
+        await store.aclose()
