@@ -16,7 +16,6 @@ from /proc over each run; `sys` is the system part (the kernel's share: socket c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -102,24 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     signer = peers.Signer()
     with tempfile.TemporaryDirectory(prefix="chatkit-gateway-ab-") as name:
         folder = Path(name)
-        (folder / "jwks.json").write_text(json.dumps(signer.jwks))
         started: list[peers.Peer] = []
         try:
-            jwks_port, up_port = peers.free_port(), peers.free_port()
-            jwks = peers.start(
-                "jwks",
-                [sys.executable, "-m", "http.server", str(jwks_port), "--bind", "127.0.0.1", "--directory", name],
-                f"http://127.0.0.1:{jwks_port}",
-                "/jwks.json",
-            )
-            started.append(jwks)
-            upstream = peers.start(
-                "upstream",
-                [sys.executable, "-m", "bench.upstream", "--port", str(up_port)],
-                f"http://127.0.0.1:{up_port}",
-                "/",
-            )
-            started.append(upstream)
+            jwks, upstream = peers.start_jwks_and_upstream(folder, signer, started)
             config: dict[str, object] = {
                 # `workers` only when asked for: a tree from before the key would refuse it.
                 "server": {"host": "127.0.0.1", **({"workers": args.workers} if args.workers > 1 else {})},

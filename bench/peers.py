@@ -170,6 +170,28 @@ def gateway_config(port: int, upstream_url: str, jwks_url: str, folder: Path) ->
     }
 
 
+def start_jwks_and_upstream(folder: Path, signer: Signer, started: list[Peer]) -> tuple[Peer, Peer]:
+    """The JWKS server (`signer`'s keys, served from `folder`) and the bench upstream, each added
+    to `started` as it is up, so the caller stops them with the rest."""
+    (folder / "jwks.json").write_text(json.dumps(signer.jwks))
+    jwks_port, up_port = free_port(), free_port()
+    jwks = start(
+        "jwks",
+        [sys.executable, "-m", "http.server", str(jwks_port), "--bind", "127.0.0.1", "--directory", str(folder)],
+        f"http://127.0.0.1:{jwks_port}",
+        "/jwks.json",
+    )
+    started.append(jwks)
+    upstream = start(
+        "upstream",
+        [sys.executable, "-m", "bench.upstream", "--port", str(up_port)],
+        f"http://127.0.0.1:{up_port}",
+        "/",
+    )
+    started.append(upstream)
+    return jwks, upstream
+
+
 @contextmanager
 def peers(
     with_nginx: bool = True, gateway_command: Sequence[str] = (sys.executable, "-m", "gateway")
@@ -181,23 +203,9 @@ def peers(
     started: list[Peer] = []
     with tempfile.TemporaryDirectory(prefix="chatkit-gateway-bench-") as folder:
         root = Path(folder)
-        (root / "jwks.json").write_text(json.dumps(signer.jwks))
         try:
-            jwks_port, up_port, gw_port = free_port(), free_port(), free_port()
-            jwks = start(
-                "jwks",
-                [sys.executable, "-m", "http.server", str(jwks_port), "--bind", "127.0.0.1", "--directory", folder],
-                f"http://127.0.0.1:{jwks_port}",
-                "/jwks.json",
-            )
-            started.append(jwks)
-            upstream = start(
-                "upstream",
-                [sys.executable, "-m", "bench.upstream", "--port", str(up_port)],
-                f"http://127.0.0.1:{up_port}",
-                "/",
-            )
-            started.append(upstream)
+            jwks, upstream = start_jwks_and_upstream(root, signer, started)
+            gw_port = free_port()
             config = gateway_config(gw_port, upstream.url, jwks.url, root)
             (root / "gateway.toml").write_text(tomli_w.dumps(config))
             gateway = start(

@@ -102,24 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     signer = peers.Signer()
     with tempfile.TemporaryDirectory(prefix="chatkit-gateway-storm-") as name:
         folder = Path(name)
-        (folder / "jwks.json").write_text(json.dumps(signer.jwks))
         started: list[peers.Peer] = []
         try:
-            jwks_port, up_port, gw_port = peers.free_port(), peers.free_port(), peers.free_port()
-            jwks = peers.start(
-                "jwks",
-                [sys.executable, "-m", "http.server", str(jwks_port), "--bind", "127.0.0.1", "--directory", name],
-                f"http://127.0.0.1:{jwks_port}",
-                "/jwks.json",
-            )
-            started.append(jwks)
-            upstream = peers.start(
-                "upstream",
-                [sys.executable, "-m", "bench.upstream", "--port", str(up_port)],
-                f"http://127.0.0.1:{up_port}",
-                "/",
-            )
-            started.append(upstream)
+            jwks, upstream = peers.start_jwks_and_upstream(folder, signer, started)
+            up_port, gw_port = int(upstream.url.rsplit(":", 1)[1]), peers.free_port()
             config = peers.gateway_config(gw_port, upstream.url, jwks.url, folder)
             if args.workers > 1:
                 config["server"]["workers"] = args.workers

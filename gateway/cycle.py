@@ -207,6 +207,14 @@ class ResponseCycle:
             self.connection.flow.pause_reading()
         self._wake()
 
+    async def _wait(self) -> None:
+        """Until the next chunk, the end or an error (`_wake`)."""
+        self.waiter = self.connection.loop.create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
     async def next_chunk(self) -> bytes | None:
         """The next body chunk, or None at the end of the body (or the error that ended it)."""
         while not self.chunks:
@@ -214,11 +222,7 @@ class ResponseCycle:
                 return None
             if self.error is not None:
                 raise self.error
-            self.waiter = self.connection.loop.create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
+            await self._wait()
         chunk = self.chunks.pop(0)
         self.buffered -= len(chunk)
         if self.buffered <= READ_HIGH_WATER // 4 and self.connection.flow.read_paused:
@@ -252,11 +256,7 @@ class ResponseCycle:
                     return
                 if self.error is not None:
                     raise self.error
-                self.waiter = self.connection.loop.create_future()
-                try:
-                    await self.waiter
-                finally:
-                    self.waiter = None
+                await self._wait()
         finally:
             self.sink = None
             self.sink_full = False

@@ -37,9 +37,10 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-__all__ = ["DIRECT_BODY", "DirectBody", "GatewayHttpProtocol"]
+from .relay import DIRECT_BODY
 
-DIRECT_BODY = "chatkit_gateway.direct_body"  # relay.DIRECT_BODY: the key the relay reads
+__all__ = ["DirectBody", "GatewayHttpProtocol"]
+
 
 FRAMING_HEADERS = (b"content-length", b"transfer-encoding")
 NO_BODY = b"content-length: 0\r\n"

@@ -364,14 +364,7 @@ class _Pump:
                 if not chunk:
                     continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                outcome.bytes_out += len(chunk)
-                if sse:
-                    outcome.events += chunk.count(FRAME_END)
-                    if outcome.first_event_at is None and outcome.events:
-                        outcome.first_event_at = time.monotonic()
-                    # No copy of the chunk (an event may be hundreds of KB) to keep its last 2 bytes.
-                    self.tail = chunk[-2:] if len(chunk) > 1 else (self.tail + chunk)[-2:]
-                    self.last_write = self.loop.time()
+                self._sent(chunk)
                 if watch is None and cycle is not None and await self._deliver(cycle):
                     break
             if watch is not None and outcome.refused is None and (held := await watch.rest()):
@@ -397,23 +390,30 @@ class _Pump:
         writer = source.direct_writer() if source is not None else None
         if writer is None:
             return False
-        write, outcome, loop, sse = writer.write, self.outcome, self.loop, self.sse
+        write, sent = writer.write, self._sent
 
         def sink(chunk: bytes) -> bool:
-            # Runs in the upstream connection's callback: the same bookkeeping as `_forward`'s.
+            # Runs in the upstream connection's callback.
             more = write(chunk)
-            outcome.bytes_out += len(chunk)
-            if sse:
-                if events := chunk.count(FRAME_END):
-                    outcome.events += events
-                    if outcome.first_event_at is None:
-                        outcome.first_event_at = time.monotonic()
-                self.tail = chunk[-2:] if len(chunk) > 1 else (self.tail + chunk)[-2:]
-                self.last_write = loop.time()
+            sent(chunk)
             return more
 
         await cycle.deliver(sink, writer.drain)
         return True
+
+    def _sent(self, chunk: bytes) -> None:
+        """A chunk went to the client: count it, and for SSE its events, its frame tail (a
+        heartbeat or an error event goes only between frames) and the time of the write."""
+        outcome = self.outcome
+        outcome.bytes_out += len(chunk)
+        if self.sse:
+            if events := chunk.count(FRAME_END):
+                outcome.events += events
+                if outcome.first_event_at is None:
+                    outcome.first_event_at = time.monotonic()
+            # No copy of the chunk (an event may be hundreds of KB) to keep its last 2 bytes.
+            self.tail = chunk[-2:] if len(chunk) > 1 else (self.tail + chunk)[-2:]
+            self.last_write = self.loop.time()
 
     async def _forward_first_event(self) -> None:
         send, outcome = self.send, self.outcome

@@ -53,6 +53,7 @@ __all__ = [
     "TLSFailure",
     "exchange_extensions",
     "give_back",
+    "origin_of",
     "read_whole",
     "request_head",
     "response_of",
@@ -113,6 +114,11 @@ class _ResponseStream(httpx.AsyncByteStream):
             return
         self._released = True
         give_back(self._cycle)
+
+
+def origin_of(url: httpx.URL) -> Origin:
+    """(scheme, host, port) of `url`, the port its scheme's default when it names none."""
+    return (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
 
 
 def give_back(cycle: ResponseCycle) -> None:
@@ -209,7 +215,7 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        origin = origin_of(url)
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
         stream = request.stream
         body: bytes | AsyncIterable[bytes]

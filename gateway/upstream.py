@@ -40,7 +40,15 @@ from .headers import Headers
 from .outbound import framed_headers, framed_request
 from .relay import relay_body, relay_response
 from .tls import upstream_ssl_context
-from .transport import HTTP11Transport, InvalidResponse, TLSFailure, exchange_extensions, read_whole, response_of
+from .transport import (
+    HTTP11Transport,
+    InvalidResponse,
+    TLSFailure,
+    exchange_extensions,
+    origin_of,
+    read_whole,
+    response_of,
+)
 
 __all__ = ["Gate", "Upstream", "UpstreamAnswer", "read_answer"]
 
@@ -127,10 +135,10 @@ class Upstream:
         self.header_deadline = config.connect_timeout + config.response_timeout
         self.url = httpx.URL(config.url)  # parsed once, not per request
         # (host, port, URL) of the ChatKit endpoint, as a trace's upstream span names them.
-        self.endpoint = (self.url.host, self.url.port or (443 if self.url.scheme == "https" else 80), str(self.url))
+        self._origin = origin_of(self.url)
+        self.endpoint = (self.url.host, self._origin[2], str(self.url))
         self._netloc = self.url.netloc
         self._target = self.url.raw_path  # the request target (path and query), as sent
-        self._origin = (self.url.scheme, self.url.host, self.endpoint[1])
         # httpx's `timeout` extension, built once; the transport reads `connect` and `read` only.
         self._json_timeout = {"connect": config.connect_timeout, "read": config.response_timeout}
         # No read timeout by default would let a backend that answers headers and then hangs hold a
@@ -249,7 +257,7 @@ class Upstream:
             origin, target, host = self._origin, self._target, self._netloc
         else:
             parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
-            origin = (parsed.scheme, parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80))
+            origin = origin_of(parsed)
             target, host = parsed.raw_path, parsed.netloc
         try:
             cycle = await transport.exchange(

@@ -12,25 +12,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import pytest
 import uvicorn
-import uvloop
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.config import UpstreamConfig
 from gateway.protocol import GatewayHttpProtocol
 from gateway.relay import UPSTREAM_BROKE_EVENT, RelayOutcome, direct_body_of, relay_response
 from gateway.upstream import Upstream
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-LOOPS = {"uvloop": uvloop.run, "asyncio": asyncio.run}
-loops = pytest.mark.parametrize("run", list(LOOPS.values()), ids=list(LOOPS))
+from tests.support.loopback import Handler, loops, serving
 
 SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
@@ -49,30 +43,15 @@ class Relayed:
 
 
 @asynccontextmanager
-async def upstream_server(handler: Handler) -> AsyncIterator[tuple[str, set[asyncio.Task[None]]]]:
-    tasks: set[asyncio.Task[None]] = set()
+async def upstream_server(handler: Handler) -> AsyncIterator[str]:
+    """A loopback upstream that reads the request's head, then runs `handler`."""
 
-    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.add(task)
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            await handler(reader, writer)
-        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+    async def after_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await handler(reader, writer)
 
-    server = await asyncio.start_server(connected, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/chatkit", tasks
-    finally:
-        server.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async with serving(after_head) as url:
+        yield url
 
 
 @asynccontextmanager
@@ -132,7 +111,7 @@ def test_chunks_after_the_first_bypass_send_and_arrive_in_order_as_they_come(run
         await writer.drain()
 
     async def scenario() -> tuple[bytes, Relayed]:
-        async with upstream_server(stream) as (url, _), relaying_gateway(url) as (gateway, relayed):
+        async with upstream_server(stream) as url, relaying_gateway(url) as (gateway, relayed):
             received = b""
             async with httpx.AsyncClient() as client, client.stream("POST", gateway, content=b"{}") as response:
                 assert response.status_code == 200
@@ -171,7 +150,7 @@ def test_a_client_that_stops_reading_stops_the_upstream_instead_of_growing_a_buf
         await writer.drain()
 
     async def scenario() -> tuple[int, str, int, Relayed]:
-        async with upstream_server(flood) as (url, _), relaying_gateway(url) as (gateway, relayed):
+        async with upstream_server(flood) as url, relaying_gateway(url) as (gateway, relayed):
             port = int(gateway.rsplit(":", 1)[1].split("/")[0])
             reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
             writer.write(b"POST /chatkit HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}")
@@ -217,7 +196,7 @@ def test_a_client_leaving_mid_stream_closes_the_upstream_connection(run: Callabl
 
     async def scenario() -> tuple[bool, Relayed]:
         state["closed"] = asyncio.Event()
-        async with upstream_server(endless) as (url, _), relaying_gateway(url) as (gateway, relayed):
+        async with upstream_server(endless) as url, relaying_gateway(url) as (gateway, relayed):
             async with httpx.AsyncClient() as client, client.stream("POST", gateway, content=b"{}") as response:
                 received = b""
                 async for data in response.aiter_raw():
@@ -248,7 +227,7 @@ def test_an_upstream_breaking_mid_stream_ends_with_the_chatkit_error_event(run: 
         writer.transport.abort()
 
     async def scenario() -> tuple[bytes, Relayed]:
-        async with upstream_server(breaks) as (url, _), relaying_gateway(url) as (gateway, relayed):
+        async with upstream_server(breaks) as url, relaying_gateway(url) as (gateway, relayed):
             async with httpx.AsyncClient() as client:
                 response = await client.post(gateway, content=b"{}")
             await relayed.done.wait()

@@ -7,52 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-import uvloop
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamTimeout
 from gateway.transport import HTTP11Transport, read_whole
 from gateway.upstream import Gate, Upstream
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-# The gateway serves on uvloop; the transport is plain asyncio code, so both loops are tested.
-LOOPS = {"uvloop": uvloop.run, "asyncio": asyncio.run}
-loops = pytest.mark.parametrize("run", list(LOOPS.values()), ids=list(LOOPS))
-
-
-@asynccontextmanager
-async def serving(handler: Handler) -> AsyncIterator[str]:
-    """A loopback server running `handler` per connection; its URL. Closed (and its connections
-    cancelled) on exit."""
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.add(task)
-        try:
-            await handler(reader, writer)
-        except (asyncio.CancelledError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(connected, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/chatkit"
-    finally:
-        server.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+from tests.support.loopback import loops, serving
 
 
 async def read_head(reader: asyncio.StreamReader) -> bytes:
