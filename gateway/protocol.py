@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -121,10 +122,12 @@ class _Held:
 
 class _OneWriteCycle(RequestResponseCycle):
     """A request's cycle whose response head leaves with the first body message (or on the loop's
-    next turn, whichever comes first)."""
+    next turn, whichever comes first), and which can tell of its client leaving by a callback."""
 
     _head: bytes | None = None
     _flush_head: asyncio.Handle | None = None
+    _on_lost: Callable[[], None] | None = None
+    connection: GatewayHttpProtocol | None = None  # set by the protocol that made it
 
     async def send(self, message: Any) -> None:
         transport = self.transport
@@ -159,6 +162,34 @@ class _OneWriteCycle(RequestResponseCycle):
         if self.chunked_encoding is not True or self.scope["method"] == "HEAD":
             return None
         return DirectBody(self)
+
+    def watch_disconnect(self, callback: Callable[[], None]) -> bool:
+        """Call `callback` once if the client's connection is lost before the response completes:
+        what a task waiting in `receive()` for `http.disconnect` learns, without the task (an open
+        stream kept one for as long as it lasted). False when that cannot be watched this way (the
+        client is gone already, or the response is over): wait in `receive()` instead."""
+        connection = self.connection
+        if connection is None or self.disconnected or self.response_complete or connection.transport.is_closing():
+            return False
+        # As `receive()` does before it waits: a connection whose reading is paused never sees its close.
+        self.flow.resume_reading()
+        self._on_lost = callback
+        connection.watched = self
+        return True
+
+    def unwatch_disconnect(self) -> None:
+        self._on_lost = None
+        connection = self.connection
+        if connection is not None and connection.watched is self:
+            connection.watched = None
+
+    def lost(self) -> None:
+        """The client's connection is gone (`GatewayHttpProtocol.connection_lost`)."""
+        callback, self._on_lost = self._on_lost, None
+        if not self.response_complete:
+            self.disconnected = True
+            if callback is not None:
+                callback()
 
 
 class DirectBody:
@@ -203,6 +234,15 @@ class _Event(asyncio.Event):
 class GatewayHttpProtocol(HttpToolsProtocol):
     """`uvicorn.Config(http=GatewayHttpProtocol)`: uvicorn's httptools protocol, fixed as above."""
 
+    # The cycle whose response waits to hear of the client leaving (`_OneWriteCycle.watch_disconnect`).
+    watched: _OneWriteCycle | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        cycle, self.watched = self.watched, None
+        if cycle is not None:
+            cycle.lost()
+
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         cycle = self.cycle
@@ -214,6 +254,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             cycle.__class__ = _CloseDelimitedCycle
         else:
             cycle.__class__ = _OneWriteCycle
+            cycle.connection = self  # type: ignore[attr-defined]  # a _OneWriteCycle now
             extensions: dict[str, object] = cycle.scope.setdefault("extensions", {})  # type: ignore[assignment]
             extensions[DIRECT_BODY] = weakref.ref(cycle)
         cycle.message_event = _Event()

@@ -132,9 +132,14 @@ class DirectWriter(Protocol):
 
 
 class DirectSource(Protocol):
-    """What the server's scope extension refers to: a response that may take chunks directly."""
+    """What the server's scope extension refers to: a response that may take chunks directly, and
+    tell of its client leaving by a callback."""
 
     def direct_writer(self) -> DirectWriter | None: ...
+
+    def watch_disconnect(self, callback: Callable[[], None]) -> bool: ...
+
+    def unwatch_disconnect(self) -> None: ...
 
 
 def direct_body_of(scope: Scope) -> Callable[[], DirectSource | None] | None:
@@ -261,14 +266,18 @@ class _Pump:
     with the ChatKit error event `stop` carries. A stream whose `stop` completed before it began
     (a session already over) gets its first event, then that end.
 
-    It runs in the request's own task. One extra task waits for the client's disconnect and, like
-    `stop`, ends the pump by cancelling that task; `finished` keeps a late callback from cancelling
-    it once it is done, and `uncancel()` tells that cancellation apart from one coming from outside
-    (which propagates). Plain asyncio rather than an anyio task group: the group cost memory and
-    CPU per stream (docs/BENCHMARKS.md, "Measured design choices").
+    It runs in the request's own task. The client's disconnect, like `stop`, ends the pump by
+    cancelling that task: the server calls back when the client's connection is lost
+    (`DirectSource.watch_disconnect`), or, where it cannot, an extra task waits in `receive()`.
+    `finished` keeps a late callback from cancelling the task once it is done, and `uncancel()`
+    tells that cancellation apart from one coming from outside (which propagates). The heartbeat
+    is a timer, not a task. Plain asyncio callbacks rather than tasks or an anyio task group: each
+    costs memory and CPU for as long as a stream lasts (docs/performance.md).
     """
 
     __slots__ = (
+        "beat",
+        "beating",
         "direct",
         "finished",
         "heartbeat_seconds",
@@ -282,6 +291,7 @@ class _Pump:
         "tail",
         "task",
         "watch",
+        "writer",
     )
 
     def __init__(
@@ -308,16 +318,24 @@ class _Pump:
         self.task = task
         self.finished = False
         self.watch = watch if sse else None
+        # The direct writer while chunks go from the upstream's read callback (`_deliver`).
+        self.writer: DirectWriter | None = None
+        self.beat: asyncio.TimerHandle | None = None  # the heartbeat's next look
+        self.beating: asyncio.Future[None] | None = None  # a heartbeat going out through `send`
 
     async def run(self, stop: asyncio.Future[StreamStop] | None) -> None:
-        watcher = asyncio.ensure_future(_wait_for_disconnect(self.receive))
-        watcher.add_done_callback(self._on_disconnect)
+        source = self.direct() if self.direct is not None else None
+        watched = source is not None and source.watch_disconnect(self._client_left)
+        watcher = None
+        if not watched:
+            watcher = asyncio.ensure_future(_wait_for_disconnect(self.receive))
+            watcher.add_done_callback(self._on_disconnect)
+        del source  # a weak reference's target: not held by the pump's frame
         ended_before = stop is not None and stop.done()
         if stop is not None and not ended_before:
             stop.add_done_callback(self._on_stop)
-        heartbeat = None
         if self.sse and self.heartbeat_seconds > 0:
-            heartbeat = asyncio.ensure_future(self._keep_alive())
+            self.beat = self.loop.call_at(self.last_write + self.heartbeat_seconds, self._beat)
         try:
             if stop is not None and ended_before:
                 await self._forward_first_event()
@@ -337,9 +355,14 @@ class _Pump:
             self.finished = True
             if stop is not None:
                 stop.remove_done_callback(self._on_stop)
-            watcher.cancel()
-            if heartbeat is not None:
-                heartbeat.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            elif (source := self.direct() if self.direct is not None else None) is not None:
+                source.unwatch_disconnect()
+            if self.beat is not None:
+                self.beat.cancel()
+            if self.beating is not None:
+                self.beating.cancel()
 
     async def _forward(self) -> None:
         send, outcome, sse, watch = self.send, self.outcome, self.sse, self.watch
@@ -398,7 +421,11 @@ class _Pump:
             sent(chunk)
             return more
 
-        await cycle.deliver(sink, writer.drain)
+        self.writer = writer  # the heartbeat writes through it too, meanwhile
+        try:
+            await cycle.deliver(sink, writer.drain)
+        finally:
+            self.writer = None
         return True
 
     def _sent(self, chunk: bytes) -> None:
@@ -435,17 +462,40 @@ class _Pump:
             await self.send({"type": "http.response.body", "body": why.event, "more_body": True})
         await self.send({"type": "http.response.body", "body": b""})
 
-    async def _keep_alive(self) -> None:
+    def _beat(self) -> None:
+        """The heartbeat's timer: after `heartbeat_seconds` without a write, a comment goes out,
+        only between frames (a chunk may end mid-event); then it looks again when the next one
+        would be due, at least 50 ms later."""
+        self.beat = None
+        if self.finished or self.beating is not None:
+            return
         loop, period = self.loop, self.heartbeat_seconds
-        while True:
-            await asyncio.sleep(max(0.05, self.last_write + period - loop.time()))
-            # A comment only between frames: a chunk may end mid-event.
-            if loop.time() - self.last_write >= period and self.tail == FRAME_END:
-                await self.send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
-                self.last_write = loop.time()
+        now = loop.time()
+        if now - self.last_write >= period and self.tail == FRAME_END:
+            if self.writer is None:
+                # Chunks go through `send` for now (the first event is not out yet): so does this.
+                self.beating = asyncio.ensure_future(self._send_heartbeat())
+                return
+            self.writer.write(HEARTBEAT)
+            self.last_write = now
+        self.beat = loop.call_at(max(now + 0.05, self.last_write + period), self._beat)
+
+    async def _send_heartbeat(self) -> None:
+        try:
+            await self.send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+            self.last_write = self.loop.time()
+        finally:
+            self.beating = None
+        if not self.finished:
+            self._beat()
 
     def _on_disconnect(self, watcher: asyncio.Future[None]) -> None:
-        if self.finished or watcher.cancelled() or watcher.exception() is not None:
+        if watcher.cancelled() or watcher.exception() is not None:
+            return
+        self._client_left()
+
+    def _client_left(self) -> None:
+        if self.finished:
             return
         self.outcome.client_disconnected = True
         self.task.cancel()

@@ -22,7 +22,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway.config import UpstreamConfig
 from gateway.protocol import GatewayHttpProtocol
-from gateway.relay import UPSTREAM_BROKE_EVENT, RelayOutcome, direct_body_of, relay_response
+from gateway.relay import HEARTBEAT, UPSTREAM_BROKE_EVENT, RelayOutcome, direct_body_of, relay_response
 from gateway.upstream import Upstream
 from tests.support.loopback import Handler, loops, serving
 
@@ -55,7 +55,7 @@ async def upstream_server(handler: Handler) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def relaying_gateway(upstream_url: str) -> AsyncIterator[tuple[str, Relayed]]:
+async def relaying_gateway(upstream_url: str, heartbeat_seconds: float = 0.0) -> AsyncIterator[tuple[str, Relayed]]:
     """uvicorn with the gateway's protocol, serving an app that relays the upstream's stream."""
     upstream = Upstream(UpstreamConfig.model_validate({"url": upstream_url}))
     relayed = Relayed()
@@ -73,7 +73,14 @@ async def relaying_gateway(upstream_url: str) -> AsyncIterator[tuple[str, Relaye
         outcome = RelayOutcome()
         try:
             response = await upstream.send_stream(upstream.url, [], b"{}")
-            await relay_response(response, counting_send, receive, outcome=outcome, direct=direct_body_of(scope))
+            await relay_response(
+                response,
+                counting_send,
+                receive,
+                outcome=outcome,
+                direct=direct_body_of(scope),
+                heartbeat_seconds=heartbeat_seconds,
+            )
         finally:
             relayed.outcomes.append(outcome)
             relayed.body_messages.append(counted)
@@ -239,3 +246,74 @@ def test_an_upstream_breaking_mid_stream_ends_with_the_chatkit_error_event(run: 
     outcome = relayed.outcomes[0]
     assert outcome.upstream_broke and not outcome.client_disconnected
     assert relayed.body_messages == [3]  # the first chunk, the error event, the end
+
+
+@loops
+def test_heartbeats_fill_silences_before_the_first_event_and_between_direct_chunks(run: Callable[..., Any]) -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD)
+        await writer.drain()
+        await asyncio.sleep(0.5)  # before the first event: heartbeats go through `send`
+        for n in range(3):
+            writer.write(chunk(b"data: %d\n\n" % n))
+            await writer.drain()
+            await asyncio.sleep(0.5)  # after it: from the heartbeat's timer, written directly
+        writer.write(chunk(b"data: half"))  # mid-frame: no heartbeat may split it
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        writer.write(chunk(b" an event\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+
+    async def scenario() -> tuple[bytes, Relayed]:
+        async with upstream_server(slow) as url, relaying_gateway(url, heartbeat_seconds=0.1) as (gateway, relayed):
+            async with httpx.AsyncClient() as client:
+                response = await client.post(gateway, content=b"{}")
+            await relayed.done.wait()
+            return response.content, relayed
+
+    body, relayed = run(scenario())
+    frames = body.split(b"\n\n")[:-1]
+    events = [frame for frame in frames if frame != HEARTBEAT.rstrip(b"\n")]
+    # In order, whole: a heartbeat inside the last event's silence would have split its frame.
+    assert events == [b"data: 0", b"data: 1", b"data: 2", b"data: half an event"]
+    beats = [frames.index(event) for event in events]
+    # Heartbeats before the first event, and in each silence between events; none inside the last.
+    assert beats[0] >= 2 and all(b - a >= 3 for a, b in zip(beats, beats[1:-1], strict=False)), frames
+    assert body.endswith(b"data: half an event\n\n")
+    outcome = relayed.outcomes[0]
+    assert outcome.events == 4 and not outcome.upstream_broke
+
+
+@loops
+def test_an_open_stream_keeps_no_task_but_its_request(run: Callable[..., Any]) -> None:
+    """The client's leaving is told by the protocol's callback and the heartbeat is a timer: an
+    open stream holds its request's task only, not a watcher or a heartbeat task besides."""
+    opened: dict[str, asyncio.Event] = {}
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD)
+        for n in range(2_000):
+            writer.write(chunk(b"data: %d\n\n" % n))
+            await writer.drain()
+            if n == 3:
+                opened["event"].set()
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> tuple[list[str], Relayed]:
+        opened["event"] = asyncio.Event()
+        async with upstream_server(endless) as url, relaying_gateway(url, heartbeat_seconds=0.05) as (gateway, relayed):
+            async with httpx.AsyncClient() as client, client.stream("POST", gateway, content=b"{}") as response:
+                received = b""
+                async for data in response.aiter_raw():
+                    received += data
+                    if received.count(b"\n\n") >= 5:
+                        break
+                await opened["event"].wait()
+                names = [task.get_coro().__qualname__ for task in asyncio.all_tasks()]  # type: ignore[union-attr]
+            await asyncio.wait_for(relayed.done.wait(), 5)
+            return names, relayed
+
+    names, relayed = run(scenario())
+    assert names.count("RequestResponseCycle.run_asgi") == 1, names
+    assert not [name for name in names if "disconnect" in name or "keep_alive" in name or "heartbeat" in name], names
+    assert relayed.outcomes[0].client_disconnected
