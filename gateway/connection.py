@@ -23,6 +23,7 @@ import httptools
 import httpx
 
 from .cycle import FlowControl, ResponseCycle
+from .timers import shared_timers
 
 if TYPE_CHECKING:
     from .transport import HTTP11Transport, Origin
@@ -46,6 +47,7 @@ class UpstreamConnection(asyncio.Protocol):
         "pool",
         "origin",
         "loop",
+        "timers",
         "transport",
         "flow",
         "closed",
@@ -59,6 +61,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.origin = origin
         self.loop = asyncio.get_running_loop()
+        self.timers = shared_timers(self.loop)  # a stream's silence bound (`ResponseCycle.watch`)
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl
         self.closed = False

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from .timers import Timer
+
 if TYPE_CHECKING:
     from .connection import UpstreamConnection
 
@@ -113,7 +115,9 @@ class ResponseCycle:
         self.silence: float | None = None
         self._deadline: float | None = None
         self.last_data = 0.0
-        self._watchdog: asyncio.TimerHandle | None = None
+        # The head's deadline on a loop timer; the silence bound, which lasts as long as a stream
+        # does, on a shared one (`timers.py`: at most 0.1 s late, a fraction of the memory).
+        self._watchdog: asyncio.TimerHandle | Timer | None = None
         # While `deliver` runs: where each body chunk goes, from the read callback itself.
         self.sink: Callable[[bytes], bool] | None = None
         self.sink_full = False
@@ -139,7 +143,7 @@ class ResponseCycle:
         if deadline is not None:
             self._watchdog = loop.call_at(deadline, self._on_watchdog)
         elif silence is not None:
-            self._watchdog = loop.call_later(silence, self._on_watchdog)
+            self._watchdog = self.connection.timers.call_later(silence, self._on_watchdog)
 
     def stop_watching(self) -> None:
         if self._watchdog is not None:
@@ -155,7 +159,7 @@ class ResponseCycle:
             self._watchdog.cancel()
             self._watchdog = None
         if self.silence is not None and not self.complete:
-            self._watchdog = self.connection.loop.call_later(self.silence, self._on_watchdog)
+            self._watchdog = self.connection.timers.call_later(self.silence, self._on_watchdog)
 
     def _on_watchdog(self) -> None:
         self._watchdog = None
@@ -170,7 +174,7 @@ class ResponseCycle:
         if quiet >= self.silence:
             self.fail(httpx.ReadTimeout("the upstream sent nothing in time"))
         else:
-            self._watchdog = self.connection.loop.call_later(self.silence - quiet, self._on_watchdog)
+            self._watchdog = self.connection.timers.call_later(self.silence - quiet, self._on_watchdog)
 
     def finish(self) -> None:
         self.complete = True

@@ -222,8 +222,8 @@ class DirectBody:
 
 class _Event(asyncio.Event):
     """`asyncio.Event` with its waiters in a list: the same behaviour, without the ~600-byte first
-    block of the deque it keeps them in. A stream's request holds one (its task waits on it for the
-    client's disconnect) for as long as the stream is open (docs/performance.md)."""
+    block of the deque it keeps them in. A stream holds two (its request's, and its connection's
+    for the socket's drain) for as long as it is open (docs/performance.md)."""
 
     def __init__(self) -> None:
         # Not asyncio.Event.__init__, which would make the deque.
@@ -231,11 +231,28 @@ class _Event(asyncio.Event):
         self._value = False
 
 
+class _Pipeline(list[Any]):
+    """uvicorn's queue of pipelined requests (it calls `appendleft`, `pop` and `bool` only), as a
+    list: every connection has one, nearly always empty, and an empty deque is ~600 bytes."""
+
+    def appendleft(self, item: Any) -> None:
+        self.insert(0, item)
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     """`uvicorn.Config(http=GatewayHttpProtocol)`: uvicorn's httptools protocol, fixed as above."""
 
     # The cycle whose response waits to hear of the client leaving (`_OneWriteCycle.watch_disconnect`).
     watched: _OneWriteCycle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # What uvicorn made with a deque each (a connection lasts as long as its stream): the same
+        # behaviour with lists (`_Pipeline`, `_Event`). The write side's event starts set, as uvicorn's.
+        self.pipeline = _Pipeline()  # type: ignore[assignment]
+        writable = _Event()
+        writable.set()
+        self.flow._is_writable_event = writable
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
