@@ -231,7 +231,7 @@ class ChatKitEndpoint(Endpoint):
         upstream = self.runtime.upstream
         if not request.streaming:
             return await upstream.send_json(upstream.url, headers, request.body, replayable=request.read_only)
-        response = await upstream.send_stream(upstream.url, headers, request.body)
+        response = await upstream.open_stream(headers, request.body)
         return UpstreamAnswer(response.status_code, [], None, response)
 
     async def _relay(

@@ -31,6 +31,7 @@ from starlette.types import Receive, Scope, Send
 
 from .errors import GatewayError
 from .headers import Headers, header_value, relay_response_headers
+from .transport import StreamedResponse
 
 if TYPE_CHECKING:
     from .cycle import ResponseCycle
@@ -163,7 +164,7 @@ class ChunkWatch(Protocol):
 
 
 async def relay_response(
-    response: httpx.Response,
+    response: httpx.Response | StreamedResponse,
     send: Send,
     receive: Receive,
     *,
@@ -208,7 +209,9 @@ async def relay_response(
         await pump.run(stop)
         return outcome
     finally:
-        if not response.is_closed:
+        if isinstance(response, StreamedResponse):
+            response.close()  # at once, without awaiting: nothing to shield from a cancellation
+        elif not response.is_closed:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
 
@@ -234,10 +237,13 @@ async def relay_body(
     return outcome
 
 
-async def _send_start(response: httpx.Response, send: Send, extra_headers: Headers | None) -> tuple[bool, bool]:
+async def _send_start(
+    response: httpx.Response | StreamedResponse, send: Send, extra_headers: Headers | None
+) -> tuple[bool, bool]:
     """Send the status and headers; whether the body is an SSE stream, and whether the gateway may
     write events into it. (Its own function so the header lists are freed before a long stream starts.)"""
-    return await _send_head(response.status_code, _lower(response.headers.raw), send, extra_headers)
+    headers = response.headers if isinstance(response, StreamedResponse) else _lower(response.headers.raw)
+    return await _send_head(response.status_code, headers, send, extra_headers)
 
 
 async def _send_head(status: int, raw_headers: Headers, send: Send, extra_headers: Headers | None) -> tuple[bool, bool]:
@@ -296,7 +302,7 @@ class _Pump:
 
     def __init__(
         self,
-        response: httpx.Response,
+        response: httpx.Response | StreamedResponse,
         send: Send,
         receive: Receive,
         outcome: RelayOutcome,

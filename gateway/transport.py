@@ -110,10 +110,39 @@ class _ResponseStream(httpx.AsyncByteStream):
             yield chunk
 
     async def aclose(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        give_back(self._cycle)
+        self.release()
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            give_back(self._cycle)
+
+
+class StreamedResponse:
+    """A streamed answer that came through this transport, with what the relay reads of an
+    `httpx.Response`: the status, the (lower-cased) headers, the body's stream, and closing it,
+    which gives the connection back without awaiting anything. A stream's open pays for no httpx
+    request, response or headers object, and holds none while it lasts (docs/performance.md)."""
+
+    __slots__ = ("headers", "is_closed", "status_code", "stream")
+
+    def __init__(self, cycle: ResponseCycle) -> None:
+        self.status_code = cycle.status
+        self.headers = cycle.headers
+        self.stream = _ResponseStream(cycle)
+        self.is_closed = False
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        async for chunk in self.stream:
+            yield chunk
+
+    def close(self) -> None:
+        if not self.is_closed:
+            self.is_closed = True
+            self.stream.release()
+
+    async def aclose(self) -> None:
+        self.close()
 
 
 def origin_of(url: httpx.URL) -> Origin:

@@ -43,6 +43,7 @@ from .tls import upstream_ssl_context
 from .transport import (
     HTTP11Transport,
     InvalidResponse,
+    StreamedResponse,
     TLSFailure,
     exchange_extensions,
     origin_of,
@@ -68,7 +69,7 @@ class UpstreamAnswer(NamedTuple):
     status: int
     headers: Headers
     body: bytes | None
-    response: httpx.Response | None
+    response: httpx.Response | StreamedResponse | None
 
 
 class Gate:
@@ -290,6 +291,28 @@ class Upstream:
         extensions = exchange_extensions(self._stream_timeout, head_deadline=deadline)
         return await self._open(self.stream_transport, method, url, headers, content, extensions)
 
+    async def open_stream(self, headers: Headers, content: bytes) -> httpx.Response | StreamedResponse:
+        """`send_stream` of a ChatKit request to the backend's endpoint: on the gateway's own
+        transport, through its exchange entry point without httpx's objects (docs/performance.md)."""
+        transport = self.stream_transport
+        if not isinstance(transport, HTTP11Transport):
+            return await self.send_stream(self.url, headers, content)
+        deadline = asyncio.get_running_loop().time() + self.header_deadline
+        try:
+            cycle = await transport.exchange(
+                self._origin,
+                "POST",
+                self._target,
+                framed_headers("POST", headers, content, host=self._netloc),
+                content,
+                connect_timeout=self.config.connect_timeout,
+                read_timeout=self._stream_timeout["read"],
+                deadline=deadline,
+            )
+        except httpx.HTTPError as exc:
+            raise _exchange_error(exc) from None
+        return StreamedResponse(cycle)
+
     async def _open(
         self,
         transport: httpx.AsyncBaseTransport,
@@ -328,7 +351,7 @@ def _body_error(exc: httpx.HTTPError) -> GatewayError:
     return UpstreamTimeout() if isinstance(exc, httpx.TimeoutException) else UpstreamBadResponse()
 
 
-async def read_answer(response: httpx.Response, limit: int) -> bytes:
+async def read_answer(response: httpx.Response | StreamedResponse, limit: int) -> bytes:
     """A whole (non-small) answer body, for a step that must see all of it; 502 beyond `limit`."""
     chunks: list[bytes] = []
     size = 0

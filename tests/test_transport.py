@@ -345,3 +345,49 @@ def test_a_place_handed_to_a_waiter_cancelled_at_that_moment_goes_to_the_next() 
         return granted.cancelled(), gate.try_take()
 
     assert asyncio.run(scenario()) == (True, False)
+
+
+@loops
+def test_a_chatkit_stream_opened_without_httpx_sends_and_answers_as_through_httpx(run: Callable[..., Any]) -> None:
+    """`Upstream.open_stream` (the ChatKit stream's path on the gateway's own transport, without
+    httpx's objects) puts the same bytes on the wire as `send_stream` for the same request, answers
+    the same status, headers and body, and gives its connection back for the next stream when
+    closed at the end of the body."""
+    requests: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            requests.append(await read_request(reader))
+            writer.write(b"HTTP/1.1 200 Fine\r\nContent-Type: text/event-stream\r\nX-Extra: 1\r\n")
+            writer.write(b"transfer-encoding: chunked\r\n\r\n")
+            writer.write(b"9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n0\r\n\r\n")
+            await writer.drain()
+
+    headers = [(b"content-type", b"application/json"), (b"x-chatkit-user", b"alice")]
+
+    async def scenario() -> list[tuple[int, list[tuple[bytes, bytes]], bytes]]:
+        async with serving(answer) as url:
+            client = upstream(url)
+            seen = []
+            try:
+                for _ in range(2):
+                    direct = await client.open_stream(headers, b'{"type":"threads.create"}')
+                    assert not isinstance(direct, httpx.Response)
+                    body = b"".join([chunk async for chunk in direct.aiter_raw()])
+                    direct.close()
+                    seen.append((direct.status_code, list(direct.headers), body))
+                through_httpx = await client.send_stream(client.url, headers, b'{"type":"threads.create"}')
+                body = b"".join([chunk async for chunk in through_httpx.aiter_raw()])
+                await through_httpx.aclose()
+                lowered = [(name.lower(), value) for name, value in through_httpx.headers.raw]
+                seen.append((through_httpx.status_code, lowered, body))
+                assert len(client.stream_transport._all) == 1  # type: ignore[attr-defined]  # one connection, reused
+            finally:
+                await client.aclose()
+            return seen
+
+    seen = run(scenario())
+    assert len(requests) == 3 and requests[0] == requests[1] == requests[2]
+    assert seen[0] == seen[1] == seen[2]
+    assert seen[0][0] == 200 and seen[0][2] == b"data: 1\n\ndata: 2\n\n"
+    assert (b"x-extra", b"1") in seen[0][1]
