@@ -103,6 +103,7 @@ class UpstreamConnection(asyncio.Protocol):
             elif cycle.head_bytes > self.pool.max_header_bytes:
                 # The head alone, still incomplete, is past the bound (one endless header line too).
                 cycle.fail(InvalidResponse("the upstream's response head is too large"))
+        cycle.flush_sink()  # what this read brought goes to a direct relay in one piece
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -117,6 +118,8 @@ class UpstreamConnection(asyncio.Protocol):
                 cycle.finish()  # a close-delimited body ends at a clean close (RFC 9112 6.3)
             else:
                 cycle.fail(httpx.RemoteProtocolError("the upstream closed the connection mid-body"))
+        if cycle is not None:
+            cycle.flush_sink()  # a close-delimited body's end, to a direct relay
         if self.transport is not None:
             self.flow.wake_writer()
 

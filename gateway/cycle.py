@@ -19,9 +19,12 @@ from .timers import Timer
 if TYPE_CHECKING:
     from .connection import UpstreamConnection
 
-__all__ = ["READ_HIGH_WATER", "FlowControl", "ResponseCycle"]
+__all__ = ["READ_HIGH_WATER", "FlowControl", "ResponseCycle", "Sink"]
 
 READ_HIGH_WATER = 256 * 1024
+
+# `ResponseCycle.deliver`'s sink: (data, whether it ends the body) -> whether it may take more now.
+Sink = Callable[[bytes, bool], bool]
 
 
 class FlowControl:
@@ -93,6 +96,7 @@ class ResponseCycle:
         "_watchdog",
         "sink",
         "sink_full",
+        "held",
     )
 
     def __init__(self, connection: UpstreamConnection) -> None:
@@ -118,9 +122,11 @@ class ResponseCycle:
         # The head's deadline on a loop timer; the silence bound, which lasts as long as a stream
         # does, on a shared one (`timers.py`: at most 0.1 s late, a fraction of the memory).
         self._watchdog: asyncio.TimerHandle | Timer | None = None
-        # While `deliver` runs: where each body chunk goes, from the read callback itself.
-        self.sink: Callable[[bytes], bool] | None = None
+        # While `deliver` runs: where the body goes, from the read callback itself, and what one
+        # read brought of it so far (`flush_sink`).
+        self.sink: Sink | None = None
         self.sink_full = False
+        self.held: list[bytes] = []
 
     @property
     def answered(self) -> bool:
@@ -197,13 +203,8 @@ class ResponseCycle:
             self.waiter.set_result(None)
 
     def add_chunk(self, body: bytes) -> None:
-        sink = self.sink
-        if sink is not None:
-            if not sink(body):
-                # The sink's client takes no more for now: stop reading until `deliver` saw it drain.
-                self.sink_full = True
-                self.connection.flow.pause_reading()
-                self._wake()
+        if self.sink is not None:
+            self.held.append(body)  # goes to the sink at the end of this read (`flush_sink`)
             return
         self.chunks.append(body)
         self.buffered += len(body)
@@ -233,19 +234,24 @@ class ResponseCycle:
             self.connection.flow.resume_reading()
         return chunk
 
-    async def deliver(self, sink: Callable[[bytes], bool], drained: Callable[[], Awaitable[None]]) -> None:
-        """Hand every remaining body chunk to `sink` as it comes off the socket, in the connection's
-        read callback: no task wakes up per chunk (docs/performance.md). Returns at the end of the
-        body; raises the error that ended it.
+    async def deliver(self, sink: Sink, drained: Callable[[], Awaitable[None]]) -> None:
+        """Hand the rest of the body to `sink` as it comes off the socket, in the connection's read
+        callback: no task wakes up per chunk (docs/performance.md). What one read brings goes as
+        one piece, at the end of that read; the piece that ends the body says so (`last`), so the
+        relay can write it and the end of its own body at once. Returns at the end of the body;
+        raises the error that ended it.
 
-        `sink` must not raise, and returns False when its client can take no more for now: reading
-        then pauses until `drained()` returns. The same read-side flow control as `next_chunk`'s, so
-        a slow client slows the upstream instead of growing a buffer."""
-        while self.chunks:  # read before this call: in order, first
-            chunk = self.chunks.pop(0)
-            self.buffered -= len(chunk)
-            if not sink(chunk):
-                await drained()
+        `sink(data, last)` must not raise, and returns False when its client can take no more for
+        now: reading then pauses until `drained()` returns. The same read-side flow control as
+        `next_chunk`'s, so a slow client slows the upstream instead of growing a buffer."""
+        data = b"".join(self.chunks)  # read before this call: in order, first
+        self.chunks.clear()
+        self.buffered = 0
+        if self.complete:
+            sink(data, True)
+            return
+        if data and not sink(data, False):
+            await drained()
         if self.connection.flow.read_paused:
             self.connection.flow.resume_reading()
         self.sink = sink
@@ -257,6 +263,7 @@ class ResponseCycle:
                     self.connection.flow.resume_reading()
                     continue
                 if self.complete:
+                    self.flush_sink()  # (flushed already when the end came in a read)
                     return
                 if self.error is not None:
                     raise self.error
@@ -264,6 +271,27 @@ class ResponseCycle:
         finally:
             self.sink = None
             self.sink_full = False
+            self.held.clear()
+
+    def flush_sink(self) -> None:
+        """At the end of each read (and at the connection's loss): what it brought of the body goes
+        to the sink in one piece, with the body's end when that came too."""
+        sink = self.sink
+        if sink is None:
+            return
+        held, last = self.held, self.complete
+        if not held and not last:
+            return
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        if last:
+            self.sink = None  # the end went out: nothing more goes through it
+            sink(data, True)
+        elif not sink(data, False):
+            # The sink's client takes no more for now: stop reading until `deliver` saw it drain.
+            self.sink_full = True
+            self.connection.flow.pause_reading()
+            self._wake()
 
     def reusable(self) -> bool:
         return self.complete and self.error is None and self.keep_alive and not self.connection.closed

@@ -213,6 +213,19 @@ class DirectBody:
         self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
         return not cycle.flow.write_paused
 
+    def end(self, chunk: bytes) -> None:
+        """The body's last chunk (maybe empty) and its end in one write, completing the response
+        as `send` would with the last body message (RFC 9112 7.1)."""
+        cycle = self._cycle
+        if cycle.disconnected or cycle.response_complete or self._transport.is_closing():
+            return
+        self._transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(chunk), chunk) if chunk else b"0\r\n\r\n")
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            self._transport.close()
+        cycle.on_response()
+
     async def drain(self) -> None:
         """Until the client's socket takes more (or the client is gone)."""
         cycle = self._cycle

@@ -129,6 +129,8 @@ class DirectWriter(Protocol):
 
     def write(self, chunk: bytes) -> bool: ...
 
+    def end(self, chunk: bytes) -> None: ...
+
     async def drain(self) -> None: ...
 
 
@@ -285,6 +287,7 @@ class _Pump:
         "beat",
         "beating",
         "direct",
+        "ended",
         "finished",
         "heartbeat_seconds",
         "last_write",
@@ -323,6 +326,7 @@ class _Pump:
         assert task is not None
         self.task = task
         self.finished = False
+        self.ended = False  # the client's body was ended by the direct writer (`_deliver`)
         self.watch = watch if sse else None
         # The direct writer while chunks go from the upstream's read callback (`_deliver`).
         self.writer: DirectWriter | None = None
@@ -395,6 +399,8 @@ class _Pump:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 self._sent(chunk)
                 if watch is None and cycle is not None and await self._deliver(cycle):
+                    if self.ended:
+                        return  # the body's end went out with its last bytes
                     break
             if watch is not None and outcome.refused is None and (held := await watch.rest()):
                 await send({"type": "http.response.body", "body": held, "more_body": True})
@@ -421,10 +427,18 @@ class _Pump:
             return False
         write, sent = writer.write, self._sent
 
-        def sink(chunk: bytes) -> bool:
+        def sink(chunk: bytes, last: bool) -> bool:
             # Runs in the upstream connection's callback.
-            more = write(chunk)
-            sent(chunk)
+            if last:
+                # The backend's body ended with this read: its last bytes and the end of the
+                # client's body go in one write, and the response is complete.
+                self.ended = True
+                writer.end(chunk)
+                more = False
+            else:
+                more = write(chunk)
+            if chunk:
+                sent(chunk)
             return more
 
         self.writer = writer  # the heartbeat writes through it too, meanwhile
@@ -463,6 +477,10 @@ class _Pump:
     async def _end(self, why: StreamStop) -> None:
         """End the stream early: its error event (SSE only: another body would be corrupted), then
         the end of the body."""
+        if self.ended:
+            # The body ended cleanly in the same loop turn as `stop` fired: it stays as it was.
+            self.outcome.stopped = False
+            return
         self.outcome.stopped, self.outcome.stop_reason = True, why.reason
         if self.sse:
             await self.send({"type": "http.response.body", "body": why.event, "more_body": True})
@@ -473,7 +491,7 @@ class _Pump:
         only between frames (a chunk may end mid-event); then it looks again when the next one
         would be due, at least 50 ms later."""
         self.beat = None
-        if self.finished or self.beating is not None:
+        if self.finished or self.ended or self.beating is not None:
             return
         loop, period = self.loop, self.heartbeat_seconds
         now = loop.time()
@@ -501,13 +519,13 @@ class _Pump:
         self._client_left()
 
     def _client_left(self) -> None:
-        if self.finished:
+        if self.finished or self.ended:
             return
         self.outcome.client_disconnected = True
         self.task.cancel()
 
     def _on_stop(self, stop: asyncio.Future[StreamStop]) -> None:
-        if self.finished or self.outcome.client_disconnected:
+        if self.finished or self.ended or self.outcome.client_disconnected:
             return
         self.outcome.stopped = True
         self.task.cancel()

@@ -25,6 +25,7 @@ from gateway.protocol import GatewayHttpProtocol
 from gateway.relay import HEARTBEAT, UPSTREAM_BROKE_EVENT, RelayOutcome, direct_body_of, relay_response
 from gateway.upstream import Upstream
 from tests.support.loopback import Handler, loops, serving
+from tests.test_response_writes import data_segments_in
 
 SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
@@ -130,9 +131,9 @@ def test_chunks_after_the_first_bypass_send_and_arrive_in_order_as_they_come(run
 
     received, relayed = run(scenario())
     assert received == b"".join(b'data: {"n": %d}\n\n' % n for n in range(events))
-    # The first chunk goes through `send` (with the held head), then the body's end: the 19 others
+    # The first chunk goes through `send` (with the held head): the 19 others, and the body's end,
     # went straight from the upstream's read callback to the socket.
-    assert relayed.body_messages == [2]
+    assert relayed.body_messages == [1]
     outcome = relayed.outcomes[0]
     assert (outcome.events, outcome.bytes_out, outcome.upstream_broke) == (events, len(received), False)
     # Incremental: the client had event n before the upstream wrote event n + 2 (30 ms later).
@@ -183,7 +184,7 @@ def test_a_client_that_stops_reading_stops_the_upstream_instead_of_growing_a_buf
     assert size == len(expected) and digest == hashlib.sha256(expected).hexdigest()
     # Bounded by the kernel's socket buffers (a few MB each way), not by the 64 MB on offer.
     assert while_paused < 24 * 1024 * 1024, while_paused
-    assert relayed.body_messages == [2] and relayed.outcomes[0].events == total_events
+    assert relayed.body_messages == [1] and relayed.outcomes[0].events == total_events
 
 
 @loops
@@ -317,3 +318,42 @@ def test_an_open_stream_keeps_no_task_but_its_request(run: Callable[..., Any]) -
     assert names.count("RequestResponseCycle.run_asgi") == 1, names
     assert not [name for name in names if "disconnect" in name or "keep_alive" in name or "heartbeat" in name], names
     assert relayed.outcomes[0].client_disconnected
+
+
+@loops
+def test_the_last_events_and_the_end_of_the_body_leave_in_one_segment_when_they_arrive_together(
+    run: Callable[..., Any],
+) -> None:
+    """What one read of the upstream brings goes out in one write: here the last two events and
+    the end of the body, which then also completes the response without a message through `send`.
+    Segments are counted by the kernel on the client's socket (`TCP_INFO`)."""
+
+    async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD + chunk(b"data: 0\n\n"))
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(chunk(b"data: 1\n\n") + chunk(b"data: 2\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+
+    async def scenario() -> tuple[bytes, int, Relayed]:
+        async with upstream_server(stream) as url, relaying_gateway(url) as (gateway, relayed):
+            port = int(gateway.split(":")[2].split("/")[0])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /chatkit HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}")
+            received = b""
+            while not received.endswith(b"\r\n0\r\n\r\n"):
+                data = await asyncio.wait_for(reader.read(65536), 5)
+                assert data, received
+                received += data
+            segments = data_segments_in(writer.get_extra_info("socket"))
+            writer.close()
+            await relayed.done.wait()
+            return received, segments, relayed
+
+    received, segments, relayed = run(scenario())
+    head, body = received.split(b"\r\n\r\n", 1)
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert body == chunk(b"data: 0\n\n") + chunk(b"data: 1\n\ndata: 2\n\n") + b"0\r\n\r\n"
+    assert segments == 2  # the head with the first event; the last two events with the end
+    assert relayed.body_messages == [1]
+    assert relayed.outcomes[0].events == 3 and relayed.outcomes[0].end_reason == "complete"

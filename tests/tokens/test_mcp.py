@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from fastmcp import Client
+from jose import jwt
 
 from tests.support.fixtures import Backend
 from tests.support.gateway import RunningGateway
@@ -28,8 +29,9 @@ from tests.tokens.setup import (
     user,
 )
 
-# The same tool server, a token that lives one second: to see an expired one refused.
-BRIEF = {"name": "crm-brief", "audience": CRM_AUDIENCE, "lifetime_seconds": 1}
+# The same tool server, a token that lives a few seconds: to see an expired one refused. (`exp`
+# counts whole seconds, so a token of one second could be minted with almost none left.)
+BRIEF = {"name": "crm-brief", "audience": CRM_AUDIENCE, "lifetime_seconds": 3}
 INITIALIZE = {
     "jsonrpc": "2.0",
     "id": 1,
@@ -122,5 +124,6 @@ def test_an_expired_tool_token_is_refused(
     gateway, crm, _ = peers
     brief = tool_token(gateway, clean_backend, session_idp, "crm-brief")
     assert call_whoami(crm, brief)["sub"] == "alice"  # valid when made, for the same server
-    time.sleep(2.1)
+    expires_at = jwt.get_unverified_claims(brief)["exp"]
+    time.sleep(max(0.0, expires_at + 1.1 - time.time()))  # past `exp` and the server's leeway, if any
     assert_refused(crm, brief)
