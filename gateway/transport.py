@@ -101,13 +101,16 @@ class _ResponseStream(httpx.AsyncByteStream):
         """The exchange whose body this is (the relay may take its chunks with `deliver`)."""
         return self._cycle
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        cycle = self._cycle
-        while True:
-            chunk = await cycle.next_chunk()
-            if chunk is None:
-                return
-            yield chunk
+    # An iterator of its own rather than an async generator: the event loop registers every async
+    # generator it runs (in a weak set, until the generator is collected), a cost per stream.
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._cycle.next_chunk()
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
 
     async def aclose(self) -> None:
         self.release()

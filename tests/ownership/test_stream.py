@@ -1,6 +1,6 @@
 """The watch over a stream's first events: the thread of `thread.created` is recorded before any
-byte of that event may be relayed, everything else passes at once and unchanged, and after the
-first events the watch steps aside."""
+byte of that event may be relayed, everything else passes at once and unchanged, and after that
+event, or the first events, the watch steps aside."""
 
 from __future__ import annotations
 
@@ -76,6 +76,19 @@ async def test_after_the_first_events_the_watch_steps_aside() -> None:
     assert await watch.feed(first) == first  # the unfinished event goes too: nothing more is read
     assert not watch.active
     assert recorder.recorded == []
+
+
+@pytest.mark.anyio
+async def test_once_the_new_thread_is_recorded_the_watch_steps_aside() -> None:
+    """A stream creates one thread: after its `thread.created` the rest goes straight through,
+    the unfinished event too, and a second `thread.created` is not read."""
+    recorder = Recorder()
+    watch = ThreadCreatedWatch(recorder)
+    assert await watch.feed(ITEM) == ITEM and watch.active  # a notice first: still watching
+    first = CREATED + DELTA[:5]
+    assert await watch.feed(first) == first
+    assert not watch.active
+    assert recorder.recorded == ["thr_new"]
 
 
 @pytest.mark.anyio
