@@ -2,12 +2,12 @@
 
 A ChatKit stream that creates a thread opens with `thread.created` (openai-chatkit sends it first).
 The watch sees the stream's chunks before they are relayed, until it has seen `thread.created`
-or, failing that, its first few events: a chunk goes on at once unless it ends inside one of those events, in which case the
-unfinished event's bytes wait for the rest of it (a few hundred bytes, normally in the same
-chunk). When an event is `thread.created`, its thread is recorded for the user before the bytes
-holding it are relayed, so even a crash right after never leaves a client holding an id whose
-owner is unrecorded. After that event (a stream creates one thread), or those first events, the
-watch steps aside and the relay forwards chunks untouched.
+or, failing that, its first few events: a chunk goes on at once unless it ends inside one of
+those events, in which case the unfinished event's bytes wait for the rest of it (a few hundred
+bytes, normally in the same chunk). When an event is `thread.created`, its thread is recorded
+for the user before the bytes holding it are relayed, so even a crash right after never leaves a
+client holding an id whose owner is unrecorded. After that event (a stream creates one thread),
+or those first events, the watch steps aside and the relay forwards chunks untouched.
 """
 
 from __future__ import annotations
