@@ -44,6 +44,8 @@ __all__ = ["DirectBody", "GatewayHttpProtocol"]
 
 
 FRAMING_HEADERS = (b"content-length", b"transfer-encoding")
+_PARSER = httptools.HttpRequestParser
+_LOCAL_ADDRESSES: dict[tuple[str, int | None] | None, tuple[str, int | None] | None] = {}
 NO_BODY = b"content-length: 0\r\n"
 
 
@@ -175,6 +177,7 @@ class _OneWriteCycle(RequestResponseCycle):
         self.flow.resume_reading()
         self._on_lost = callback
         connection.watched = self
+        connection.release_parser(self)
         return True
 
     def unwatch_disconnect(self) -> None:
@@ -258,8 +261,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     # The cycle whose response waits to hear of the client leaving (`_OneWriteCycle.watch_disconnect`).
     watched: _OneWriteCycle | None = None
 
+    def release_parser(self, cycle: _OneWriteCycle) -> None:
+        """While `cycle`'s response streams, its request read whole and no other begun after it,
+        the connection's parser (~900 bytes with the callbacks it holds) waits for nothing: it goes,
+        and is made again if the client sends more (`data_received`)."""
+        if self.scope is cycle.scope and cycle.keep_alive and not cycle.more_body and type(self.parser) is _PARSER:
+            self.parser = None  # type: ignore[assignment]
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # Every connection's local address is the listening socket's: one tuple for all of them.
+        self.server = _LOCAL_ADDRESSES.setdefault(self.server, self.server)
         # What uvicorn made with a deque each (a connection lasts as long as its stream): the same
         # behaviour with lists (`_Pipeline`, `_Event`). The write side's event starts set, as uvicorn's.
         self.pipeline = _Pipeline()  # type: ignore[assignment]
@@ -291,6 +303,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
+        if self.parser is None:  # let go while a response streamed (`release_parser`)
+            self.parser = _PARSER(self)
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn makes it
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:

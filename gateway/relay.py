@@ -326,9 +326,9 @@ class _Pump:
         assert task is not None
         self.task = task
         self.finished = False
-        self.ended = False  # the client's body was ended by the direct writer (`_deliver`)
+        self.ended = False  # the client's body was ended by the direct writer (`_sink`)
         self.watch = watch if sse else None
-        # The direct writer while chunks go from the upstream's read callback (`_deliver`).
+        # The direct writer while chunks go from the upstream's read callback (`_sink`).
         self.writer: DirectWriter | None = None
         self.beat: asyncio.TimerHandle | None = None  # the heartbeat's next look
         self.beating: asyncio.Future[None] | None = None  # a heartbeat going out through `send`
@@ -380,7 +380,7 @@ class _Pump:
         # two layers of async generators and httpx's re-chunker per chunk (docs/performance.md).
         stream = cast(httpx.AsyncByteStream, self.response.stream)
         # The exchange itself when it came through the gateway's transport: chunks after the first
-        # may then go to the client from its read callback (`_deliver`).
+        # may then go to the client from its read callback (`_sink`).
         cycle: ResponseCycle | None = getattr(stream, "cycle", None) if self.direct is not None else None
         try:
             async for chunk in stream:
@@ -398,7 +398,13 @@ class _Pump:
                     continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 self._sent(chunk)
-                if watch is None and cycle is not None and await self._deliver(cycle):
+                if watch is None and cycle is not None and (writer := self._direct_writer()) is not None:
+                    # The rest of the body from the upstream's read callback straight to the client.
+                    self.writer = writer  # the heartbeat writes through it too, meanwhile
+                    try:
+                        await cycle.deliver(self._sink, writer.drain)
+                    finally:
+                        self.writer = None
                     if self.ended:
                         return  # the body's end went out with its last bytes
                     break
@@ -418,35 +424,28 @@ class _Pump:
             await send({"type": "http.response.body", "body": UPSTREAM_BROKE_EVENT, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
-    async def _deliver(self, cycle: ResponseCycle) -> bool:
-        """The rest of the body, from the upstream's read callback straight to the client, if the
-        server offers a direct writer now (else False: the caller goes on sending chunk by chunk)."""
+    def _direct_writer(self) -> DirectWriter | None:
+        """The server's direct writer for the rest of the body, if it offers one now (else the
+        chunks go on through `send`)."""
         source = self.direct() if self.direct is not None else None
-        writer = source.direct_writer() if source is not None else None
-        if writer is None:
-            return False
-        write, sent = writer.write, self._sent
+        return source.direct_writer() if source is not None else None
 
-        def sink(chunk: bytes, last: bool) -> bool:
-            # Runs in the upstream connection's callback.
-            if last:
-                # The backend's body ended with this read: its last bytes and the end of the
-                # client's body go in one write, and the response is complete.
-                self.ended = True
-                writer.end(chunk)
-                more = False
-            else:
-                more = write(chunk)
-            if chunk:
-                sent(chunk)
-            return more
-
-        self.writer = writer  # the heartbeat writes through it too, meanwhile
-        try:
-            await cycle.deliver(sink, writer.drain)
-        finally:
-            self.writer = None
-        return True
+    def _sink(self, chunk: bytes, last: bool) -> bool:
+        """`ResponseCycle.deliver`'s sink: runs in the upstream connection's read callback. (A
+        method, not a closure: it lives as long as the stream.)"""
+        writer = self.writer
+        assert writer is not None  # set for as long as `deliver` runs
+        if last:
+            # The backend's body ended with this read: its last bytes and the end of the client's
+            # body go in one write, and the response is complete.
+            self.ended = True
+            writer.end(chunk)
+            more = False
+        else:
+            more = writer.write(chunk)
+        if chunk:
+            self._sent(chunk)
+        return more
 
     def _sent(self, chunk: bytes) -> None:
         """A chunk went to the client: count it, and for SSE its events, its frame tail (a

@@ -357,3 +357,53 @@ def test_the_last_events_and_the_end_of_the_body_leave_in_one_segment_when_they_
     assert segments == 2  # the head with the first event; the last two events with the end
     assert relayed.body_messages == [1]
     assert relayed.outcomes[0].events == 3 and relayed.outcomes[0].end_reason == "complete"
+
+
+@loops
+def test_a_connection_carries_the_next_requests_after_a_stream_even_sent_in_pieces_during_it(
+    run: Callable[..., Any],
+) -> None:
+    """While a stream is open its connection's request parser is let go (it waits for nothing);
+    a request the client sends meanwhile, in pieces, and one after the stream, are read and
+    answered in order on the same connection, as before."""
+
+    async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            writer.write(SSE_HEAD + chunk(b"data: 0\n\n"))
+            await writer.drain()
+            await asyncio.sleep(0.3)
+            writer.write(chunk(b"data: 1\n\n") + b"0\r\n\r\n")
+            await writer.drain()
+
+    request = b"POST /chatkit HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}"
+
+    async def read_stream(reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        return await asyncio.wait_for(reader.readuntil(b"\r\n0\r\n\r\n"), 5)
+
+    async def scenario() -> list[bytes]:
+        async with serving(stream) as url, relaying_gateway(url) as (gateway, relayed):
+            port = int(gateway.split(":")[2].split("/")[0])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            bodies = [await asyncio.wait_for(reader.readuntil(b"data: 0\n\n\r\n"), 5)]
+            writer.write(request[:20])  # the next request, in pieces, while the stream is open
+            await asyncio.sleep(0.05)
+            writer.write(request[20:])
+            bodies[0] += await asyncio.wait_for(reader.readuntil(b"\r\n0\r\n\r\n"), 5)
+            bodies.append(await read_stream(reader))  # the pipelined one
+            writer.write(request)  # and one after
+            bodies.append(await read_stream(reader))
+            writer.close()
+            while len(relayed.outcomes) < 3:
+                await asyncio.wait_for(relayed.done.wait(), 5)
+                relayed.done.clear()
+            return bodies
+
+    bodies = run(scenario())
+    expected = chunk(b"data: 0\n\n") + chunk(b"data: 1\n\n") + b"0\r\n\r\n"
+    assert bodies[0].endswith(expected) and bodies[0].count(b"data: 1") == 1
+    assert bodies[1] == expected and bodies[2] == expected
