@@ -97,6 +97,7 @@ class ResponseCycle:
         "sink",
         "sink_full",
         "held",
+        "framing",
     )
 
     def __init__(self, connection: UpstreamConnection) -> None:
@@ -104,6 +105,7 @@ class ResponseCycle:
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.framing: bool | None = None  # `framed()`, once the headers are dropped
         self.head: asyncio.Future[None] = connection.loop.create_future()
         self.head_bytes = 0
         # A list, not a deque: it holds zero or one chunk nearly always, and a deque's first block
@@ -136,9 +138,17 @@ class ResponseCycle:
     def framed(self) -> bool:
         """Whether the body's end is marked (a length, chunks, or no body by status) rather than
         being the close. Asked only when the connection closes mid-response."""
+        if self.framing is not None:
+            return self.framing
         if self.status in (204, 304):
             return True
         return any(name in (b"content-length", b"transfer-encoding") for name, _ in self.headers)
+
+    def drop_headers(self) -> None:
+        """The head went on (a stream's): its headers are not kept for as long as the body lasts,
+        only what `framed` needs of them."""
+        self.framing = self.framed()
+        self.headers = []
 
     def watch(self, deadline: float | None, silence: float | None) -> None:
         """The head must arrive by `deadline` (loop time); after it the upstream may not go quiet

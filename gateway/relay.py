@@ -244,8 +244,11 @@ async def _send_start(
 ) -> tuple[bool, bool]:
     """Send the status and headers; whether the body is an SSE stream, and whether the gateway may
     write events into it. (Its own function so the header lists are freed before a long stream starts.)"""
-    headers = response.headers if isinstance(response, StreamedResponse) else _lower(response.headers.raw)
-    return await _send_head(response.status_code, headers, send, extra_headers)
+    if not isinstance(response, StreamedResponse):
+        return await _send_head(response.status_code, _lower(response.headers.raw), send, extra_headers)
+    head = await _send_head(response.status_code, response.headers, send, extra_headers)
+    response.drop_headers()
+    return head
 
 
 async def _send_head(status: int, raw_headers: Headers, send: Send, extra_headers: Headers | None) -> tuple[bool, bool]:

@@ -139,6 +139,11 @@ class StreamedResponse:
         async for chunk in self.stream:
             yield chunk
 
+    def drop_headers(self) -> None:
+        """The head was relayed: its headers are not held for as long as the stream lasts."""
+        self.headers = []
+        self.stream.cycle.drop_headers()
+
     def close(self) -> None:
         if not self.is_closed:
             self.is_closed = True
