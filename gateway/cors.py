@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import GatewayConfig
 
-__all__ = ["ALLOWED_REQUEST_HEADERS", "CrossOrigin"]
+__all__ = ["ALLOWED_REQUEST_HEADERS", "CrossOrigin", "has_origin"]
 
 ALLOWED_REQUEST_HEADERS = ["content-type", "authorization", "chatkit-frame-instance-id", "x-request-id"]
 
@@ -31,9 +31,15 @@ class CrossOrigin:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, _ in scope["headers"]:
-                if name == b"origin":
-                    await self.cors(scope, receive, send)
-                    return
+        if scope["type"] == "http" and has_origin(scope["headers"]):
+            await self.cors(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+
+def has_origin(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's (lower-cased) headers carry an `Origin`: only then is there a CORS answer."""
+    for name, _ in headers:
+        if name == b"origin":
+            return True
+    return False

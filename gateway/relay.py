@@ -92,7 +92,7 @@ def _lower(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [(key.lower(), value) for key, value in headers]
 
 
-@dataclass
+@dataclass(slots=True)
 class RelayOutcome:
     """What happened on the way back, for the request's log line and metrics."""
 
