@@ -254,6 +254,9 @@ class _Event(asyncio.Event):
 class GatewayHttpProtocol(HttpToolsProtocol):
     """`uvicorn.Config(http=GatewayHttpProtocol)`: uvicorn's httptools protocol, fixed as above."""
 
+    # Since the connection's last answer, while no request is in progress (see `_keep_alive_expired`).
+    _idle_since: float | None = None
+
     def on_headers_complete(self) -> None:
         # uvicorn's `on_headers_complete`, making the gateway's cycle (and its lighter event) at
         # once rather than uvicorn's to be replaced.
@@ -305,7 +308,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.pipeline.appendleft((cycle, app))
 
     def data_received(self, data: bytes) -> None:
-        self._unset_keepalive_if_required()
+        self._idle_since = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -318,6 +321,35 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 self.handle_websocket_upgrade()
                 return
             self._ignore_upgrade(data[upgrade.args[0] :])
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, but for the keep-alive timer (`_keep_alive_expired`).
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self._keep_alive_expired)
+
+    def _keep_alive_expired(self) -> None:
+        """Close the connection once it has been idle `timeout_keep_alive` seconds since its last
+        answer. uvicorn arms a timer after every answer and cancels it at the next request's bytes;
+        here a connection keeps one timer, which re-arms itself for what is left of the idle time
+        (or is left unarmed while a request is in progress: the answer arms it again)."""
+        self.timeout_keep_alive_task = None
+        idle_since = self._idle_since
+        if idle_since is None:
+            return
+        remaining = idle_since + self.timeout_keep_alive - self.loop.time()
+        if remaining > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(remaining, self._keep_alive_expired)
+        else:
+            self.timeout_keep_alive_handler()
 
     def _ignore_upgrade(self, rest: bytes) -> None:
         """Serve the request as plain HTTP/1.1: what follows its head is its body, read by a parser

@@ -31,8 +31,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.protocol import GatewayHttpProtocol
 from gateway.relay import DIRECT_BODY
+from tests.support.rawhttp import is_closed, read_response
 
 BODY = b'{"data": [], "has_more": false}'
+KEEP_ALIVE = 1  # seconds an idle connection stays open after its last answer
 # struct tcp_info (linux/tcp.h): tcpi_data_segs_in is the u32 at byte 152.
 DATA_SEGS_IN = struct.Struct("=I")
 
@@ -146,7 +148,7 @@ class Servers:
                 server_header=False,
                 proxy_headers=False,
                 access_log=False,
-                timeout_keep_alive=5,
+                timeout_keep_alive=KEEP_ALIVE,
             )
             server = uvicorn.Server(config)
             sock = socket.socket()
@@ -363,3 +365,19 @@ def test_direct_writes_are_offered_to_http11_requests_only(servers: Servers) -> 
     port = servers.ports["gateway"]
     assert talk(port, request("GET", "/extensions")).data.endswith(b"direct")
     assert talk(port, request("GET", "/extensions", version=b"HTTP/1.0")).data.endswith(b"none")
+
+
+def test_an_idle_connection_closes_keep_alive_seconds_after_its_last_answer(servers: Servers) -> None:
+    # The gateway's connection keeps one timer, re-armed for what is left of the idle time: each
+    # answer restarts the count, and one that fires while a request is in progress (`/later`,
+    # answered 0.3 s after it came) leaves the count to that request's answer.
+    for name, port in servers.ports.items():
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            for path, pause in (("/json", 0.7), ("/json", 0.8), ("/later", 0.0)):
+                sock.sendall(request("GET", path))
+                answer = read_response(sock, linger=0)
+                assert answer.status == 200 and not answer.closed, (name, path)
+                answered = time.monotonic()
+                time.sleep(pause)
+            assert is_closed(sock, KEEP_ALIVE + 1.5), name
+            assert KEEP_ALIVE - 0.2 < time.monotonic() - answered < KEEP_ALIVE + 1.2, name
