@@ -1,5 +1,5 @@
-"""The clients' side of HTTP/1.1: uvicorn's httptools protocol, with two answers it gets wrong and
-one write where it makes two.
+"""The clients' side of HTTP/1.1: uvicorn's httptools protocol, with two answers it gets wrong,
+one write where it makes two, and less work per request.
 
 - **`Upgrade: h2c`** (what `curl --http2` sends over cleartext). llhttp stops at the end of the
   head of any request that asks for an upgrade, so uvicorn hands the application an empty body
@@ -22,10 +22,16 @@ Both connections close after the answer.
   (a small JSON answer, every JSON error). Here (HTTP/1.1) the head waits for the body's first
   message and goes out in the same `write()`, but never longer than the event loop's next turn: a
   stream's head whose first event is not there yet leaves at once (docs/performance.md).
+- **Less work per request** (docs/performance.md, "Fourth round"): the response side of the
+  cycle (`_OneWriteCycle.send`) is written here, with uvicorn's framing decisions and header
+  checks but the head built once; the request's cycle is made directly as the gateway's (not
+  made as uvicorn's, then changed); a connection keeps one keep-alive timer rather than one per
+  answer (`_keep_alive_expired`).
 
 This leans on uvicorn's internals (`HttpToolsProtocol`, `RequestResponseCycle`), so uvicorn is
-pinned to the version it was written against, and `tests/test_client_protocol.py` and
-`tests/test_response_writes.py` check the behaviours through a running gateway.
+pinned to the version it was written against; `tests/test_client_protocol.py` and
+`tests/test_response_writes.py` check the behaviours through a running gateway, and
+`tests/test_response_cycle.py` holds the answers, byte for byte, to uvicorn's own protocol's.
 """
 
 from __future__ import annotations
@@ -85,10 +91,11 @@ class _OneWriteCycle(RequestResponseCycle):
     - the head is built once, when the application starts the answer, and held: it leaves with the
       first body message in one `write()`, or on the event loop's next turn, whichever comes first;
     - its header names and values are checked as uvicorn checks them (`HEADER_RE`,
-      `HEADER_VALUE_RE`: no CR, LF, NUL or other control byte in a value, only token bytes in a
-      name), with one search over all the names and one over all the values: both patterns match
-      a single byte, so a search over the concatenation finds one exactly when a search over some
-      name (or value) does;
+      `HEADER_VALUE_RE`: no CR, LF, NUL or other control byte but tab in a value, no control
+      byte, space or separator in a name), in one pass over all the names joined and one over all
+      the values joined (`NOT_IN_NAMES`, `NOT_IN_VALUES`): each pattern matches a single byte, so
+      the joined bytes hold one exactly when some name (or value) does. Names are checked
+      lower-cased, as they are written; lower-casing changes only letters, none of them refused;
     - an HTTP/1.0 client's answer without a `Content-Length` is close-delimited (RFC 9112 6.3): it
       knows no chunked coding (RFC 9112 7.1), which uvicorn would frame it with.
     """
