@@ -1,5 +1,5 @@
-"""The clients' side of HTTP/1.1: uvicorn's httptools protocol, with two answers it gets wrong and
-one write where it makes two.
+"""The clients' side of HTTP/1.1: uvicorn's httptools protocol, with two answers it gets wrong,
+one write where it makes two, and less work per request.
 
 - **`Upgrade: h2c`** (what `curl --http2` sends over cleartext). llhttp stops at the end of the
   head of any request that asks for an upgrade, so uvicorn hands the application an empty body
@@ -22,21 +22,36 @@ Both connections close after the answer.
   (a small JSON answer, every JSON error). Here (HTTP/1.1) the head waits for the body's first
   message and goes out in the same `write()`, but never longer than the event loop's next turn: a
   stream's head whose first event is not there yet leaves at once (docs/performance.md).
+- **Less work per request** (docs/performance.md, "Fourth round"): the response side of the
+  cycle (`_OneWriteCycle.send`) is written here, with uvicorn's framing decisions and header
+  checks but the head built once; the request's cycle is made directly as the gateway's (not
+  made as uvicorn's, then changed); a connection keeps one keep-alive timer rather than one per
+  answer (`_keep_alive_expired`).
 
 This leans on uvicorn's internals (`HttpToolsProtocol`, `RequestResponseCycle`), so uvicorn is
-pinned to the version it was written against, and `tests/test_client_protocol.py` and
-`tests/test_response_writes.py` check the behaviours through a running gateway.
+pinned to the version it was written against; `tests/test_client_protocol.py` and
+`tests/test_response_writes.py` check the behaviours through a running gateway, and
+`tests/test_response_cycle.py` holds the answers, byte for byte, to uvicorn's own protocol's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from .relay import DIRECT_BODY
 
@@ -46,6 +61,10 @@ __all__ = ["DirectBody", "GatewayHttpProtocol"]
 FRAMING_HEADERS = (b"content-length", b"transfer-encoding")
 _PARSER = httptools.HttpRequestParser
 _LOCAL_ADDRESSES: dict[tuple[str, int | None] | None, tuple[str, int | None] | None] = {}
+# The bytes uvicorn refuses in a response header's name and in its value (each of its two patterns
+# matches one byte): checked with `bytes.translate`, one pass over all names and one over all values.
+NOT_IN_NAMES = bytes(byte for byte in range(256) if HEADER_RE.fullmatch(bytes((byte,))))
+NOT_IN_VALUES = bytes(byte for byte in range(256) if HEADER_VALUE_RE.fullmatch(bytes((byte,))))
 NO_BODY = b"content-length: 0\r\n"
 
 
@@ -68,90 +87,130 @@ class _BodyOnly:
             self._protocol.on_message_complete()
 
 
-class _CloseDelimitedCycle(RequestResponseCycle):
-    """An answer to an HTTP/1.0 client: without a `Content-Length`, its end is the connection's close."""
-
-    _close_delimited = False
-
-    async def send(self, message: Any) -> None:
-        if message["type"] == "http.response.start" and not self.response_started:
-            names = {name.lower() for name, _ in message.get("headers", [])}
-            if b"content-length" not in names and b"transfer-encoding" not in names:
-                # Read by uvicorn as "framing decided, not chunked": no chunked header is added.
-                self.chunked_encoding = False
-                self._close_delimited = True
-            self.keep_alive = False
-            await super().send(message)
-            return
-        if not self._close_delimited or message["type"] != "http.response.body" or self.response_complete:
-            await super().send(message)
-            return
-        if self.flow.write_paused and not self.disconnected:
-            await self.flow.drain()
-        if self.disconnected:
-            return
-        if self.scope["method"] != "HEAD":
-            self.transport.write(message.get("body", b""))
-        if not message.get("more_body", False):
-            self.response_complete = True
-            self.message_event.set()
-            self.transport.close()
-            self.on_response()
-
-
-class _Held:
-    """Stands in for the socket while uvicorn writes one message: the bytes are kept, and go out
-    after `prefix` in one `write()` at `flush()`, or before a `close()` uvicorn asks for."""
-
-    __slots__ = ("transport", "data")
-
-    def __init__(self, transport: asyncio.Transport, prefix: bytes = b"") -> None:
-        self.transport = transport
-        self.data = prefix
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def flush(self) -> None:
-        data, self.data = self.data, b""
-        if data and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
-
-
 class _OneWriteCycle(RequestResponseCycle):
-    """A request's cycle whose response head leaves with the first body message (or on the loop's
-    next turn, whichever comes first), and which can tell of its client leaving by a callback."""
+    """A request's cycle, answering with uvicorn's framing (`RequestResponseCycle.send`, which this
+    `send` replaces) in fewer writes and less work per answer:
+
+    - the head is built once, when the application starts the answer, and held: it leaves with the
+      first body message in one `write()`, or on the event loop's next turn, whichever comes first;
+    - its header names and values are checked as uvicorn checks them (`HEADER_RE`,
+      `HEADER_VALUE_RE`: no CR, LF, NUL or other control byte but tab in a value, no control
+      byte, space or separator in a name), in one pass over all the names joined and one over all
+      the values joined (`NOT_IN_NAMES`, `NOT_IN_VALUES`): each pattern matches a single byte, so
+      the joined bytes hold one exactly when some name (or value) does. Names are checked
+      lower-cased, as they are written; lower-casing changes only letters, none of them refused;
+    - an HTTP/1.0 client's answer without a `Content-Length` is close-delimited (RFC 9112 6.3): it
+      knows no chunked coding (RFC 9112 7.1), which uvicorn would frame it with.
+    """
 
     _head: bytes | None = None
     _flush_head: asyncio.Handle | None = None
+    _close_delimited = False
     _on_lost: Callable[[], None] | None = None
     connection: GatewayHttpProtocol | None = None  # set by the protocol that made it
 
     async def send(self, message: Any) -> None:
-        transport = self.transport
-        if self._head is None and (self.response_started or message["type"] != "http.response.start"):
-            await super().send(message)
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
             return
-        held = _Held(transport, self._head or b"")
-        self.transport = held  # type: ignore[assignment]  # uvicorn calls write() and close() only
-        try:
-            await super().send(message)
-        finally:
-            self.transport = transport
-        if self._head is None:  # the head was just written into `held`: keep it for the body
-            self._head = held.data
+        kind = message["type"]
+        if not self.response_started:
+            if kind != "http.response.start":
+                raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{kind}'.")
+            self._head = self._start(message)
             self._flush_head = asyncio.get_running_loop().call_soon(self._send_head)
             return
-        self._head = None
-        if self._flush_head is not None:
-            self._flush_head.cancel()
-        held.flush()
+        if self.response_complete:
+            raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, after response already completed.")
+        if kind != "http.response.body":
+            raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
+        body: bytes = message.get("body", b"")
+        more_body: bool = message.get("more_body", False)
+        if self.scope["method"] == "HEAD":
+            self.expected_content_length = 0
+            data = b""
+        elif self.chunked_encoding:
+            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            if not more_body:
+                data += b"0\r\n\r\n"
+        elif self._close_delimited:
+            data = body
+        else:
+            if len(body) > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= len(body)
+            data = body
+        head = self._head
+        if head is not None:
+            self._head = None
+            if self._flush_head is not None:
+                self._flush_head.cancel()
+            data = head + data
+        transport = self.transport
+        if data and not transport.is_closing():
+            transport.write(data)
+        if not more_body:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                transport.close()
+            self.on_response()
+
+    def _start(self, message: Any) -> bytes:
+        """The head of the answer `message` starts, framed as uvicorn frames it (and its state set:
+        the framing, the length still owed, whether the connection stays open)."""
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        status: int = message["status"]
+        if self.access_log:
+            self.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d',
+                get_client_addr(self.scope),
+                self.scope["method"],
+                get_path_with_query_string(self.scope),
+                self.scope["http_version"],
+                status,
+            )
+        # STATUS_LINE, then per header its name, ": ", its value and CRLF: names at 1::4, values at 3::4.
+        content = [STATUS_LINE[status]]
+        connection_close = False
+        for name, value in (*self.default_headers, *message.get("headers", ())):
+            name = name.lower()
+            if name == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
+                self.chunked_encoding = False
+            elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif name == b"connection" and b"close" in [token.lower().strip() for token in value.split(b",")]:
+                self.keep_alive = False
+                connection_close = True
+            content += (name, b": ", value, b"\r\n")
+        names = b"".join(content[1::4])
+        if len(names.translate(None, NOT_IN_NAMES)) != len(names):
+            raise RuntimeError("Invalid HTTP header name.")
+        values = b"".join(content[3::4])
+        if len(values.translate(None, NOT_IN_VALUES)) != len(values):
+            raise RuntimeError("Invalid HTTP header value.")
+        if self.scope["http_version"] == "1.0":
+            self.keep_alive = False
+            if self.chunked_encoding is None:
+                # Read as "framing decided, not chunked": the close ends the body.
+                self.chunked_encoding = False
+                self._close_delimited = True
+        if not self.keep_alive and not connection_close:
+            content.append(b"connection: close\r\n")
+        if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status not in (204, 304):
+            self.chunked_encoding = True
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        return b"".join(content)
 
     def _send_head(self) -> None:
+        self._flush_head = None  # (a handle kept would stay for as long as a stream lasts)
         head, self._head = self._head, None
         if head and not self.disconnected and not self.transport.is_closing():
             self.transport.write(head)
@@ -201,7 +260,7 @@ class DirectBody:
 
     `write` returns whether the client can take more now; False once its socket buffer is full
     (wait for `drain()`) or it has left. It never raises: it runs inside another protocol's callback.
-    The end of the body (the last chunk) still goes through `send`, which completes the cycle."""
+    `end` writes the last chunk with the end of the body and completes the cycle, as `send` would."""
 
     __slots__ = ("_cycle", "_transport")
 
@@ -258,15 +317,10 @@ class _Pipeline(list[Any]):
 class GatewayHttpProtocol(HttpToolsProtocol):
     """`uvicorn.Config(http=GatewayHttpProtocol)`: uvicorn's httptools protocol, fixed as above."""
 
+    # Since the connection's last answer, while no request is in progress (see `_keep_alive_expired`).
+    _idle_since: float | None = None
     # The cycle whose response waits to hear of the client leaving (`_OneWriteCycle.watch_disconnect`).
     watched: _OneWriteCycle | None = None
-
-    def release_parser(self, cycle: _OneWriteCycle) -> None:
-        """While `cycle`'s response streams, its request read whole and no other begun after it,
-        the connection's parser (~900 bytes with the callbacks it holds) waits for nothing: it goes,
-        and is made again if the client sends more (`data_received`)."""
-        if self.scope is cycle.scope and cycle.keep_alive and not cycle.more_body and type(self.parser) is _PARSER:
-            self.parser = None  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -285,24 +339,66 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if cycle is not None:
             cycle.lost()
 
+    def release_parser(self, cycle: _OneWriteCycle) -> None:
+        """While `cycle`'s response streams, its request read whole and no other begun after it,
+        the connection's parser (~900 bytes with the callbacks it holds) waits for nothing: it goes,
+        and is made again if the client sends more (`data_received`)."""
+        if self.scope is cycle.scope and cycle.keep_alive and not cycle.more_body and type(self.parser) is _PARSER:
+            self.parser = None  # type: ignore[assignment]
+
     def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        cycle = self.cycle
-        if cycle is None or type(cycle) is not RequestResponseCycle:
+        # uvicorn's `on_headers_complete`, making the gateway's cycle (and its lighter event) at
+        # once rather than uvicorn's to be replaced.
+        parser = self.parser
+        scope = self.scope
+        http_version = parser.get_http_version()
+        scope["method"] = parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        if parser.should_upgrade() and self._should_upgrade():
             return
-        # Not started yet (its task runs on the next loop turn): it answers close-delimited
-        # (HTTP/1.0), or with its head and body in one write. Its event is not used yet either.
-        if self.scope.get("http_version") == "1.0":
-            cycle.__class__ = _CloseDelimitedCycle
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = parsed_url.query or b""
+
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            app = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
         else:
-            cycle.__class__ = _OneWriteCycle
-            cycle.connection = self  # type: ignore[attr-defined]  # a _OneWriteCycle now
-            extensions: dict[str, object] = cycle.scope.setdefault("extensions", {})  # type: ignore[assignment]
-            extensions[DIRECT_BODY] = weakref.ref(cycle)
-        cycle.message_event = _Event()
+            app = self.app
+
+        existing_cycle = self.cycle
+        # Not started yet (its task runs on the next loop turn).
+        self.cycle = cycle = _OneWriteCycle(
+            scope,
+            self.transport,
+            self.flow,
+            self.logger,
+            self.access_logger,
+            self.access_log,
+            self.server_state.default_headers,
+            _Event(),
+            self.expect_100_continue,
+            http_version != "1.0" and parser.should_keep_alive(),
+            self.on_response_complete,
+        )
+        if http_version != "1.0":  # an HTTP/1.0 answer is never chunk-framed: no direct writes
+            scope["extensions"] = {DIRECT_BODY: weakref.ref(cycle)}  # type: ignore[dict-item]
+            cycle.connection = self
+        if existing_cycle is None or existing_cycle.response_complete:
+            self._start_asgi_task(cycle, app)
+        else:  # pipelined: queued until the answer before it is complete
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, app))
 
     def data_received(self, data: bytes) -> None:
-        self._unset_keepalive_if_required()
+        self._idle_since = None
         if self.parser is None:  # let go while a response streamed (`release_parser`)
             self.parser = _PARSER(self)
             self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn makes it
@@ -318,6 +414,35 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 self.handle_websocket_upgrade()
                 return
             self._ignore_upgrade(data[upgrade.args[0] :])
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, but for the keep-alive timer (`_keep_alive_expired`).
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self._keep_alive_expired)
+
+    def _keep_alive_expired(self) -> None:
+        """Close the connection once it has been idle `timeout_keep_alive` seconds since its last
+        answer. uvicorn arms a timer after every answer and cancels it at the next request's bytes;
+        here a connection keeps one timer, which re-arms itself for what is left of the idle time
+        (or is left unarmed while a request is in progress: the answer arms it again)."""
+        self.timeout_keep_alive_task = None
+        idle_since = self._idle_since
+        if idle_since is None:
+            return
+        remaining = idle_since + self.timeout_keep_alive - self.loop.time()
+        if remaining > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(remaining, self._keep_alive_expired)
+        else:
+            self.timeout_keep_alive_handler()
 
     def _ignore_upgrade(self, rest: bytes) -> None:
         """Serve the request as plain HTTP/1.1: what follows its head is its body, read by a parser

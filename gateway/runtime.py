@@ -191,7 +191,14 @@ class Runtime:
         if prefix is None:
             # Not one of `auth.issuers` (the verifier returns no other): never a user without a prefix.
             raise UnknownIssuer()
-        return principal, identity_of(principal, self.config.identity, prefix)
+        # Made once per verified token and source (`Principal.derived`): the claims, the identity
+        # configuration and the issuer's prefix decide it, nothing of the request.
+        key = ("identity", prefix)
+        identity: Identity | None = principal.derived.get(key)
+        if identity is None:
+            identity = identity_of(principal, self.config.identity, prefix)
+            principal.derived[key] = identity
+        return principal, identity
 
     def session_end(self, principal: Principal) -> StreamGuard:
         """`with runtime.session_end(principal) as stop:` for one SSE stream (inside `async with

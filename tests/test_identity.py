@@ -79,6 +79,24 @@ def test_the_same_sub_from_two_issuers_reaches_the_backend_as_two_users(
     assert seen[0] != seen[1]
 
 
+def test_each_request_of_a_cached_token_names_its_own_tokens_user(
+    client: httpx.Client, clean_backend: Backend, session_idp: LoopbackIdP, partner_idp: LoopbackIdP
+) -> None:
+    # The identity is made once per verified token (`Principal.derived`): tokens used again and
+    # again, in turn, each still name their own issuer's user with their own claims.
+    # (At most REQUESTS_PER_MINUTE per user.)
+    corp = (user_token(session_idp, "dave", email="dave@corp.example"), "corp:dave", "dave@corp.example")
+    partner = (user_token(partner_idp, "dave", email="dave@partner.example"), "partner:dave", "dave@partner.example")
+    renamed = (user_token(session_idp, "dave", email="dave@new.example"), "corp:dave", "dave@new.example")
+    for token, user_id, email in (corp, partner, corp, partner, renamed):
+        response = client.post("/chatkit", json=THREADS_LIST, headers=bearer(token))
+        assert response.status_code == 200, response.text
+        sent = clean_backend.requests()[-1]
+        headers, info = dict(sent["headers"]), sent["json"]["metadata"]["userInfo"]
+        assert (headers["x-user-id"], headers["x-user-email"]) == (user_id, email)
+        assert (info["id"], info["email"]) == (user_id, email)
+
+
 def test_an_upload_carries_the_prefixed_user_signed_without_a_body_hash(
     client: httpx.Client, two_issuers: RunningGateway, clean_backend: Backend, partner_idp: LoopbackIdP
 ) -> None:

@@ -45,10 +45,18 @@ class Principal:
     # The raw token is kept for `upstream.forward_access_token` but never printed.
     token: str = field(repr=False)
     source: Literal["bearer", "cookie"] | None = None
+    # What requests derive from this verified token, made once for as long as the token cache
+    # keeps the principal: its copy with each source, and the identity the copy names
+    # (`Runtime.authenticate`). Each is a function of the verified claims and of its key alone.
+    derived: dict[object, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def with_source(self, source: Literal["bearer", "cookie"]) -> Principal:
-        # Direct construction: `dataclasses.replace` introspects the fields on every call.
-        return Principal(self.subject, self.issuer, self.claims, self.expires_at, self.token, source)
+        sourced: Principal | None = self.derived.get(source)
+        if sourced is None:
+            # Direct construction: `dataclasses.replace` introspects the fields on every call.
+            sourced = Principal(self.subject, self.issuer, self.claims, self.expires_at, self.token, source)
+            self.derived[source] = sourced
+        return sourced
 
 
 class KeySource(Protocol):

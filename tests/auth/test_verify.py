@@ -684,3 +684,20 @@ async def test_principal_source_is_set_later_with_replace() -> None:
         principal.claims,
     )
     assert isinstance(from_cookie, Principal) and from_cookie != principal
+
+
+async def test_a_cached_token_keeps_one_principal_per_source_and_a_new_one_once_verified_again() -> None:
+    setup = rig(token_cache_seconds=60.0)
+    token = rs256()
+    verified = await setup.verifier.verify(token)
+    bearer = verified.with_source("bearer")
+    assert bearer.source == "bearer" and verified.source is None
+    assert (await setup.verifier.verify(token)).with_source("bearer") is bearer  # made once per cached token
+    cookie = verified.with_source("cookie")
+    assert cookie.source == "cookie" and cookie is not bearer and bearer.source == "bearer"
+    other = await setup.verifier.verify(rs256(claims(sub="bob")))
+    assert other.with_source("bearer").subject == "bob" and bearer.subject == "alice"
+    setup.clock.advance(61)  # the cache entry is gone: a verification again, and new copies
+    again = await setup.verifier.verify(token)
+    assert again is not verified and again.with_source("bearer") is not bearer
+    assert again.with_source("bearer") == bearer  # the same claims, the same principal
