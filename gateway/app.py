@@ -170,8 +170,11 @@ class ChatKitEndpoint(Endpoint):
             async with self.runtime.streams:
                 with self.runtime.session_end(principal) as stop:
                     answer = await self._open(rewritten, upstream_headers)
-                    # Nothing of the request is needed while the answer streams back: let it go.
+                    # Nothing of the request is needed while the answer streams back: let it go,
+                    # its header list too (the credential in it among them; read by nothing after
+                    # this point, and held by the server's scope for as long as the stream lasts).
                     del rewritten, upstream_headers, principal, identity
+                    headers.clear()
                     await self._relay(answer, receive, send, exchange, plan, stop, direct_body_of(scope))
         finally:
             await slot.close()

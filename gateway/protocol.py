@@ -103,11 +103,17 @@ class _OneWriteCycle(RequestResponseCycle):
       knows no chunked coding (RFC 9112 7.1), which uvicorn would frame it with.
     """
 
-    _head: bytes | None = None
-    _flush_head: asyncio.Handle | None = None
-    _close_delimited = False
-    _on_lost: Callable[[], None] | None = None
-    connection: GatewayHttpProtocol | None = None  # set by the protocol that made it
+    # Slots for what this class adds to uvicorn's cycle: kept in the object, not in its `__dict__`,
+    # which an attribute added after uvicorn's `__init__` may grow (the cycle lasts as long as a stream).
+    __slots__ = ("_close_delimited", "_flush_head", "_head", "_on_lost", "connection")
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._head: bytes | None = None
+        self._flush_head: asyncio.Handle | None = None
+        self._close_delimited = False
+        self._on_lost: Callable[[], None] | None = None
+        self.connection: GatewayHttpProtocol | None = None  # set by the protocol that made it
 
     async def send(self, message: Any) -> None:
         if self.flow.write_paused and not self.disconnected:
@@ -317,10 +323,16 @@ class _Pipeline(list[Any]):
 class GatewayHttpProtocol(HttpToolsProtocol):
     """`uvicorn.Config(http=GatewayHttpProtocol)`: uvicorn's httptools protocol, fixed as above."""
 
-    # Since the connection's last answer, while no request is in progress (see `_keep_alive_expired`).
-    _idle_since: float | None = None
-    # The cycle whose response waits to hear of the client leaving (`_OneWriteCycle.watch_disconnect`).
-    watched: _OneWriteCycle | None = None
+    # Slots for what this class adds to uvicorn's protocol: an attribute added to its `__dict__`
+    # after uvicorn's `__init__` made it grow by ~1.5 KB, for as long as the connection lasted.
+    __slots__ = ("_idle_since", "watched")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Since the connection's last answer, while no request is in progress (`_keep_alive_expired`).
+        self._idle_since: float | None = None
+        # The cycle whose response waits to hear of the client leaving (`_OneWriteCycle.watch_disconnect`).
+        self.watched: _OneWriteCycle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
