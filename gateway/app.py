@@ -171,11 +171,11 @@ class ChatKitEndpoint(Endpoint):
                 with self.runtime.session_end(principal) as stop:
                     answer = await self._open(rewritten, upstream_headers)
                     # Nothing of the request is needed while the answer streams back: let it go,
-                    # its header list too (the credential in it among them; read by nothing after
-                    # this point, and held by the server's scope for as long as the stream lasts).
+                    # its header list too once the head is out (CORS reads `Origin` for the head),
+                    # the credential in it among them: the server's scope would hold it for as long
+                    # as the stream lasts.
                     del rewritten, upstream_headers, principal, identity
-                    headers.clear()
-                    await self._relay(answer, receive, send, exchange, plan, stop, direct_body_of(scope))
+                    await self._relay(answer, receive, send, exchange, plan, stop, direct_body_of(scope), headers.clear)
         finally:
             await slot.close()
 
@@ -246,6 +246,7 @@ class ChatKitEndpoint(Endpoint):
         plan: AnswerPlan | None,
         stop: Stop | None = None,
         direct: Callable[[], DirectSource | None] | None = None,
+        headed: Callable[[], None] | None = None,
     ) -> None:
         """Step 6, continued: relay the answer (small JSON whole, anything else as it arrives); a
         stream gets the heartbeat and ends when `stop` does."""
@@ -277,6 +278,7 @@ class ChatKitEndpoint(Endpoint):
                     outcome=outcome,
                     watch=ownership.stream_watch(plan) if ownership is not None and plan is not None else None,
                     direct=direct,
+                    headed=headed,
                 )
         finally:
             exchange.record(outcome)

@@ -177,6 +177,7 @@ async def relay_response(
     outcome: RelayOutcome | None = None,
     watch: ChunkWatch | None = None,
     direct: Callable[[], DirectSource | None] | None = None,
+    headed: Callable[[], None] | None = None,
 ) -> RelayOutcome:
     """Relay status, headers and body; stream bodies chunk by chunk as they arrive.
 
@@ -187,11 +188,14 @@ async def relay_response(
     `outcome`, when given, is filled in as the relay goes, so a caller sees it even if cancelled.
     `watch`, for an SSE stream, sees its chunks first (see `ChunkWatch`). `direct`, the server's
     offer of a direct body writer (`direct_body_of`), lets a stream's chunks bypass `send`.
+    `headed` is called once the head has gone out.
     """
     outcome = outcome or RelayOutcome()
     outcome.status, outcome.streamed = response.status_code, body is None
     try:
         sse, writable = await _send_start(response, send, extra_headers)
+        if headed is not None:
+            headed()
         outcome.first_byte_at = time.monotonic()
         outcome.sse = sse
         if body is not None:

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.chatkit import post
+from tests.support.chatkit import post, user_input
 from tests.support.fixtures import Backend
 from tests.support.gateway import RunningGateway, bearer, gateway_config, start_gateway
 from tests.support.idp import LoopbackIdP
@@ -250,6 +250,19 @@ def test_cross_origin_post_from_the_allowed_origin_is_readable(
     assert "origin" in listed(response.headers["vary"])
     assert response.headers["x-request-id"] == "cors-req-1"
     assert len(clean_backend.requests()) == 1
+
+
+def test_a_cross_origin_stream_from_the_allowed_origin_is_readable(
+    cors_gateway: RunningGateway, clean_backend: Backend, token: str
+) -> None:
+    """A stream's head carries the CORS answer too (the request's headers are let go only after it)."""
+    body = json.dumps({"type": "threads.create", "params": {"input": user_input("hello there")}}).encode()
+    response = send_to(cors_gateway, {**bearer(token), "origin": APP}, body=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["access-control-allow-origin"] == APP
+    assert response.headers["access-control-allow-credentials"] == "true"
+    assert b"thread.created" in response.content
 
 
 def test_cross_origin_post_from_a_foreign_origin_gets_no_allow_origin(
