@@ -101,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     signer = peers.Signer()
     with tempfile.TemporaryDirectory(prefix="chatkit-gateway-ab-") as name:
         folder = Path(name)
-        started: list[peers.Peer] = []
-        try:
+        with peers.stopped_after() as started:
             jwks, upstream = peers.start_jwks_and_upstream(folder, signer, started)
             config: dict[str, object] = {
                 # `workers` only when asked for: a tree from before the key would refuse it.
@@ -145,9 +144,6 @@ def main(argv: list[str] | None = None) -> int:
                     f"{load_name}: A {ma:.1f} ({sa:.1f} sys)  B {mb:.1f} ({sb:.1f} sys)  "
                     f"B/A {mb / ma:.2f}, paired by round {paired:.2f}"
                 )
-        finally:
-            for peer in reversed(started):
-                peers.stop(peer)
     return 0
 
 

@@ -193,6 +193,17 @@ def start_jwks_and_upstream(folder: Path, signer: Signer, started: list[Peer]) -
 
 
 @contextmanager
+def stopped_after() -> Iterator[list[Peer]]:
+    """A list to add each started peer to; every one of them stopped, last first, on the way out."""
+    started: list[Peer] = []
+    try:
+        yield started
+    finally:
+        for peer in reversed(started):
+            stop(peer)
+
+
+@contextmanager
 def peers(
     with_nginx: bool = True, gateway_command: Sequence[str] = (sys.executable, "-m", "gateway")
 ) -> Iterator[tuple[Peer, Peer, Peer | None, Signer]]:
@@ -200,10 +211,9 @@ def peers(
 
     `gateway_command` runs the gateway's CLI (a profiler may wrap it: bench/profile.py)."""
     signer = Signer()
-    started: list[Peer] = []
     with tempfile.TemporaryDirectory(prefix="chatkit-gateway-bench-") as folder:
         root = Path(folder)
-        try:
+        with stopped_after() as started:
             jwks, upstream = start_jwks_and_upstream(root, signer, started)
             gw_port = free_port()
             config = gateway_config(gw_port, upstream.url, jwks.url, root)
@@ -228,9 +238,6 @@ def peers(
                 nginx = start_nginx(root, upstream)
                 started.append(nginx)
             yield upstream, gateway, nginx, signer
-        finally:
-            for peer in reversed(started):
-                stop(peer)
 
 
 NGINX_CONF = """

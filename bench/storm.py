@@ -102,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     signer = peers.Signer()
     with tempfile.TemporaryDirectory(prefix="chatkit-gateway-storm-") as name:
         folder = Path(name)
-        started: list[peers.Peer] = []
-        try:
+        with peers.stopped_after() as started:
             jwks, upstream = peers.start_jwks_and_upstream(folder, signer, started)
             up_port, gw_port = int(upstream.url.rsplit(":", 1)[1]), peers.free_port()
             config = peers.gateway_config(gw_port, upstream.url, jwks.url, folder)
@@ -129,9 +128,6 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile:
                 gateway.process.send_signal(signal.SIGUSR1)
                 time.sleep(1.0)
-        finally:
-            for peer in reversed(started):
-                peers.stop(peer)
     return 0
 
 

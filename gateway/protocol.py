@@ -159,11 +159,15 @@ class _OneWriteCycle(RequestResponseCycle):
         if not more_body:
             if self.expected_content_length != 0:
                 raise RuntimeError("Response content shorter than Content-Length")
-            self.response_complete = True
-            self.message_event.set()
-            if not self.keep_alive:
-                transport.close()
-            self.on_response()
+            self.complete()
+
+    def complete(self) -> None:
+        """The body's end has been written: the response is over (and the connection, unless kept alive)."""
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
 
     def _start(self, message: Any) -> bytes:
         """The head of the answer `message` starts, framed as uvicorn frames it (and its state set:
@@ -270,7 +274,7 @@ class DirectBody:
 
     __slots__ = ("_cycle", "_transport")
 
-    def __init__(self, cycle: RequestResponseCycle) -> None:
+    def __init__(self, cycle: _OneWriteCycle) -> None:
         self._cycle = cycle
         self._transport = cycle.transport
 
@@ -288,11 +292,7 @@ class DirectBody:
         if cycle.disconnected or cycle.response_complete or self._transport.is_closing():
             return
         self._transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(chunk), chunk) if chunk else b"0\r\n\r\n")
-        cycle.response_complete = True
-        cycle.message_event.set()
-        if not cycle.keep_alive:
-            self._transport.close()
-        cycle.on_response()
+        cycle.complete()
 
     async def drain(self) -> None:
         """Until the client's socket takes more (or the client is gone)."""

@@ -35,6 +35,7 @@ import httpx
 from starlette.types import Message
 
 from .config import UpstreamConfig
+from .cycle import ResponseCycle
 from .errors import GatewayError, UpstreamBadResponse, UpstreamTimeout, UpstreamTLSFailed, UpstreamUnavailable
 from .headers import Headers
 from .outbound import framed_headers, framed_request
@@ -254,26 +255,9 @@ class Upstream:
     ) -> UpstreamAnswer:
         """`send_json` on the gateway's own transport: its exchange entry point, without httpx's
         request, response and headers objects (docs/performance.md, "Third round")."""
-        if url is self.url:
-            origin, target, host = self._origin, self._target, self._netloc
-        else:
-            parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
-            origin = origin_of(parsed)
-            target, host = parsed.raw_path, parsed.netloc
-        try:
-            cycle = await transport.exchange(
-                origin,
-                method,
-                target,
-                framed_headers(method, headers, content, host=host),
-                content,
-                connect_timeout=self.config.connect_timeout,
-                read_timeout=self.config.response_timeout,
-                deadline=deadline,
-                replayable=replayable,
-            )
-        except httpx.HTTPError as exc:
-            raise _exchange_error(exc) from None
+        cycle = await self._exchange(
+            transport, method, url, headers, content, self.config.response_timeout, deadline, replayable
+        )
         if not _is_small_json(cycle.headers):
             return UpstreamAnswer(cycle.status, cycle.headers, None, response_of(cycle))
         try:
@@ -281,6 +265,40 @@ class Upstream:
         except httpx.HTTPError as exc:
             raise _body_error(exc) from None
         return UpstreamAnswer(cycle.status, cycle.headers, body, None)
+
+    async def _exchange(
+        self,
+        transport: HTTP11Transport,
+        method: str,
+        url: str | httpx.URL,
+        headers: Headers,
+        content: bytes,
+        read_timeout: float | None,
+        deadline: float,
+        replayable: bool = False,
+    ) -> ResponseCycle:
+        """One exchange through the transport's entry point, up to the response head; its failures
+        as the client's errors."""
+        if url is self.url:
+            origin, target, host = self._origin, self._target, self._netloc
+        else:
+            parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
+            origin = origin_of(parsed)
+            target, host = parsed.raw_path, parsed.netloc
+        try:
+            return await transport.exchange(
+                origin,
+                method,
+                target,
+                framed_headers(method, headers, content, host=host),
+                content,
+                connect_timeout=self.config.connect_timeout,
+                read_timeout=read_timeout,
+                deadline=deadline,
+                replayable=replayable,
+            )
+        except httpx.HTTPError as exc:
+            raise _exchange_error(exc) from None
 
     async def send_stream(
         self, url: str | httpx.URL, headers: Headers, content: bytes | AsyncIterable[bytes], *, method: str = "POST"
@@ -298,19 +316,8 @@ class Upstream:
         if not isinstance(transport, HTTP11Transport):
             return await self.send_stream(self.url, headers, content)
         deadline = asyncio.get_running_loop().time() + self.header_deadline
-        try:
-            cycle = await transport.exchange(
-                self._origin,
-                "POST",
-                self._target,
-                framed_headers("POST", headers, content, host=self._netloc),
-                content,
-                connect_timeout=self.config.connect_timeout,
-                read_timeout=self._stream_timeout["read"],
-                deadline=deadline,
-            )
-        except httpx.HTTPError as exc:
-            raise _exchange_error(exc) from None
+        read_timeout = self._stream_timeout["read"]
+        cycle = await self._exchange(transport, "POST", self.url, headers, content, read_timeout, deadline)
         return StreamedResponse(cycle)
 
     async def _open(
