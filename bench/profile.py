@@ -4,7 +4,8 @@ Starts the benchmark's peers (upstream, JWKS, gateway; no nginx), warms the gate
 each load in turn for a bounded time:
 
 - `json16` / `json1`: wrk, small authenticated `threads.list` POSTs at 16 connections / 1;
-- `sse300`: 300 concurrent streams of events 50 ms apart (the benchmark's busiest SSE row).
+- `sse300`: 300 concurrent streams of events 50 ms apart (the benchmark's busiest SSE row);
+- `sse-open`: bursts of 300 streams of 2 events: what a stream costs to open and close.
 
 Two samplers, chosen with `--sampler`:
 
@@ -61,7 +62,32 @@ def sse_load(streams: int) -> Load:
     return run
 
 
-LOADS: dict[str, Load] = {"json16": json_load(16), "json1": json_load(1), "sse300": sse_load(300)}
+def sse_open_load(streams: int, events: int) -> Load:
+    """Streams opened and closed: bursts of `streams` concurrent streams of `events` events each,
+    until the time is up (what the `sse300` row pays per stream, apart from its events)."""
+
+    def run(gateway: peers.Peer, token: str, seconds: float) -> None:
+        port = int(gateway.url.rsplit(":", 1)[1])
+        before = measure.cpu_seconds(gateway.pids)
+        deadline = time.monotonic() + seconds
+        opened = 0
+        for _ in range(10_000):  # bounded: a burst takes well over a millisecond
+            if time.monotonic() >= deadline:
+                break
+            load.run_streams("127.0.0.1", port, token, streams=streams, events=events, interval_ms=SSE_INTERVAL_MS)
+            opened += streams
+        cpu = measure.cpu_seconds(gateway.pids) - before
+        print(f"  {opened:,} streams, {cpu / max(opened, 1) * 1e6:.0f} us CPU per stream of {events} events")
+
+    return run
+
+
+LOADS: dict[str, Load] = {
+    "json16": json_load(16),
+    "json1": json_load(1),
+    "sse300": sse_load(300),
+    "sse-open": sse_open_load(300, 2),
+}
 
 
 def with_py_spy(gateway: peers.Peer, token: str, name: str, seconds: float, output: Path, rate: int) -> None:

@@ -208,7 +208,7 @@ class ChatKitEndpoint(Endpoint):
         injected = self.runtime.outbound.injected_metadata(
             headers, request.body.get("metadata"), identity, exchange.request_id
         )
-        body = rewrite_body(request, injected)
+        body = rewrite_body(request, injected, plain=identity.plain)
         return RewrittenRequest(request.streaming, request.read_only, body, injected, plan)
 
     async def _refuse(self, error: AuthError, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:

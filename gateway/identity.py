@@ -10,6 +10,7 @@ answer. The user id is the issuer's `user_id_prefix` followed by the user id cla
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,9 @@ class Identity:
     name: str | None = None
     email: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # No float in `extra` that is not finite (a claim such as `1e400` reads as infinity): what the
+    # gateway writes from this identity, orjson may write (`chatkit.rewrite_body`).
+    plain: bool = True
 
     def user_info(self) -> dict[str, Any]:
         """`metadata.userInfo`: id, name, email, issuer and the extra claims; absent claims left out."""
@@ -76,7 +80,23 @@ def identity_of(principal: Principal, config: IdentityConfig, prefix: str = "") 
         name=_string_claim(claims, config.name_claim),
         email=_string_claim(claims, config.email_claim),
         extra=extra,
+        plain=not extra or _finite(extra),
     )
+
+
+def _finite(value: Any) -> bool:
+    """Whether every float in a claim's JSON value is finite (walked once per verified token)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return False
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return True
 
 
 def user_id_prefixes(issuers: tuple[IssuerConfig, ...]) -> Mapping[str, str]:

@@ -94,5 +94,5 @@ async def warm_request_path(config: GatewayConfig, outbound: Outbound) -> None:
         identity = identity_of(principal, config.identity, "warmup:")
         request = parse_chatkit_request(SAMPLE_BODY)
         injected = outbound.injected_metadata(SAMPLE_HEADERS, request.body.get("metadata"), identity, "warmup")
-        body = rewrite_body(request, injected)
+        body = rewrite_body(request, injected, plain=identity.plain)
         outbound.chatkit_headers(scope, "warmup", principal, identity, metadata=injected, body=body)

@@ -160,6 +160,23 @@ def test_extra_claims_never_replace_what_the_gateway_answers_for() -> None:
     assert info == {"id": "corp:alice", "name": "Eve", "email": "a@example.com", "issuer": ISSUER, "team": "x"}
 
 
+@pytest.mark.parametrize(
+    ("team", "plain"),
+    [
+        ("x", True),
+        (1.5, True),
+        ({"n": [1, {"f": 2.0}]}, True),
+        (float("inf"), False),
+        ({"n": [1, {"f": -float("inf")}]}, False),
+    ],
+)
+def test_an_identity_is_plain_unless_an_extra_claim_holds_a_float_that_is_not_finite(team: object, plain: bool) -> None:
+    # A claim `1e400` reads as infinity; orjson would forward it as null where the body's writer must refuse it.
+    identity = identity_of(principal(team=team), IdentityConfig(extra_claims=("team",)), "corp:")
+    assert identity.plain is plain
+    assert identity_of(principal(), IdentityConfig(), "corp:").plain
+
+
 def issuer(name: str, prefix: str) -> IssuerConfig:
     return IssuerConfig(issuer=f"https://{name}.example.com", audiences=("chatkit",), user_id_prefix=prefix)
 

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.chatkit import GATEWAY_METADATA_KEYS, parse_chatkit_request, rewrite_body
+from gateway import chatkit
+from gateway.chatkit import GATEWAY_METADATA_KEYS, ChatKitRequest, parse_chatkit_request, rewrite_body
+from gateway.errors import InvalidChatKitRequest, InvalidJSON
 
 INJECTED = {"userId": "u-1", "userInfo": {"id": "u-1", "name": "Ada"}, "requestId": "req-1"}
 
@@ -71,3 +73,165 @@ def test_client_copies_of_the_gateways_keys_are_removed_even_when_the_gateway_ha
     raw = b'{"type":"t","metadata":{"userId":"admin","pageContext":{"url":"x"},"requestId":"r","userInfo":{},"keep":1}}'
     forwarded = json.loads(rewrite_body(parse_chatkit_request(raw), {"userId": "u"}))
     assert forwarded["metadata"] == {"keep": 1, "userId": "u"}
+
+
+# The two parsers (`chatkit.parse_chatkit_request`): orjson first, `json` with the gateway's checks
+# for whatever orjson refuses or could read differently. Whatever a body is, both must give the
+# same answer: the same refusal, or the same values of the same types in the same order.
+
+
+def _strictly(value: Any) -> Any:
+    """A value with its types spelled out: `1`, `1.0` and `True` compare equal in Python."""
+    if isinstance(value, dict):
+        return ("object", [(key, _strictly(item)) for key, item in value.items()])
+    if isinstance(value, list):
+        return ("array", [_strictly(item) for item in value])
+    return (type(value).__name__, repr(value))
+
+
+def _outcome(parse: Any, raw: bytes) -> Any:
+    try:
+        request = parse(raw)
+    except (InvalidJSON, InvalidChatKitRequest) as error:
+        return ("refused", type(error).__name__, error.message)
+    return ("parsed", request.op, _strictly(request.body))
+
+
+def _exactly(raw: bytes) -> ChatKitRequest:
+    body = chatkit._parse_exactly(raw)
+    return chatkit._checked(body, plain=False)
+
+
+EDGE_BODIES = [
+    b'{"type":"t","a":1,"a":2}',
+    b'{"type":"t","p":{"x":[{"k":1,"k":1}]}}',
+    b'{"type":"t","type":"u"}',
+    b'{"type":"t","a\\\\":1,"a\\\\":2}',  # a name ending in an escaped backslash, twice
+    b'{"type":"t","a":"x\\":y","b":1}',  # a string holding what looks like a name's end
+    b'{"type":"t","a":"x\\" : y","a":2}',
+    b'{"type":"t","n":18446744073709551615}',
+    b'{"type":"t","n":18446744073709551616}',
+    b'{"type":"t","n":-9223372036854775808}',
+    b'{"type":"t","n":-9223372036854775809}',
+    b'{"type":"t","n":1234567890123456789}',
+    b'{"type":"t","n":123456789012345678}',
+    b'{"type":"t","n":"1234567890123456789012"}',
+    b'{"type":"t","n":1e400}',
+    b'{"type":"t","n":-1e400}',
+    b'{"type":"t","n":1e-400}',
+    b'{"type":"t","n":1.7976931348623157e308}',
+    b'{"type":"t","n":-0.0,"m":-0,"f":1E5,"g":0.1,"h":5e-324}',
+    b'{"type":"t","n":NaN}',
+    b'{"type":"t","n":Infinity}',
+    b'{"type":"t","s":"\\ud800"}',
+    b'{"type":"t","s":"\\udc00\\ud800"}',
+    b'{"type":"t","s":"\\ud83d\\ude80"}',
+    b'{"type":"t","s":"\xed\xa0\x80"}',
+    b'{"type":"t","s":"\xff"}',
+    b'\xef\xbb\xbf{"type":"t"}',
+    b'{"type":"t","s":"a\x01b"}',
+    b'{"type":"t","s":"a\x7fb"}',
+    b'\x0c{"type":"t"}',
+    b' \t\r\n{"type" \t:\r\n"t"} \n',
+    b'{"type":"t",}',
+    b'{"type":"t"} x',
+    b"[]",
+    b'"t"',
+    b"{}",
+    b'{"type":""}',
+    b'{"type":1}',
+    b"",
+    b'{"type":"t","d":' + b"[" * 255 + b"]" * 255 + b"}",
+    b'{"type":"t","d":' + b"[" * 256 + b"]" * 256 + b"}",
+    b'{"type":"t","d":' + b"[" * 2000 + b"]" * 2000 + b"}",
+    b'{"type":"t","d":' + b'{"a":' * 300 + b"1" + b"}" * 300 + b"}",
+]
+
+
+@pytest.mark.parametrize("raw", EDGE_BODIES)
+def test_the_two_parsers_agree_on_edge_bodies(raw: bytes) -> None:
+    assert _outcome(parse_chatkit_request, raw) == _outcome(_exactly, raw)
+
+
+def test_duplicates_found_only_through_the_member_count_are_refused() -> None:
+    # orjson keeps the last of two members silently; the count of names in the text finds them.
+    for raw in (b'{"type":"t","a\\\\":1,"a\\\\":2}', b'{"type":"t","p":[{"k":1},{"q":{"k":1,"k":2}}]}'):
+        with pytest.raises(InvalidJSON, match="duplicate member"):
+            parse_chatkit_request(raw)
+
+
+def test_integers_beyond_64_bits_are_forwarded_exactly() -> None:
+    raw = b'{"type":"t","n":123456789012345678901234567890,"m":-9223372036854775809}'
+    forwarded = rewrite_body(parse_chatkit_request(raw), {"userId": "u"}, plain=True)
+    assert b'"n":123456789012345678901234567890' in forwarded and b'"m":-9223372036854775809' in forwarded
+
+
+def test_a_body_orjson_reads_is_marked_plain_and_one_it_refuses_is_not() -> None:
+    assert parse_chatkit_request(b'{"type":"t","n":1}').plain
+    assert not parse_chatkit_request(b'{"type":"t","n":1e400}').plain
+
+
+def test_an_injected_infinity_is_refused_unless_the_caller_says_plain() -> None:
+    request = parse_chatkit_request(b'{"type":"t"}')
+    with pytest.raises(InvalidJSON):
+        rewrite_body(request, {"userInfo": {"x": float("inf")}}, plain=False)
+
+
+def test_an_injected_value_orjson_refuses_goes_to_json() -> None:
+    forwarded = rewrite_body(parse_chatkit_request(b'{"type":"t"}'), {"userInfo": {"big": 2**70}}, plain=True)
+    assert json.loads(forwarded)["metadata"] == {"userInfo": {"big": 2**70}}
+    with pytest.raises(InvalidJSON):  # a lone surrogate: neither writes it
+        rewrite_body(parse_chatkit_request(b'{"type":"t"}'), {"userId": "\ud800"}, plain=True)
+
+
+json_texts = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.lists(
+            st.tuples(st.sampled_from(["a", "b", 'q"', "\\", "a\\", "é"]) | st.text(max_size=4), children), max_size=4
+        )
+    ),
+    max_leaves=24,
+)
+
+
+def _text_of(value: Any, space: str, ascii_only: bool) -> str:
+    """JSON text of `value`; a list of pairs is written as an object (duplicates allowed)."""
+    if isinstance(value, list) and value and all(isinstance(item, tuple) for item in value):
+        members = (
+            f"{json.dumps(key, ensure_ascii=ascii_only)}{space}:{space}{_text_of(item, space, ascii_only)}"
+            for key, item in value
+        )
+        return "{" + f",{space}".join(members) + "}"
+    if isinstance(value, list):
+        return "[" + f",{space}".join(_text_of(item, space, ascii_only) for item in value) + "]"
+    if isinstance(value, float) and value != value:
+        return "NaN"
+    return json.dumps(value, ensure_ascii=ascii_only)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    members=st.lists(st.tuples(st.sampled_from(["a", "type", "metadata", "p"]), json_texts), max_size=5),
+    op=st.sampled_from(['"threads.list"', '"threads.create"', "1", '""']),
+    space=st.sampled_from(["", " ", "\n\t"]),
+    ascii_only=st.booleans(),
+    plain=st.booleans(),
+)
+def test_the_two_parsers_agree_and_write_the_same_values(
+    members: list[tuple[str, Any]], op: str, space: str, ascii_only: bool, plain: bool
+) -> None:
+    raw = "{" + f'"type":{op},' + _text_of(members, space, ascii_only)[1:] if members else "{" + f'"type":{op}' + "}"
+    raw_bytes = raw.encode("utf-8", "surrogatepass")
+    fast, exact = _outcome(parse_chatkit_request, raw_bytes), _outcome(_exactly, raw_bytes)
+    assert fast == exact
+    if fast[0] == "parsed":
+        written = rewrite_body(parse_chatkit_request(raw_bytes), INJECTED, plain=plain)
+        reference = rewrite_body(_exactly(raw_bytes), INJECTED)
+        assert _strictly(json.loads(written)) == _strictly(json.loads(reference))
