@@ -7,7 +7,8 @@ behind the same upstream and JWKS, and the loads alternate between them round by
 the change is also given as the median of each round's B/A (the steadier figure on a busy machine).
 
 Loads: `json1` and `json16` (wrk, small authenticated `threads.list`, 1 and 16 connections),
-`sse300` (300 streams, events 50 ms apart). `--python-after` runs the AFTER gateway on another
+`sse300` (300 streams, events 50 ms apart), `sse-open` (bursts of 300 streams of 2 events: per stream
+opened and closed). `--python-after` runs the AFTER gateway on another
 interpreter (a venv of another Python with the same lock installed): the same tree twice then
 measures the interpreter. CPU is the gateway process tree's user + system time
 from /proc over each run; `sys` is the system part (the kernel's share: socket calls, loopback TCP).
@@ -69,6 +70,27 @@ def sse_load(streams: int, events: int) -> Load:
     return run
 
 
+def sse_open_load(streams: int, seconds: float) -> Load:
+    """Bursts of `streams` streams of 2 events until `seconds` are up: a stream's opening and closing."""
+
+    def run(gateway: peers.Peer, token: str) -> tuple[int, tuple[float, float]]:
+        pids = gateway.pids
+        port = int(gateway.url.rsplit(":", 1)[1])
+        before = cpu_split(pids)
+        deadline = time.monotonic() + seconds
+        opened = 0
+        for _ in range(10_000):  # bounded: a burst takes well over a millisecond
+            if time.monotonic() >= deadline:
+                break
+            stats = load.run_streams("127.0.0.1", port, token, streams=streams, events=2, interval_ms=50.0)
+            assert stats.failures == 0
+            opened += streams
+        after = cpu_split(pids)
+        return opened, (after[0] - before[0], after[1] - before[1])
+
+    return run
+
+
 def start_gateway(
     tree: Path, name: str, config: dict[str, object], folder: Path, python: str = sys.executable
 ) -> peers.Peer:
@@ -86,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("after", type=Path)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--load", action="append", choices=["json1", "json16", "sse300"])
+    parser.add_argument("--load", action="append", choices=["json1", "json16", "sse300", "sse-open"])
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument(
         "--python-after", default=sys.executable, help="the interpreter of the AFTER gateway (its own venv's python)"
@@ -96,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "json1": json_load(1, args.seconds),
         "json16": json_load(16, args.seconds),
         "sse300": sse_load(300, int(args.seconds * 20)),
+        "sse-open": sse_open_load(300, args.seconds),
     }
     chosen = args.load or list(loads)
     signer = peers.Signer()

@@ -120,51 +120,64 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 # text ends so; inside a string only an escaped quote can start a match, so the count is never
 # below the text's members (a count above them only sends the body to the exact parser).
 _MEMBER_NAME_END = re.compile(rb'"[ \t\n\r]*:')
-# A run of 19 digits: orjson reads an integer beyond 64 bits as a float (rounded), `json` exactly.
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# A member's name with whitespace before its colon: without one in the text, every member's name
+# ends in `":`, and counting that pair (much cheaper than the pattern above) is enough.
+_SPACED_NAME_END = re.compile(rb'"[ \t\n\r]+:')
+# orjson reads an integer beyond 64 bits as a float (rounded), `json` exactly: a float this large
+# may have been one.
+_LARGE = 2.0**63
 
 
 def parse_chatkit_request(raw: bytes) -> ChatKitRequest:
     """Parse and check a ChatKit body; `InvalidJSON` or `InvalidChatKitRequest` (both 400) otherwise.
 
-    orjson reads a body first (about a tenth of `json`'s time with the checks below). It refuses
+    orjson reads a body first (a few times faster than `json`, with the checks below). It refuses
     more than `json` does (NaN and Infinity, numbers beyond a double, lone surrogates, invalid
-    UTF-8, a BOM, 1,024 levels) and accepts two things the gateway refuses: duplicate members
-    (RFC 8259 4), which it resolves silently, and nesting beyond `MAX_JSON_DEPTH`; integers beyond
-    64 bits it would round. A body it refuses, or that could hold any of the three, is read by
-    `json` with the checks that say what is wrong, so what is accepted, refused and forwarded is
-    the same either way (`tests/test_rewrite.py` holds the two to each other).
+    UTF-8, a BOM, 1,024 levels) and accepts what the gateway refuses or would forward changed:
+    duplicate members (RFC 8259 4), which it resolves silently; nesting beyond `MAX_JSON_DEPTH`;
+    integers beyond 64 bits, which it rounds to floats. A body it refuses, or that may hold any of
+    these (its members fewer than the names in its text, too deep, a float of 2**63 or more), is
+    read by `json` with the checks that say what is wrong, so what is accepted, refused and
+    forwarded is the same either way (`tests/test_rewrite.py` holds the two to each other).
     """
-    if _LONG_DIGITS.search(raw) is None:
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
-        else:
-            if _members_within(body, MAX_JSON_DEPTH) == len(_MEMBER_NAME_END.findall(raw)):
-                return _checked(body, plain=True)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        members = _plain_members(body, MAX_JSON_DEPTH)
+        if members >= 0 and (
+            (members == raw.count(b'":') and _SPACED_NAME_END.search(raw) is None)
+            or members == len(_MEMBER_NAME_END.findall(raw))
+        ):
+            return _checked(body, plain=True)
     return _checked(_parse_exactly(raw), plain=False)
 
 
-def _members_within(value: Any, limit: int) -> int:
-    """The members of every object in a parsed JSON value; -1 if it nests deeper than `limit`."""
-    if not isinstance(value, (dict, list)):
-        return 0
+def _plain_members(value: Any, limit: int) -> int:
+    """The members of every object in a value orjson read; -1 if it nests deeper than `limit` or
+    holds a float of 2**63 or more (see `_LARGE`)."""
     members = 0
     level: list[Any] = [value]
     for _ in range(limit):  # level by level, the top-level value's first
         below: list[Any] = []
         for node in level:
-            if isinstance(node, dict):
+            kind = type(node)
+            if kind is dict:
                 members += len(node)
-                node = node.values()
-            for child in node:
-                if isinstance(child, (dict, list)):
-                    below.append(child)
+                below += node.values()
+            elif kind is list:
+                below += node
+            elif kind is float and not -_LARGE < node < _LARGE:
+                return -1
         if not below:
             return members
         level = below
-    return -1
+    for node in level:  # the values one level below the limit: scalars only
+        kind = type(node)
+        if kind is dict or kind is list or (kind is float and not -_LARGE < node < _LARGE):
+            return -1
+    return members
 
 
 def _parse_exactly(raw: bytes) -> Any:
