@@ -146,9 +146,12 @@ def parse_chatkit_request(raw: bytes) -> ChatKitRequest:
         pass
     else:
         members = _plain_members(body, MAX_JSON_DEPTH)
+        # Every `":` is a match of `_MEMBER_NAME_END` too: more of them than members and the
+        # pattern's count cannot equal the members either.
+        named = raw.count(b'":')
         if members >= 0 and (
-            (members == raw.count(b'":') and _SPACED_NAME_END.search(raw) is None)
-            or members == len(_MEMBER_NAME_END.findall(raw))
+            (named == members and _SPACED_NAME_END.search(raw) is None)
+            or (named < members and len(_MEMBER_NAME_END.findall(raw)) == members)
         ):
             return _checked(body, plain=True)
     return _checked(_parse_exactly(raw), plain=False)

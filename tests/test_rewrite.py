@@ -109,6 +109,8 @@ EDGE_BODIES = [
     b'{"type":"t","a\\\\":1,"a\\\\":2}',  # a name ending in an escaped backslash, twice
     b'{"type":"t","a" :1,"a":2}',  # a spaced name: counting `":` alone would miss the duplicate
     b'{"type":"t","p":{"k"\n:1,"k":2}}',
+    b'{"type" :"t","a" :1,"a" :2}',  # every name spaced: fewer `":` than members, counted by pattern
+    b'{"type" :"t","a" :1,"b" :2}',
     b'{"type":"t","a":"x\\":y","b":1}',  # a string holding what looks like a name's end
     b'{"type":"t","a":"x\\" : y","a":2}',
     b'{"type":"t","n":18446744073709551615}',
