@@ -366,3 +366,28 @@ def test_a_json_log_line_is_one_line_of_json(fields: dict[str, Any], expected: d
     entry = json.loads(line)
     assert {key: entry[key] for key in expected} == expected
     assert entry["message"] == "x" and entry["level"] == "info"
+
+
+def test_metric_values_are_written_on_the_loop_without_a_lock_and_shared_files_stay_shared(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest, values
+
+    from gateway.observe import LoopValue, Observer
+
+    observer = Observer()
+    child = observer.requests.labels("threads.list", "200")
+    assert type(child._value) is LoopValue
+    child.inc()
+    child.inc(2)
+    observer.latency.labels("threads.list").observe(0.002)
+    exposed = generate_latest(observer.exposition).decode()
+    assert 'chatkit_gateway_requests_total{op="threads.list",status="200"} 3.0' in exposed
+    assert 'chatkit_gateway_request_duration_seconds_bucket{le="0.005",op="threads.list"} 1.0' in exposed
+    # A worker's values in the workers' shared files (prometheus-client's multiprocess mode), not in LoopValue.
+    script = (
+        "import sys; from prometheus_client import values; from gateway.observe import Observer, share_metrics; "
+        "share_metrics(sys.argv[1]); o = Observer(); c = o.requests.labels('threads.list', '200'); c.inc(); "
+        "assert getattr(values.ValueClass, '_multiprocess', False) and o.exposition is not o.registry; print('shared')"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "shared", done.stderr
+    assert values.ValueClass is LoopValue  # this process's, untouched by the worker's
