@@ -137,7 +137,8 @@ class ChatKitEndpoint(Endpoint):
             return
         exchange.user_id, exchange.source = identity.user_id, principal.source
         # Steps 4 and 5.
-        rewritten = await self._rewrite(receive, headers, identity, exchange)
+        direct = direct_body_of(scope)
+        rewritten = await self._rewrite(receive, headers, identity, exchange, own_cycle(direct, receive=receive))
         tokens = self.runtime.tokens
         # The signed identity and the assertion both bind the body: one hash for the two.
         digest = body_sha256(rewritten.body) if tokens is not None and tokens.assertions else None
@@ -162,7 +163,7 @@ class ChatKitEndpoint(Endpoint):
         if not rewritten.streaming:
             answer = await self._open(rewritten, upstream_headers)
             del rewritten, upstream_headers, principal, identity  # see below
-            await self._relay(answer, receive, send, exchange, plan)
+            await self._relay(answer, receive, send, exchange, plan, direct=direct)
             return
         slot = await self.runtime.limiter.open_stream(identity.user_id)
         try:
@@ -175,12 +176,12 @@ class ChatKitEndpoint(Endpoint):
                     # the credential in it among them: the server's scope would hold it for as long
                     # as the stream lasts.
                     del rewritten, upstream_headers, principal, identity
-                    await self._relay(answer, receive, send, exchange, plan, stop, direct_body_of(scope), headers.clear)
+                    await self._relay(answer, receive, send, exchange, plan, stop, direct, headers.clear)
         finally:
             await slot.close()
 
     async def _rewrite(
-        self, receive: Receive, headers: Headers, identity: Identity, exchange: Exchange
+        self, receive: Receive, headers: Headers, identity: Identity, exchange: Exchange, cycle: DirectSource | None
     ) -> RewrittenRequest:
         """Steps 4 and 5: read and check the body, apply the user's limits (which depend on the op),
         check ownership, write the gateway's metadata into the body (returned too: the signed
@@ -188,7 +189,7 @@ class ChatKitEndpoint(Endpoint):
 
         (A function of its own, so the parsed body is freed before a long stream starts.)"""
         raw = await read_body(
-            receive, headers, self.config.server.max_body_bytes, self.config.server.body_timeout_seconds
+            receive, headers, self.config.server.max_body_bytes, self.config.server.body_timeout_seconds, cycle
         )
         exchange.bytes_in = len(raw)
         request = parse_chatkit_request(raw)
@@ -261,7 +262,8 @@ class ChatKitEndpoint(Endpoint):
                 if plan is not None:
                     body, headers = await self._owned_answer(plan, answer)
                 if body is not None:
-                    await relay_body(status, headers, body, send, extra_headers=extra, outcome=outcome)
+                    cycle = own_cycle(direct, send=send)
+                    await relay_body(status, headers, body, send, extra_headers=extra, outcome=outcome, cycle=cycle)
                 else:
                     assert response is not None  # an answer without its body in hand streams
                     await relay_response(response, send, receive, extra_headers=extra, outcome=outcome)
@@ -298,6 +300,18 @@ class ChatKitEndpoint(Endpoint):
             # The body goes out whole, maybe shorter (a filtered list): its own length.
             headers = with_content_length(headers, len(result))
         return result, headers
+
+
+def own_cycle(
+    direct: Callable[[], DirectSource | None] | None, *, receive: Receive | None = None, send: Send | None = None
+) -> DirectSource | None:
+    """The server's cycle of this request, to read its body or write its answer in one call, when
+    the `receive` or `send` in hand is the cycle's own: nothing between the server and here wraps
+    it (with an `Origin`, CORS wraps `send` to put its headers on the head: `cors.py`)."""
+    cycle = direct() if direct is not None else None
+    if cycle is None or (receive is not None and receive != cycle.receive) or (send is not None and send != cycle.send):
+        return None
+    return cycle
 
 
 def with_content_length(headers: Headers, length: int) -> Headers:

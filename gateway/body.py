@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
 
 from starlette.types import Receive
 
 from .errors import BadRequest, PayloadTooLarge, RequestTimeout
 from .headers import header_value
 
-__all__ = ["ClientDisconnected", "declared_length", "read_body", "stream_body"]
+__all__ = ["BodyInHand", "ClientDisconnected", "declared_length", "read_body", "stream_body"]
 
 
 class ClientDisconnected(Exception):
@@ -31,14 +32,33 @@ def declared_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
     return int(value)
 
 
+class BodyInHand(Protocol):
+    """A server's request cycle that can hand over a body that has all arrived (`protocol.py`)."""
+
+    def body_in_hand(self) -> bytes | None: ...
+
+
 async def read_body(
-    receive: Receive, headers: Sequence[tuple[bytes, bytes]], limit: int, timeout: float = 30.0
+    receive: Receive,
+    headers: Sequence[tuple[bytes, bytes]],
+    limit: int,
+    timeout: float = 30.0,
+    cycle: BodyInHand | None = None,
 ) -> bytes:
     """The whole body, or `PayloadTooLarge` as soon as it is known to exceed `limit`, or
-    `RequestTimeout` if it has not all arrived within `timeout` (a slow trickle holds a task)."""
+    `RequestTimeout` if it has not all arrived within `timeout` (a slow trickle holds a task).
+
+    `cycle`: the server's cycle of this request, when it offers one; a body that has all arrived
+    (nearly always: it comes with its headers) is taken from it without waiting."""
     declared = declared_length(headers)
     if declared is not None and declared > limit:
         raise PayloadTooLarge()
+    if cycle is not None:
+        body = cycle.body_in_hand()
+        if body is not None:
+            if len(body) > limit:
+                raise PayloadTooLarge()
+            return body
     # What `asyncio.timeout` does, without its context manager's Python layers: one timer that
     # cancels this task, told apart from any other cancellation by `expired` (a few us off every
     # request, whose body has nearly always arrived with its headers: docs/performance.md).

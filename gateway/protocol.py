@@ -131,8 +131,21 @@ class _OneWriteCycle(RequestResponseCycle):
             raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, after response already completed.")
         if kind != "http.response.body":
             raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
-        body: bytes = message.get("body", b"")
-        more_body: bool = message.get("more_body", False)
+        self._write_body(message.get("body", b""), message.get("more_body", False))
+
+    def answer(self, start: Any, body: bytes) -> bool:
+        """A whole answer, `start` (an `http.response.start` message) and its one `body`, written as
+        `send` writes the two messages (the head and the body in one write), without them: no
+        message, coroutine or held head's handle. False when `send` must take them (the answer
+        begun, the client gone, or writing paused: `send` waits for the drain)."""
+        if self.response_started or self.disconnected or self.flow.write_paused:
+            return False
+        self._head = self._start(start)
+        self._write_body(body, False)
+        return True
+
+    def _write_body(self, body: bytes, more_body: bool) -> None:
+        """A body message's bytes, framed, with the held head if it has not left."""
         if self.scope["method"] == "HEAD":
             self.expected_content_length = 0
             data = b""
@@ -224,6 +237,25 @@ class _OneWriteCycle(RequestResponseCycle):
         head, self._head = self._head, None
         if head and not self.disconnected and not self.transport.is_closing():
             self.transport.write(head)
+
+    def body_in_hand(self) -> bytes | None:
+        """The request's whole body when all of it has arrived and none of it was read: what
+        `receive()` would answer at once, taken without a message or a wait (and without the read's
+        timer, `body.read_body`). None otherwise (more to come, a `100 Continue` owed, the client
+        gone, the answer over, the body read already): read it through `receive()`."""
+        if (
+            self.more_body
+            or self.waiting_for_100_continue
+            or self.disconnected
+            or self.response_complete
+            or not self.message_event.is_set()
+        ):
+            return None
+        self.message_event.clear()
+        self.flow.resume_reading()  # as `receive()` does: a paused connection reads its next request
+        body = bytes(self.body)
+        self.body = bytearray()
+        return body
 
     def direct_writer(self) -> DirectBody | None:
         """The writer of this response's next body chunks, when they may bypass `send`: the head

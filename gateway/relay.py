@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import anyio
 import httpx
@@ -136,9 +136,18 @@ class DirectWriter(Protocol):
 
 class DirectSource(Protocol):
     """What the server's scope extension refers to: a response that may take chunks directly, and
-    tell of its client leaving by a callback."""
+    tell of its client leaving by a callback; and a request whose body may be taken when it has all
+    arrived (`body.read_body`)."""
 
     def direct_writer(self) -> DirectWriter | None: ...
+
+    def body_in_hand(self) -> bytes | None: ...
+
+    def answer(self, start: Any, body: bytes) -> bool: ...
+
+    async def receive(self) -> Any: ...
+
+    async def send(self, message: Any) -> None: ...
 
     def watch_disconnect(self, callback: Callable[[], None]) -> bool: ...
 
@@ -230,15 +239,25 @@ async def relay_body(
     *,
     extra_headers: Headers | None = None,
     outcome: RelayOutcome | None = None,
+    cycle: DirectSource | None = None,
 ) -> RelayOutcome:
     """Relay an answer whose body is in hand (a small JSON answer, read whole): status, headers
-    (lower-cased, as the upstream sent them) and the body in one message."""
+    (lower-cased, as the upstream sent them) and the body in one message, or, where the server's
+    `cycle` takes a whole answer, in one call (the same bytes, one write either way)."""
     outcome = outcome or RelayOutcome()
     outcome.status = status
-    sse, _ = await _send_head(status, headers, send, extra_headers)
-    outcome.first_byte_at = time.monotonic()
+    sse = _is_sse(headers)
+    response_headers = relay_response_headers(headers, sse=sse)
+    if extra_headers:
+        response_headers.extend(extra_headers)
+    start = {"type": "http.response.start", "status": status, "headers": response_headers}
     outcome.sse = sse
-    await send({"type": "http.response.body", "body": body})
+    if cycle is None or not cycle.answer(start, body):
+        await send(start)
+        outcome.first_byte_at = time.monotonic()
+        await send({"type": "http.response.body", "body": body})
+    else:
+        outcome.first_byte_at = time.monotonic()
     outcome.bytes_out = len(body)
     return outcome
 

@@ -101,6 +101,23 @@ def test_body_over_the_limit_chunked_without_content_length_gets_413(
     assert clean_backend.requests() == []
 
 
+def test_a_chunked_body_over_the_limit_that_came_whole_with_its_head_gets_413(
+    small_gateway: RunningGateway, clean_backend: Backend, token: str
+) -> None:
+    # Whole in one write: taken from the server's cycle without `receive()` (`body.read_body`).
+    host, port = small_gateway.url.removeprefix("http://").split(":")
+    body = b'{"type": "threads.list", "pad": "' + b"x" * (SMALL_LIMIT + 1) + b'"}'
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /chatkit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+            + b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
+        )
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"payload_too_large" in answer
+    assert clean_backend.requests() == []
+
+
 def test_a_declared_10_gb_body_is_refused_before_reading(
     small_gateway: RunningGateway, clean_backend: Backend, token: str
 ) -> None:

@@ -29,11 +29,13 @@ import uvloop
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.body import read_body
 from gateway.protocol import GatewayHttpProtocol
 from gateway.relay import DIRECT_BODY
 from tests.support.rawhttp import is_closed, read_response
 
 BODY = b'{"data": [], "has_more": false}'
+ANSWERED_AGAIN: list[bool] = []  # what a second `answer()` on an answered cycle returned
 KEEP_ALIVE = 1  # seconds an idle connection stays open after its last answer
 # struct tcp_info (linux/tcp.h): tcpi_data_segs_in is the u32 at byte 152.
 DATA_SEGS_IN = struct.Struct("=I")
@@ -47,6 +49,16 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
                 scope["state"]["started"] = "yes"
                 await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
+        return
+    if scope["path"] == "/in-hand":
+        # The body taken from the gateway's cycle when it has all arrived, else read as usual.
+        direct = (scope.get("extensions") or {}).get(DIRECT_BODY)
+        cycle = direct() if direct is not None else None
+        in_hand = cycle.body_in_hand() if cycle is not None else None
+        body = in_hand if in_hand is not None else await read_body(receive, scope["headers"], 1 << 20)
+        answer = b"%s:%s" % (b"hand" if in_hand is not None else b"receive", body)
+        await start(send, 200, [(b"content-length", b"%d" % len(answer))])
+        await send({"type": "http.response.body", "body": answer})
         return
     body = b""
     while True:
@@ -113,6 +125,17 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         answer = json.dumps(seen, default=lambda item: item.decode("latin-1")).encode()
         await start(send, 200, [(b"content-length", b"%d" % len(answer))])
         await send({"type": "http.response.body", "body": answer})
+    elif path == "/answer":
+        # A whole answer in one call to the gateway's cycle (`_OneWriteCycle.answer`); uvicorn's
+        # cycle has none, and gets the two messages.
+        direct = (scope.get("extensions") or {}).get(DIRECT_BODY)
+        cycle = direct() if direct is not None else None
+        start_message = {"type": "http.response.start", "status": 200, "headers": length + json_type}
+        if cycle is None or not cycle.answer(start_message, BODY):
+            await send(start_message)
+            await send({"type": "http.response.body", "body": BODY})
+        else:
+            ANSWERED_AGAIN.append(cycle.answer(start_message, BODY))
     elif path == "/extensions":
         direct = (scope.get("extensions") or {}).get(DIRECT_BODY)
         answer = b"direct" if direct is not None and direct() is not None else b"none"
@@ -253,6 +276,8 @@ def both(servers: Servers, *writes: bytes, **options: Any) -> tuple[Wire, Wire]:
 
 SAME = [
     pytest.param([request("GET", "/json")], {}, id="json"),
+    pytest.param([request("GET", "/answer")], {}, id="answer-in-one-call"),
+    pytest.param([request("GET", "/answer"), request("HEAD", "/answer")], {"answers": 0}, id="answer-then-head"),
     pytest.param([request("POST", "/echo", b'{"type": "threads.list"}')], {}, id="post-echo"),
     pytest.param([request("GET", "/later")], {}, id="head-before-body"),
     pytest.param([request("GET", "/stream")], {}, id="stream-chunked"),
@@ -381,3 +406,34 @@ def test_an_idle_connection_closes_keep_alive_seconds_after_its_last_answer(serv
                 time.sleep(pause)
             assert is_closed(sock, KEEP_ALIVE + 1.5), name
             assert KEEP_ALIVE - 0.2 < time.monotonic() - answered < KEEP_ALIVE + 1.2, name
+
+
+def test_a_body_that_came_whole_with_its_head_is_taken_from_the_cycle(servers: Servers) -> None:
+    port = servers.ports["gateway"]
+    chunked = b"POST /in-hand HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    for writes, expected in (
+        ((request("POST", "/in-hand", b"hello"),), b"hand:hello"),
+        ((chunked,), b"hand:abc"),
+        ((request("POST", "/in-hand"),), b"hand:"),
+        # The head first, the body 0.2 s later; or the head with part of the body: the app runs
+        # before the body is whole, and reads it through `receive()`.
+        ((request("POST", "/in-hand", b"hello")[:-5], b"hello"), b"receive:hello"),
+        ((request("POST", "/in-hand", b"hello")[:-2], b"lo"), b"receive:hello"),
+        # A body the client sends only after `100 Continue`, which `receive()` writes.
+        (
+            (b"POST /in-hand HTTP/1.1\r\nhost: t\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n", b"hello"),
+            b"receive:hello",
+        ),
+    ):
+        wire = talk(port, *writes, pause=0.2, answers=1)
+        assert wire.data.endswith(b"\r\n\r\n" + expected), (writes, wire.data)
+    # Taken from the cycle, the body leaves the connection reading: two pipelined requests, two answers.
+    two = talk(port, request("POST", "/in-hand", b"one") + request("POST", "/in-hand", b"two"), answers=2)
+    assert two.data.count(b"HTTP/1.1 200 OK") == 2 and b"hand:one" in two.data and two.data.endswith(b"two")
+
+
+def test_a_whole_answer_in_one_call_leaves_in_one_segment_and_only_once(servers: Servers) -> None:
+    ANSWERED_AGAIN.clear()
+    wire = talk(servers.ports["gateway"], request("GET", "/answer"))
+    assert wire.segments == 1 and wire.data.endswith(BODY)
+    assert ANSWERED_AGAIN == [False]  # an answered cycle takes no second answer
