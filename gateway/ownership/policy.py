@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -73,9 +72,9 @@ def named_ids(params: object) -> list[str]:
     return ids
 
 
-@dataclass(frozen=True, slots=True)
-class AnswerPlan:
-    """What the answer to one checked request teaches, or must lose, before it is relayed."""
+class AnswerPlan(NamedTuple):
+    """What the answer to one checked request teaches, or must lose, before it is relayed. (A named
+    tuple: a frozen dataclass's `__init__` sets each field through `object.__setattr__`.)"""
 
     user_id: str
     op: str
