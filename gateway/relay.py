@@ -246,18 +246,12 @@ async def relay_body(
     `cycle` takes a whole answer, in one call (the same bytes, one write either way)."""
     outcome = outcome or RelayOutcome()
     outcome.status = status
-    sse = _is_sse(headers)
-    response_headers = relay_response_headers(headers, sse=sse)
-    if extra_headers:
-        response_headers.extend(extra_headers)
-    start = {"type": "http.response.start", "status": status, "headers": response_headers}
-    outcome.sse = sse
+    start, outcome.sse = _start_message(status, headers, extra_headers)
     if cycle is None or not cycle.answer(start, body):
+        # The head is held until the body comes: it leaves with it, one write either way.
         await send(start)
-        outcome.first_byte_at = time.monotonic()
         await send({"type": "http.response.body", "body": body})
-    else:
-        outcome.first_byte_at = time.monotonic()
+    outcome.first_byte_at = time.monotonic()
     outcome.bytes_out = len(body)
     return outcome
 
@@ -274,13 +268,20 @@ async def _send_start(
     return head
 
 
-async def _send_head(status: int, raw_headers: Headers, send: Send, extra_headers: Headers | None) -> tuple[bool, bool]:
-    """`_send_start` from the status and the lower-cased header list."""
+def _start_message(status: int, raw_headers: Headers, extra_headers: Headers | None) -> tuple[dict[str, Any], bool]:
+    """The `http.response.start` message relaying an answer's status and lower-cased headers, and
+    whether the answer is an SSE stream."""
     sse = _is_sse(raw_headers)
     headers = relay_response_headers(raw_headers, sse=sse)
     if extra_headers:
         headers.extend(extra_headers)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    return {"type": "http.response.start", "status": status, "headers": headers}, sse
+
+
+async def _send_head(status: int, raw_headers: Headers, send: Send, extra_headers: Headers | None) -> tuple[bool, bool]:
+    """`_send_start` from the status and the lower-cased header list."""
+    start, sse = _start_message(status, raw_headers, extra_headers)
+    await send(start)
     if not sse:
         return False, False
     # An encoded stream (gzip, say) is relayed as the upstream's bytes under its own label: a
