@@ -120,8 +120,14 @@ class UpstreamConnection(asyncio.Protocol):
                 cycle.fail(httpx.RemoteProtocolError("the upstream closed the connection mid-body"))
         if cycle is not None:
             cycle.flush_sink()  # a close-delimited body's end, to a direct relay
+            cycle.stop_watching()  # no more bytes can come, nor can silence
         if self.transport is not None:
             self.flow.wake_writer()
+        # The exchange keeps its connection (its reader may still take buffered chunks), but the
+        # connection lets go of it and of its parser, whose callbacks are this object's methods:
+        # what a closed connection held goes by reference counting (docs/performance.md, "Memory back").
+        self.cycle = None
+        del self._parser
 
     def _read_what_arrived(self) -> None:
         """A write that fails (the server answered early, then reset the connection) ends the
@@ -197,11 +203,11 @@ class UpstreamConnection(asyncio.Protocol):
     async def write(self, data: bytes) -> None:
         if self.closed or self.transport is None or self.transport.is_closing():
             raise httpx.WriteError("the upstream connection is closed")
-        self.cycle.wrote = True  # type: ignore[union-attr]  # set while sending
+        cycle: ResponseCycle = self.cycle  # type: ignore[assignment]  # set while sending
+        cycle.wrote = True
         self.transport.write(data)
         if self.flow.write_paused:
             await self.flow.drain()
-        cycle: ResponseCycle = self.cycle  # type: ignore[assignment]  # set while parsing
         if self.flow.write_paused:
             cycle.keep_alive = False  # woken by an answer while part of the request is still queued
         if self.closed and not cycle.answered:

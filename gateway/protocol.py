@@ -382,6 +382,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         cycle, self.watched = self.watched, None
         if cycle is not None:
             cycle.lost()
+        # Nothing of the connection points back at it once it is gone (its cycle's `connection` and
+        # `on_response` do, uvicorn's parser and keep-alive timer did): what it held goes by reference
+        # counting now, not at the next full collection (docs/performance.md, "Memory back").
+        self.cycle = None  # type: ignore[assignment]
+        self.pipeline.clear()
+        self._unset_keepalive_if_required()
 
     def release_parser(self, cycle: _OneWriteCycle) -> None:
         """While `cycle`'s response streams, its request read whole and no other begun after it,
