@@ -92,9 +92,10 @@ def test_connections_of_every_kind_leave_nothing_for_the_collector(backend: Back
                     assert listed.status_code == 200 and thread_id in listed.text
                     refused = post(client, "threads.list", {}, headers={"authorization": "Bearer nope"})
                     assert refused.status_code == 401
-                    too_large = post(client, body=b'{"type": "threads.list", "params": {}, "x": "' + b"a" * BODY_LIMIT + b'"}')
+                    too_large = post(client, "threads.list", {}, padding="a" * BODY_LIMIT)
                     assert too_large.status_code == 413
-                    uploaded = client.post("/chatkit/uploads/files", files={"file": ("a.txt", b"x" * 50_000, "text/plain")})
+                    upload = {"file": ("a.txt", b"x" * 50_000, "text/plain")}
+                    uploaded = client.post("/chatkit/uploads/files", files=upload)
                     assert uploaded.status_code == 200, uploaded.text
                     assert client.get("/auth/verify").status_code == 200  # forward-auth
                 port = int(url.rsplit(":", 1)[1])
