@@ -59,7 +59,9 @@ with the machine: **direct** is the client talking to the upstream itself, **ngi
 one worker and `proxy_buffering off` (the proxy a user would pick instead), **gateway** is
 `chatkit-gateway serve` as users run it (an RS256 bearer token verified, from its cache after the
 first request; metadata injected; metrics on; the per-request access log off, like nginx's, with
-its cost measured on its own below). The upstream is `bench/upstream.py` (raw ASGI under uvicorn).
+its cost measured on its own below), on the container image's allocator (jemalloc, with
+`PYTHONMALLOC=malloc`: [operations.md](operations.md#memory)). The upstream is
+`bench/upstream.py` (raw ASGI under uvicorn).
 CPU figures are of the subject's own processes (the upstream's for direct), from `/proc` CPU-time
 deltas; this shared 2-core machine varies ±20–30 % between runs, so compare within a run. Reproduce
 with `make bench`. Where the gateway's CPU goes (profiles, and the A/B runs behind its performance
@@ -191,6 +193,10 @@ def storm_intro() -> list[str]:
         f"10,000 streams in one worker cannot be opened on this machine; the *{bench_run.TWO_WORKERS}* row",
         "holds them across two (`server.workers = 2`). nginx stops at 5,000: at the largest count its one",
         "worker runs out of `worker_connections` and fails a few hundred streams.",
+        "",
+        f"The gateway rows run on jemalloc, as the container image runs the gateway; the *{bench_run.PYMALLOC}*",
+        "row is the same gateway on pymalloc, which keeps a burst's memory for reuse rather than giving it",
+        "back ([operations.md](operations.md#memory)).",
     ]
 
 

@@ -17,7 +17,6 @@ from /proc over each run; `sys` is the system part (the kernel's share: socket c
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -97,7 +96,7 @@ def start_gateway(
     port = peers.free_port()
     path = folder / f"{name}.toml"
     path.write_text(tomli_w.dumps({**config, "server": {**config["server"], "port": port}}))  # type: ignore[dict-item]
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env = peers.gateway_env({"PYTHONPATH": str(tree)})
     args = [python, "-m", "gateway", "serve", "--config", str(path)]
     return peers.start(name, args, f"http://127.0.0.1:{port}", "/readyz", cwd=tree, env=env)
 

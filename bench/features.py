@@ -37,6 +37,7 @@ class Feature:
     # the config overrides that turn it on.
     setup: Callable[[Path], AbstractContextManager[Mapping[str, Any]]]
     note: str = ""
+    jemalloc: bool = True  # the "on" gateway on the image's allocator (False: on Python's own)
 
 
 @dataclass
@@ -63,7 +64,9 @@ def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]
 
 
 @contextmanager
-def _variant(base_config: Path, name: str, overrides: Mapping[str, Any]) -> Iterator[peers.Peer]:
+def _variant(
+    base_config: Path, name: str, overrides: Mapping[str, Any], *, jemalloc: bool = True
+) -> Iterator[peers.Peer]:
     config = _merge(tomllib.loads(base_config.read_text()), overrides)
     port = peers.free_port()
     config["server"]["port"] = port
@@ -74,6 +77,7 @@ def _variant(base_config: Path, name: str, overrides: Mapping[str, Any]) -> Iter
         [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
         f"http://127.0.0.1:{port}",
         "/readyz",
+        env=peers.gateway_env(jemalloc=jemalloc),
     )
     try:
         yield peer
@@ -105,8 +109,9 @@ def run(features: list[Feature], base_config: Path, token: str, *, seconds: floa
     for feature in features:
         with _variant(base_config, "off", {}) as off_peer:
             off = _measure(off_peer, token, seconds, sse)
-        with feature.setup(base_config.parent) as overrides, _variant(base_config, "on", overrides) as on_peer:
-            on = _measure(on_peer, token, seconds, sse)
+        with feature.setup(base_config.parent) as overrides:
+            with _variant(base_config, "on", overrides, jemalloc=feature.jemalloc) as on_peer:
+                on = _measure(on_peer, token, seconds, sse)
         costs.append(FeatureCost(feature, off, on))
     return costs
 
@@ -137,4 +142,6 @@ FEATURES: list[Feature] = [
     # Two identical gateways: the noise floor of the comparison, and what tracing costs when off.
     Feature("tracing off (the default) against off: the noise floor", _fixed({"tracing": {"enabled": False}})),
     Feature("tracing on, every request sampled, OTLP to a loopback sink", _tracing),
+    # The image runs on jemalloc (gateway/allocator.py); "on" here is the gateway without it.
+    Feature("Python's own allocator (pymalloc) instead of the image's jemalloc", _fixed({}), jemalloc=False),
 ]

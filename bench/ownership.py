@@ -72,7 +72,7 @@ def _gateway(base: dict[str, Any], folder: Path, name: str, ownership: dict[str,
     path = folder / f"{name}.toml"
     path.write_text(tomli_w.dumps(config))
     args = [sys.executable, "-m", "gateway", "serve", "--config", str(path)]
-    return peers.start(f"gateway-{name}", args, f"http://127.0.0.1:{port}", "/readyz")
+    return peers.start(f"gateway-{name}", args, f"http://127.0.0.1:{port}", "/readyz", env=peers.gateway_env())
 
 
 def cached_check_us() -> float:

@@ -31,6 +31,8 @@ import tomli_w
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from gateway import allocator
+
 ROOT = Path(__file__).resolve().parents[1]
 ISSUER = "https://idp.bench.invalid"
 AUDIENCE = "chatkit"
@@ -113,6 +115,19 @@ def start(
             stop(Peer(name, url, process, log))
             raise RuntimeError(f"{name} not ready after {timeout} s:\n{log.read_text(errors='replace')}")
         time.sleep(0.05)
+
+
+def gateway_env(extra: Mapping[str, str] | None = None, *, jemalloc: bool = True) -> dict[str, str]:
+    """The environment a measured gateway starts with: this process's, with the container image's
+    allocator (jemalloc: `gateway/allocator.py`), so that the figures are the image's; without it
+    when `jemalloc` is false (Python's own allocator, for the rows that show the difference)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PYTHONMALLOC", "MALLOC_CONF")}
+    if jemalloc:
+        library = allocator.find_jemalloc()
+        if library is None:
+            raise RuntimeError("libjemalloc2 is missing (scripts/system-deps.sh installs it): the image runs on it")
+        env.update(allocator.jemalloc_environment(library))
+    return {**env, **(extra or {})}
 
 
 def stop(peer: Peer) -> None:
@@ -223,6 +238,7 @@ def peers(
                 [*gateway_command, "serve", "--config", str(root / "gateway.toml")],
                 f"http://127.0.0.1:{gw_port}",
                 "/readyz",
+                env=gateway_env(),
             )
             started.append(gateway)
             # The thread the upstream lists is the bench user's (ownership is on, as by default):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ class Plan:
 FULL = Plan((1, 16, 64), 5.0, ((1, 1000, 5.0), (100, 100, 20.0), (300, 60, 50.0)), (1000, 5000), 2000, 10, 5)
 QUICK = Plan((1, 4), 1.0, ((1, 10, 10.0), (5, 10, 20.0)), (20,), 20, 3, 1, (4,), 1, False, 20)
 TWO_WORKERS = "gateway, 2 workers"
+PYMALLOC = "gateway, Python's own allocator"
 
 
 @dataclass
@@ -124,6 +124,10 @@ def run_storms(
         for streams in storm_counts(plan, name):
             if name == "gateway":
                 figures = _fresh_gateway_storm(config_args, {}, upstream_port, token, streams)
+                if streams == storm_counts(plan, name)[-1]:
+                    results.storms[PYMALLOC] = {
+                        streams: _fresh_gateway_storm(config_args, {}, upstream_port, token, streams, jemalloc=False)
+                    }
             else:
                 port = int(peer.url.rsplit(":", 1)[1])
                 figures = storm.run_storm(pids, port, upstream_port, token, streams)
@@ -134,11 +138,12 @@ def run_storms(
 
 
 def _fresh_gateway_storm(
-    config_args: list[str], env: dict[str, str], upstream_port: int, token: str, streams: int
+    config_args: list[str], env: dict[str, str], upstream_port: int, token: str, streams: int, *, jemalloc: bool = True
 ) -> dict[str, float]:
     port = peers.free_port()
     args = [*config_args, "--port", str(port)]
-    gateway = peers.start("gateway-storm", args, f"http://127.0.0.1:{port}", "/readyz", env={**os.environ, **env})
+    env = peers.gateway_env(env, jemalloc=jemalloc)
+    gateway = peers.start("gateway-storm", args, f"http://127.0.0.1:{port}", "/readyz", env=env)
     try:
         return storm.run_storm(gateway.pids, port, upstream_port, token, streams)
     finally:
@@ -162,7 +167,8 @@ def run_first_request(plan: Plan, config_args: list[str], signer: peers.Signer, 
     for _ in range(plan.first_request_rounds):
         tokens = [signer.token(sub=f"first-{n}") for n in range(2 * plan.first_request_samples + 1)]
         port = peers.free_port()
-        peer = peers.start("gateway-cold", [*config_args, "--port", str(port)], f"http://127.0.0.1:{port}", "/readyz")
+        args = [*config_args, "--port", str(port)]
+        peer = peers.start("gateway-cold", args, f"http://127.0.0.1:{port}", "/readyz", env=peers.gateway_env())
         try:
 
             def once(token: str, port: int = port, idle: float = 0.0) -> float:

@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--profile", type=Path, help="the gateway under bench.cpuprofile: the storms' stacks in OUT-1")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--pymalloc", action="store_true", help="the gateway on Python's own allocator, not the image's jemalloc"
+    )
     parser.add_argument("--direct", action="store_true", help="the storm to the upstream itself, for scale")
     args = parser.parse_args(argv)
     raise_own_fd_limit()
@@ -115,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                 command = [sys.executable, "-m", "bench.cpuprofile", str(args.profile.resolve()), "--", *serve]
             else:
                 command = [sys.executable, "-m", "gateway", *serve]
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(peers.ROOT)])}
+            env = peers.gateway_env(
+                {"PYTHONPATH": os.pathsep.join([str(tree), str(peers.ROOT)])}, jemalloc=not args.pymalloc
+            )
             gateway = peers.start("gateway", command, f"http://127.0.0.1:{gw_port}", "/readyz", cwd=tree, env=env)
             started.append(gateway)
             token = signer.token()

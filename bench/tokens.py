@@ -54,7 +54,7 @@ def _start(folder: Path, base: dict[str, Any], name: str, tokens: dict[str, Any]
     path = folder / f"{name}.toml"
     path.write_text(tomli_w.dumps(config))
     args = [sys.executable, "-m", "gateway", "serve", "--config", str(path)]
-    return peers.start(name, args, f"http://127.0.0.1:{port}", "/readyz")
+    return peers.start(name, args, f"http://127.0.0.1:{port}", "/readyz", env=peers.gateway_env())
 
 
 def signing_us(folder: Path) -> dict[str, float]:

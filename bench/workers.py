@@ -14,7 +14,6 @@ another runs beside it (it would, with contention between them).
 
 from __future__ import annotations
 
-import os
 import resource
 import statistics
 import time
@@ -50,7 +49,7 @@ def measure_workers(
     rounds: int,
 ) -> list[WorkersFigure]:
     port = peers.free_port()
-    env = {**os.environ, "CHATKIT_GATEWAY__SERVER__WORKERS": "2"}
+    env = peers.gateway_env({"CHATKIT_GATEWAY__SERVER__WORKERS": "2"})
     url = f"http://127.0.0.1:{port}"
     two = peers.start("gateway-2-workers", [*config_args, "--port", str(port)], url, "/readyz", env=env)
     try:

@@ -17,6 +17,7 @@ from types import FrameType
 
 import uvicorn
 
+from . import allocator
 from .app import Gateway, create_app
 from .config import GatewayConfig, redacted
 from .logs import configure_logging
@@ -93,9 +94,31 @@ class GatewayServer(uvicorn.Server):
             self.should_exit = True
 
 
+def log_allocator() -> None:
+    """Say what Python's objects are allocated by, and whether a burst's memory goes back."""
+    used = allocator.in_use()
+    fields = {"fields": {"allocator": used}}
+    if used == "jemalloc":
+        logger.info("memory allocator: jemalloc; memory freed after a burst goes back to the system", extra=fields)
+    elif used == "pymalloc, jemalloc unused":
+        logger.warning(
+            "memory allocator: jemalloc is preloaded but PYTHONMALLOC is not 'malloc', so Python's objects"
+            " still use pymalloc and a burst's memory is kept; set PYTHONMALLOC=malloc (docs/operations.md, Memory)",
+            extra=fields,
+        )
+    else:
+        logger.info(
+            "memory allocator: %s; memory freed after a burst is kept for reuse, not given back to the system"
+            " (the container image runs on jemalloc: docs/operations.md, Memory)",
+            used,
+            extra=fields,
+        )
+
+
 def run(config: GatewayConfig) -> int:
     configure_logging(config.logging, cookie_names=config.auth.cookie_names)
     logger.info("configuration", extra={"fields": {"config": redacted(config)}})
+    log_allocator()
     if config.server.workers > 1:
         from .workers import run_workers
 

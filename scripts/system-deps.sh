@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and benchmarks run for real (redis-server, nginx, chromium, wrk,
 # node and npm for the authorization server in tests/support/node and the conformance suite's
-# Node backend) when missing.
+# Node backend, and libjemalloc2, the allocator the container image runs the gateway on) when missing.
 # Needs root (CI runs as root); without it, it says what is missing and fails.
 set -euo pipefail
 need=()
@@ -11,6 +11,7 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v wrk >/dev/null || need+=(wrk)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+compgen -G "/usr/lib/*-linux-gnu/libjemalloc.so.2" >/dev/null || need+=(libjemalloc2)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2

@@ -28,6 +28,7 @@ import kubernetes_validate
 import pytest
 import tomli_w
 
+from gateway import allocator
 from gateway.app import create_app
 from gateway.cli import build_parser
 from gateway.config import GatewayConfig, build_config
@@ -575,6 +576,18 @@ def test_the_image_is_slim_non_root_read_only_friendly_and_configured_from_a_mou
         assert deployment_env["CHATKIT_GATEWAY_CONFIG"] == env["CHATKIT_GATEWAY_CONFIG"]
     (healthcheck,) = [a for n, a in stage if n == "HEALTHCHECK"]
     assert healthcheck.endswith('CMD ["python", "/opt/chatkit-gateway/healthcheck.py"]')
+
+
+def test_the_image_runs_the_gateway_on_jemalloc_with_the_gateways_settings() -> None:
+    stage = final_stage()
+    env = image_env(stage)
+    library = env["LD_PRELOAD"]
+    assert env == {**env, **allocator.jemalloc_environment(library)}
+    # Installed and linked at that path before the environment preloads it.
+    (install,) = [i for i, (n, a) in enumerate(stage) if n == "RUN" and "libjemalloc2" in a]
+    assert "ln -s " in stage[install][1] and stage[install][1].rstrip().endswith(f"test -f {library}")
+    preloads = [i for i, (n, a) in enumerate(stage) if n == "ENV" and "LD_PRELOAD=" in a]
+    assert preloads and min(preloads) > install
 
 
 def test_every_file_the_image_copies_exists_and_is_in_the_build_context() -> None:

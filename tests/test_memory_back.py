@@ -9,25 +9,35 @@ of the real ChatKit backend. With the collector off, clients stream replies, rea
 upload a file, ask the forward-auth endpoint, leave in the middle of a stream, and get refused (a
 bad token, a body over the limit); once every connection is closed, a collection that keeps what
 it finds must find nothing of the gateway's, the server's, the loop's or the parsers' unreachable.
+
+Freed, that memory goes back to the system only on an allocator that returns partly used memory:
+the container image runs the gateway on jemalloc (`gateway/allocator.py`), and the gateway says
+at start-up which allocator it runs on.
 """
 
 from __future__ import annotations
 
 import collections
 import gc
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from gateway import allocator
 from gateway.config import build_config
 from gateway.server import GatewayServer
 from tests.support.chatkit import create_thread, open_stream_then_drop, post
 from tests.support.fixtures import Backend
-from tests.support.gateway import bearer, gateway_config, merge, user_token
+from tests.support.gateway import bearer, gateway_config, merge, start_gateway, user_token
 from tests.support.idp import LoopbackIdP
 from tests.support.procs import free_port
 
@@ -105,3 +115,49 @@ def test_connections_of_every_kind_leave_nothing_for_the_collector(backend: Back
         finally:
             gc.enable()
     assert not left, f"left in reference cycles: {dict(left)}"
+
+
+def jemalloc() -> str:
+    library = allocator.find_jemalloc()
+    assert library is not None, "libjemalloc2 is installed by `make test` (scripts/system-deps.sh)"
+    return library
+
+
+@pytest.mark.parametrize(
+    ("preload", "pythonmalloc", "expected"),
+    [
+        (False, None, "pymalloc"),
+        (True, "malloc", "jemalloc"),
+        (True, None, "pymalloc, jemalloc unused"),
+        (False, "malloc", "malloc"),
+    ],
+)
+def test_the_allocator_in_use_is_told_from_the_process_itself(
+    preload: bool, pythonmalloc: str | None, expected: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PYTHONMALLOC", "MALLOC_CONF")}
+    if preload:
+        env["LD_PRELOAD"] = jemalloc()
+    if pythonmalloc is not None:
+        env["PYTHONMALLOC"] = pythonmalloc
+    code = "from gateway import allocator; print(allocator.in_use())"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == expected
+
+
+def test_a_gateway_started_as_the_image_starts_it_runs_on_jemalloc_and_says_so(
+    backend: Backend, session_idp: LoopbackIdP
+) -> None:
+    env = allocator.jemalloc_environment(jemalloc())
+    with start_gateway(gateway_config(backend.url, session_idp), env=env) as running:
+        with httpx.Client(base_url=running.url, headers=bearer(user_token(session_idp)), trust_env=False) as client:
+            thread_id, _ = create_thread(client, "hello")
+            assert thread_id in post(client, "threads.list", {}).text
+        maps = Path(f"/proc/{running.process.pid}/maps").read_text()
+        assert "libjemalloc" in maps
+        assert "memory allocator: jemalloc" in running.log()
+
+
+def test_a_gateway_on_pythons_own_allocator_says_its_memory_is_kept(backend: Backend, session_idp: LoopbackIdP) -> None:
+    with start_gateway(gateway_config(backend.url, session_idp), env={"PYTHONMALLOC": "pymalloc"}) as running:
+        assert "memory allocator: pymalloc; memory freed after a burst is kept for reuse" in running.log()

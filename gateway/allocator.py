@@ -1,0 +1,55 @@
+"""The memory allocator the gateway runs on, and the one its container image sets up.
+
+Python's own small-object allocator (pymalloc) takes memory from the system in 1 MiB arenas and
+gives an arena back only when every object in it is gone. After a burst of streams, the few objects
+that outlive it (cache entries, grown tables) sit in most of the arenas the burst added, and the
+process keeps nearly all of its memory for reuse. With `PYTHONMALLOC=malloc` and jemalloc preloaded,
+every object comes from jemalloc, which returns freed pages to the system page by page after
+`dirty_decay_ms`, from a background thread, even in a process gone idle (docs/operations.md,
+"Memory"). The container image runs so, with the environment `jemalloc_environment` gives.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["JEMALLOC_CONF", "Allocator", "in_use", "jemalloc_environment", "find_jemalloc"]
+
+# Freed pages back within a second (a decay curve over `dirty_decay_ms`, purged at once rather than
+# marked lazily free, which the kernel would reclaim only under pressure), by a background thread.
+JEMALLOC_CONF = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"
+
+Allocator = Literal["jemalloc", "pymalloc", "pymalloc, jemalloc unused", "malloc"]
+
+
+def in_use() -> Allocator:
+    """What Python's objects are allocated by in this process:
+
+    - `jemalloc`: `PYTHONMALLOC=malloc` with jemalloc preloaded;
+    - `pymalloc`: Python's default;
+    - `pymalloc, jemalloc unused`: jemalloc preloaded, but Python's objects still on pymalloc;
+    - `malloc`: `PYTHONMALLOC=malloc` on the C library's allocator."""
+    jemalloc = hasattr(ctypes.CDLL(None), "mallctl")  # exported by a preloaded jemalloc only
+    malloc = not sys.flags.ignore_environment and os.environ.get("PYTHONMALLOC", "").startswith("malloc")
+    if malloc:
+        return "jemalloc" if jemalloc else "malloc"
+    return "pymalloc, jemalloc unused" if jemalloc else "pymalloc"
+
+
+def find_jemalloc() -> str | None:
+    """The path of this machine's `libjemalloc.so.2` (Debian's `libjemalloc2`), or None."""
+    for folder in ("/usr/local/lib", "/usr/lib", *sorted(str(p) for p in Path("/usr/lib").glob("*-linux-gnu"))):
+        path = Path(folder) / "libjemalloc.so.2"
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def jemalloc_environment(library: str) -> dict[str, str]:
+    """The environment a gateway process starts with to run on jemalloc at `library`, as the
+    container image sets it."""
+    return {"LD_PRELOAD": library, "PYTHONMALLOC": "malloc", "MALLOC_CONF": JEMALLOC_CONF}
