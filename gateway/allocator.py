@@ -19,9 +19,11 @@ from typing import Literal
 
 __all__ = ["JEMALLOC_CONF", "Allocator", "in_use", "jemalloc_environment", "find_jemalloc"]
 
-# Freed pages back within a second (a decay curve over `dirty_decay_ms`, purged at once rather than
-# marked lazily free, which the kernel would reclaim only under pressure), by a background thread.
-JEMALLOC_CONF = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"
+# Freed pages back within half a second (a decay curve over `dirty_decay_ms`, purged at once rather
+# than marked lazily free, which the kernel would reclaim only under pressure), by a background
+# thread. 1000 ms left part of a 9,968-stream burst still to purge 2 s after its clients left (the
+# last of them take ~1.5 s to go); 250 ms gave back no more than 500 (docs/performance.md).
+JEMALLOC_CONF = "background_thread:true,dirty_decay_ms:500,muzzy_decay_ms:0"
 
 Allocator = Literal["jemalloc", "pymalloc", "pymalloc, jemalloc unused", "malloc"]
 
