@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["JEMALLOC_CONF", "Allocator", "in_use", "jemalloc_environment", "find_jemalloc"]
+__all__ = ["JEMALLOC_CONF", "Allocator", "find_jemalloc", "in_use", "jemalloc_environment", "purge_after_fork"]
 
 # Freed pages back within half a second (a decay curve over `dirty_decay_ms`, purged at once rather
 # than marked lazily free, which the kernel would reclaim only under pressure), by a background
@@ -40,6 +40,26 @@ def in_use() -> Allocator:
     if malloc:
         return "jemalloc" if jemalloc else "malloc"
     return "pymalloc, jemalloc unused" if jemalloc else "pymalloc"
+
+
+def purge_after_fork() -> None:
+    """In a forked process (a worker): start jemalloc's background purging again.
+
+    Only the forking thread survives a fork, so jemalloc turns its background threads off in the
+    child; without them a worker gone idle after a burst would give nothing back until it next
+    allocated. Nothing to do without jemalloc, or when its options did not ask for them."""
+    library = ctypes.CDLL(None)
+    if not hasattr(library, "mallctl"):
+        return
+    if _flag(library, b"opt.background_thread") and not _flag(library, b"background_thread"):
+        on = ctypes.c_bool(True)
+        library.mallctl(b"background_thread", None, None, ctypes.byref(on), ctypes.c_size_t(ctypes.sizeof(on)))
+
+
+def _flag(library: ctypes.CDLL, name: bytes) -> bool:
+    value = ctypes.c_bool(False)
+    size = ctypes.c_size_t(ctypes.sizeof(value))
+    return library.mallctl(name, ctypes.byref(value), ctypes.byref(size), None, ctypes.c_size_t(0)) == 0 and value.value
 
 
 def find_jemalloc() -> str | None:

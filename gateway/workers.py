@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import multiprocess
 
+from .allocator import purge_after_fork
 from .config import GatewayConfig
 
 __all__ = ["Supervisor", "listening_socket", "run_workers"]
@@ -212,6 +213,7 @@ def _run_worker(config: GatewayConfig, sock: socket.socket, ready_pipe: int, met
         _die_with_parent()
         if os.getppid() == 1:  # the supervisor died before the line above
             os._exit(1)
+        purge_after_fork()
         # The app's modules: the supervisor never needs them.
         from .observe import share_metrics
         from .server import GatewayServer

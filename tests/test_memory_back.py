@@ -40,6 +40,7 @@ from tests.support.fixtures import Backend
 from tests.support.gateway import bearer, gateway_config, merge, start_gateway, user_token
 from tests.support.idp import LoopbackIdP
 from tests.support.procs import free_port
+from tests.test_workers import children
 
 # The modules whose objects a connection makes in the gateway (not httpx: the test's own clients
 # are httpx's, and its sync response objects are left in cycles of their own).
@@ -161,3 +162,21 @@ def test_a_gateway_started_as_the_image_starts_it_runs_on_jemalloc_and_says_so(
 def test_a_gateway_on_pythons_own_allocator_says_its_memory_is_kept(backend: Backend, session_idp: LoopbackIdP) -> None:
     with start_gateway(gateway_config(backend.url, session_idp), env={"PYTHONMALLOC": "pymalloc"}) as running:
         assert "memory allocator: pymalloc; memory freed after a burst is kept for reuse" in running.log()
+
+
+def thread_names(pid: int) -> list[str]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [(task / "comm").read_text().strip() for task in tasks.iterdir()]
+
+
+def test_forked_workers_purge_in_the_background_as_one_process_does(backend: Backend, session_idp: LoopbackIdP) -> None:
+    """jemalloc turns its background threads off in a forked child; each worker turns them back on."""
+    config = gateway_config(backend.url, session_idp, {"server": {"workers": 2}})
+    with start_gateway(config, env=allocator.jemalloc_environment(jemalloc())) as running:
+        workers = children(running.process.pid)
+        assert len(workers) == 2
+        deadline = time.monotonic() + 10
+        while not all("jemalloc_bg_thd" in thread_names(pid) for pid in workers):
+            assert time.monotonic() < deadline, {pid: thread_names(pid) for pid in workers}
+            time.sleep(0.1)
+        assert "jemalloc_bg_thd" in thread_names(running.process.pid)  # the supervisor's own
