@@ -121,7 +121,7 @@ def gateway_env(extra: Mapping[str, str] | None = None, *, jemalloc: bool = True
     """The environment a measured gateway starts with: this process's, with the container image's
     allocator (jemalloc: `gateway/allocator.py`), so that the figures are the image's; without it
     when `jemalloc` is false (Python's own allocator, for the rows that show the difference)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PYTHONMALLOC", "MALLOC_CONF")}
+    env = {k: v for k, v in os.environ.items() if k not in allocator.ENVIRONMENT}
     if jemalloc:
         library = allocator.find_jemalloc()
         if library is None:

@@ -121,10 +121,11 @@ def run_storms(
     would read low. direct and nginx run their counts in turn in one process each."""
     for name, peer, pids in subjects:
         results.storms[name] = {}
-        for streams in storm_counts(plan, name):
+        counts = storm_counts(plan, name)
+        for streams in counts:
             if name == "gateway":
                 figures = _fresh_gateway_storm(config_args, {}, upstream_port, token, streams)
-                if streams == storm_counts(plan, name)[-1]:
+                if streams == counts[-1]:  # the same storm on pymalloc, for its memory back
                     results.storms[PYMALLOC] = {
                         streams: _fresh_gateway_storm(config_args, {}, upstream_port, token, streams, jemalloc=False)
                     }

@@ -17,13 +17,24 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["JEMALLOC_CONF", "Allocator", "find_jemalloc", "in_use", "jemalloc_environment", "purge_after_fork"]
+__all__ = [
+    "ENVIRONMENT",
+    "JEMALLOC_CONF",
+    "Allocator",
+    "find_jemalloc",
+    "in_use",
+    "jemalloc_environment",
+    "purge_after_fork",
+]
 
 # Freed pages back within half a second (a decay curve over `dirty_decay_ms`, purged at once rather
 # than marked lazily free, which the kernel would reclaim only under pressure), by a background
 # thread. 1000 ms left part of a 9,968-stream burst still to purge 2 s after its clients left (the
 # last of them take ~1.5 s to go); 250 ms gave back no more than 500 (docs/performance.md).
 JEMALLOC_CONF = "background_thread:true,dirty_decay_ms:500,muzzy_decay_ms:0"
+
+# The variables that choose the allocator at a process's start (`jemalloc_environment`).
+ENVIRONMENT = ("LD_PRELOAD", "PYTHONMALLOC", "MALLOC_CONF")
 
 Allocator = Literal["jemalloc", "pymalloc", "pymalloc, jemalloc unused", "malloc"]
 
@@ -35,7 +46,7 @@ def in_use() -> Allocator:
     - `pymalloc`: Python's default;
     - `pymalloc, jemalloc unused`: jemalloc preloaded, but Python's objects still on pymalloc;
     - `malloc`: `PYTHONMALLOC=malloc` on the C library's allocator."""
-    jemalloc = hasattr(ctypes.CDLL(None), "mallctl")  # exported by a preloaded jemalloc only
+    jemalloc = _jemalloc() is not None
     malloc = not sys.flags.ignore_environment and os.environ.get("PYTHONMALLOC", "").startswith("malloc")
     if malloc:
         return "jemalloc" if jemalloc else "malloc"
@@ -48,12 +59,18 @@ def purge_after_fork() -> None:
     Only the forking thread survives a fork, so jemalloc turns its background threads off in the
     child; without them a worker gone idle after a burst would give nothing back until it next
     allocated. Nothing to do without jemalloc, or when its options did not ask for them."""
-    library = ctypes.CDLL(None)
-    if not hasattr(library, "mallctl"):
+    library = _jemalloc()
+    if library is None:
         return
     if _flag(library, b"opt.background_thread") and not _flag(library, b"background_thread"):
         on = ctypes.c_bool(True)
         library.mallctl(b"background_thread", None, None, ctypes.byref(on), ctypes.c_size_t(ctypes.sizeof(on)))
+
+
+def _jemalloc() -> ctypes.CDLL | None:
+    """The process's symbols, when they include jemalloc's `mallctl` (a preloaded jemalloc)."""
+    library = ctypes.CDLL(None)
+    return library if hasattr(library, "mallctl") else None
 
 
 def _flag(library: ctypes.CDLL, name: bytes) -> bool:
@@ -74,4 +91,4 @@ def find_jemalloc() -> str | None:
 def jemalloc_environment(library: str) -> dict[str, str]:
     """The environment a gateway process starts with to run on jemalloc at `library`, as the
     container image sets it."""
-    return {"LD_PRELOAD": library, "PYTHONMALLOC": "malloc", "MALLOC_CONF": JEMALLOC_CONF}
+    return dict(zip(ENVIRONMENT, (library, "malloc", JEMALLOC_CONF), strict=True))

@@ -136,7 +136,7 @@ def jemalloc() -> str:
 def test_the_allocator_in_use_is_told_from_the_process_itself(
     preload: bool, pythonmalloc: str | None, expected: str
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PYTHONMALLOC", "MALLOC_CONF")}
+    env = {k: v for k, v in os.environ.items() if k not in allocator.ENVIRONMENT}
     if preload:
         env["LD_PRELOAD"] = jemalloc()
     if pythonmalloc is not None:
