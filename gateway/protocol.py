@@ -37,13 +37,17 @@ pinned to the version it was written against; `tests/test_client_protocol.py` an
 from __future__ import annotations
 
 import asyncio
+import logging
 import urllib.parse
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import httptools
-from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn._types import HTTPScope
+from uvicorn.config import Config
+from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.protocols.http.flow_control import FlowControl, service_unavailable
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_RE,
     HEADER_VALUE_RE,
@@ -52,6 +56,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+from uvicorn.server import ServerState
 
 from .relay import DIRECT_BODY
 
@@ -66,6 +71,8 @@ _LOCAL_ADDRESSES: dict[tuple[str, int | None] | None, tuple[str, int | None] | N
 NOT_IN_NAMES = bytes(byte for byte in range(256) if HEADER_RE.fullmatch(bytes((byte,))))
 NOT_IN_VALUES = bytes(byte for byte in range(256) if HEADER_VALUE_RE.fullmatch(bytes((byte,))))
 NO_BODY = b"content-length: 0\r\n"
+_ERROR_LOGGER = logging.getLogger("uvicorn.error")
+_ACCESS_LOGGER = logging.getLogger("uvicorn.access")
 
 
 class _BodyOnly:
@@ -333,6 +340,37 @@ class DirectBody:
             await cycle.flow.drain()
 
 
+def flow_control(transport: asyncio.Transport) -> FlowControl:
+    """uvicorn's `FlowControl` for `transport`, its write side's event (set, as uvicorn's starts)
+    an `_Event`: not made as an `asyncio.Event` with its deque, then replaced."""
+    flow = FlowControl.__new__(FlowControl)
+    flow._transport = transport
+    flow.read_paused = False
+    flow.write_paused = False
+    writable = _Event()
+    writable.set()
+    flow._is_writable_event = writable
+    return flow
+
+
+def remote_address(transport: asyncio.BaseTransport) -> tuple[str, int] | None:
+    """The client's address as uvicorn's `get_remote_addr` gives it (host and port; None for a
+    Unix socket), from the address the transport recorded when the connection was accepted."""
+    info = transport.get_extra_info("peername")
+    return (str(info[0]), int(info[1])) if isinstance(info, tuple) else None
+
+
+def local_address(transport: asyncio.BaseTransport) -> tuple[str, int | None] | None:
+    """The listening address as uvicorn's `get_local_addr` gives it (host and port; a Unix
+    socket's path and None), from the address the transport recorded."""
+    info = transport.get_extra_info("sockname")
+    if isinstance(info, tuple):
+        return (str(info[0]), int(info[1]))
+    if isinstance(info, str):
+        return (info, None)
+    return None
+
+
 class _Event(asyncio.Event):
     """`asyncio.Event` with its waiters in a list: the same behaviour, without the ~600-byte first
     block of the deque it keeps them in. A stream holds two (its request's, and its connection's
@@ -359,23 +397,69 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     # after uvicorn's `__init__` made it grow by ~1.5 KB, for as long as the connection lasted.
     __slots__ = ("_idle_since", "watched")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        # uvicorn's `HttpToolsProtocol.__init__`, attribute for attribute, without what it repeats
+        # for every connection: looking its two loggers up (under the logging module's lock) and
+        # making a pipeline queue its `connection_made` used to replace (docs/performance.md,
+        # "Eighth round"). `tests/test_response_cycle.py` holds the two to the same attributes.
+        if not config.loaded:
+            config.load()
+        self.config = config
+        self.app = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.logger = _ERROR_LOGGER
+        self.access_logger = _ACCESS_LOGGER
+        self.access_log = _ACCESS_LOGGER.hasHandlers()
+        self.parser = _PARSER(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.ws_protocol_class = config.ws_protocol_class
+        self.root_path = config.root_path
+        self.asgi_version = config.asgi_version
+        self.limit_concurrency = config.limit_concurrency
+        self.app_state = app_state
+        self.timeout_keep_alive_task: asyncio.TimerHandle | None = None
+        self.timeout_keep_alive = config.timeout_keep_alive
+        self.server_state = server_state
+        self.connections = server_state.connections
+        self.tasks = server_state.tasks
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.flow: FlowControl = None  # type: ignore[assignment]
+        self.server: tuple[str, int | None] | None = None
+        self.client: tuple[str, int] | None = None
+        self.scheme: Literal["http", "https"] | None = None
+        # What uvicorn makes with a deque (a connection lasts as long as its stream): the same
+        # behaviour with a list (`_Pipeline`).
+        self.pipeline = _Pipeline()  # type: ignore[assignment]
+        self.scope: HTTPScope = None  # type: ignore[assignment]
+        self.headers: list[tuple[bytes, bytes]] = None  # type: ignore[assignment]
+        self.expect_100_continue = False
+        self.cycle: RequestResponseCycle = None  # type: ignore[assignment]
         # Since the connection's last answer, while no request is in progress (`_keep_alive_expired`).
         self._idle_since: float | None = None
         # The cycle whose response waits to hear of the client leaving (`_OneWriteCycle.watch_disconnect`).
         self.watched: _OneWriteCycle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # uvicorn's `connection_made`, with the two addresses the transport recorded when it was
+        # made (`get_extra_info("peername")`, `"sockname"`) rather than asked of the kernel through
+        # two socket objects made for the purpose, and the flow control's event made once.
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = flow_control(transport)
         # Every connection's local address is the listening socket's: one tuple for all of them.
-        self.server = _LOCAL_ADDRESSES.setdefault(self.server, self.server)
-        # What uvicorn made with a deque each (a connection lasts as long as its stream): the same
-        # behaviour with lists (`_Pipeline`, `_Event`). The write side's event starts set, as uvicorn's.
-        self.pipeline = _Pipeline()  # type: ignore[assignment]
-        writable = _Event()
-        writable.set()
-        self.flow._is_writable_event = writable
+        server = local_address(transport)
+        self.server = _LOCAL_ADDRESSES.setdefault(server, server)
+        self.client = remote_address(transport)
+        self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = "{}:{} - ".format(*self.client) if self.client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

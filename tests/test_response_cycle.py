@@ -437,3 +437,84 @@ def test_a_whole_answer_in_one_call_leaves_in_one_segment_and_only_once(servers:
     wire = talk(servers.ports["gateway"], request("GET", "/answer"))
     assert wire.segments == 1 and wire.data.endswith(BODY)
     assert ANSWERED_AGAIN == [False]  # an answered cycle takes no second answer
+
+
+async def _accepted(
+    protocol_class: type[HttpToolsProtocol], family: socket.AddressFamily, address: Any
+) -> tuple[HttpToolsProtocol, Any, Any]:
+    """A protocol of `protocol_class` as uvicorn's server makes it for a connection accepted on
+    `address` (a real listening socket on the running uvloop loop), after its `connection_made`;
+    with the client socket's own address and the listening socket's."""
+    loop = asyncio.get_running_loop()
+    config = uvicorn.Config(app, http=protocol_class, ws="none", lifespan="off", log_level="critical")
+    made: asyncio.Future[HttpToolsProtocol] = loop.create_future()
+
+    def factory() -> HttpToolsProtocol:
+        protocol = protocol_class(config=config, server_state=uvicorn.server.ServerState(), app_state={}, _loop=loop)
+        original = protocol.connection_made
+
+        def connection_made(transport: asyncio.BaseTransport) -> None:
+            original(transport)  # type: ignore[arg-type]
+            made.set_result(protocol)
+
+        protocol.connection_made = connection_made  # type: ignore[method-assign]
+        return protocol
+
+    with socket.socket(family) as listening:
+        listening.bind(address)
+        listening.listen()
+        server = await loop.create_server(factory, sock=listening)
+        with socket.socket(family) as client:
+            client.setblocking(False)
+            await loop.sock_connect(client, listening.getsockname())
+            protocol = await asyncio.wait_for(made, 5)
+            own = client.getsockname()
+            listening_address = listening.getsockname()
+            protocol.transport.close()
+        server.close()
+        await server.wait_closed()
+    return protocol, own, listening_address
+
+
+def _families(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[socket.AddressFamily, Any]]:
+    families: list[tuple[socket.AddressFamily, Any]] = [(socket.AF_INET, ("127.0.0.1", 0))]
+    if socket.has_ipv6:
+        with socket.socket(socket.AF_INET6) as probe:
+            try:
+                probe.bind(("::1", 0))
+                families.append((socket.AF_INET6, ("::1", 0)))
+            except OSError:
+                pass
+    families.append((socket.AF_UNIX, str(tmp_path_factory.mktemp("uds") / "gateway.sock")))
+    return families
+
+
+def test_a_connection_has_the_addresses_and_attributes_uvicorns_protocol_gives_it(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The gateway's protocol makes its connection state itself (not through uvicorn's `__init__`
+    and `connection_made`): the same attributes, and the same client and server addresses, over
+    TCP on IPv4 and IPv6 (where the machine has it) and over a Unix socket."""
+
+    async def both(family: socket.AddressFamily, address: Any) -> None:
+        theirs, their_client, their_server = await _accepted(HttpToolsProtocol, family, address)
+        if family == socket.AF_UNIX:
+            address = address + ".2"
+        ours, our_client, our_server = await _accepted(GatewayHttpProtocol, family, address)
+        assert set(vars(theirs)) <= {*vars(ours), *GatewayHttpProtocol.__slots__}
+        if family == socket.AF_UNIX:
+            assert theirs.client is None and ours.client is None
+            assert theirs.server == (their_server, None) and ours.server == (our_server, None)
+        else:
+            assert theirs.client == their_client[:2] and ours.client == our_client[:2]
+            assert theirs.server == their_server[:2] and ours.server == our_server[:2]
+            assert isinstance(ours.client[1], int) and isinstance(ours.server[1], int)
+        assert ours.scheme == theirs.scheme == "http"
+        assert type(ours.pipeline).__name__ == "_Pipeline" and not ours.pipeline
+        assert ours.flow._is_writable_event.is_set() and not ours.flow.write_paused and not ours.flow.read_paused
+        assert ours.logger is theirs.logger and ours.access_logger is theirs.access_logger
+        for name in ("asgi_version", "root_path", "limit_concurrency", "timeout_keep_alive", "access_log"):
+            assert getattr(ours, name) == getattr(theirs, name), name
+
+    for family, address in _families(tmp_path_factory):
+        uvloop.run(both(family, address))
