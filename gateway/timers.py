@@ -78,9 +78,18 @@ class SharedTimers:
 _BY_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SharedTimers] = weakref.WeakKeyDictionary()
 
 
+_last: SharedTimers | None = None  # the last loop's: a process runs one loop
+
+
 def shared_timers(loop: asyncio.AbstractEventLoop) -> SharedTimers:
-    """The shared timers of `loop` (made on first use)."""
+    """The shared timers of `loop` (made on first use). Asked for by every upstream connection
+    and every stream: the last loop's are at hand without a weak-keyed lookup."""
+    global _last
+    last = _last
+    if last is not None and last._loop is loop:
+        return last
     timers = _BY_LOOP.get(loop)
     if timers is None:
         timers = _BY_LOOP[loop] = SharedTimers(loop)
+    _last = timers
     return timers

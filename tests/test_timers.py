@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import uvloop
+
 from gateway.timers import RESOLUTION, shared_timers
 
 
@@ -82,3 +84,21 @@ def test_cancelled_timers_do_not_run_even_when_cancelled_by_a_timer_of_their_slo
     assert ran.count("canceller") == 1
     assert all(entry.startswith("victim") for entry in ran[: ran.index("canceller")])
     assert ran[ran.index("canceller") + 1 :] == []
+
+
+def test_each_loop_has_its_own_timers_whichever_asked_last() -> None:
+    first, second = uvloop.new_event_loop(), asyncio.new_event_loop()
+    try:
+        mine = shared_timers(first)
+        theirs = shared_timers(second)
+        assert theirs is not mine
+        # Alternating: the last loop's timers are remembered, and the other loop still gets its own.
+        assert shared_timers(first) is mine and shared_timers(second) is theirs and shared_timers(first) is mine
+        ran: list[str] = []
+        theirs.call_later(0.01, ran.append, "second")
+        second.run_until_complete(asyncio.sleep(0.2))
+        first.run_until_complete(asyncio.sleep(0.2))
+        assert ran == ["second"]
+    finally:
+        first.close()
+        second.close()

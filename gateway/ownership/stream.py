@@ -16,6 +16,8 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 
+import orjson
+
 from gateway.errors import GatewayError, OwnershipUnavailable
 
 __all__ = ["SCANNED_EVENTS", "ThreadCreatedWatch"]
@@ -30,6 +32,17 @@ THREAD_CREATED = b'"thread.created"'
 # An event ends at a blank line (WHATWG HTML, "Server-sent events": CRLF, LF or CR line ends).
 EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 LINE_END = re.compile(rb"\r\n|\n|\r")
+
+
+def _loads(payload: bytes) -> object:
+    """An event's JSON, by `orjson` (several times faster than `json`), and by `json` whatever
+    `orjson` refuses (NaN, a number beyond a double, a BOM, deep nesting...): an event is never
+    read as less than `json` reads it. The two agree on objects and strings, all the watch reads.
+    `ValueError` (or `RecursionError`) when neither reads it."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return json.loads(payload)
 
 
 async def _recorded(thread_id: str) -> None:
@@ -97,7 +110,7 @@ class ThreadCreatedWatch:
         if THREAD_CREATED not in payload:
             return True
         try:
-            event = json.loads(payload)
+            event = _loads(payload)
         except (ValueError, RecursionError):
             return False
         if not isinstance(event, dict) or event.get("type") != "thread.created":

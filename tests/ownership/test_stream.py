@@ -158,3 +158,30 @@ async def test_an_unreadable_unfinished_thread_created_is_dropped_and_any_other_
     assert await watch.feed(ITEM + b'data: {"type":"thr') == ITEM
     assert await watch.rest() == b'data: {"type":"thr'
     assert recorder.recorded == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"type": "thread.created", "thread": {"id": "thr_nan", "score": NaN}}',
+        b'{"type": "thread.created", "thread": {"id": "thr_nan", "n": 1' + b"0" * 400 + b"}}",
+    ],
+    ids=["nan", "number-beyond-a-double"],
+)
+async def test_an_event_only_json_reads_is_read_as_json_reads_it(data: bytes) -> None:
+    # orjson reads the stream's events first and refuses these; `json` reads them, so the thread
+    # is recorded as before, and the stream relayed whole.
+    stream = b"data: " + data + b"\n\n" + ITEM
+    recorder = Recorder()
+    assert await relay(ThreadCreatedWatch(recorder), recorder, [stream]) == stream
+    assert recorder.recorded == ["thr_nan"]
+
+
+@pytest.mark.anyio
+async def test_an_unfinished_thread_created_nested_beyond_what_json_reads_is_dropped() -> None:
+    # Neither reader takes it (orjson's depth limit, then `json`'s recursion limit).
+    data = b'{"type": "thread.created", "thread": {"id": "thr_deep"}, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    recorder = Recorder()
+    assert await relay(ThreadCreatedWatch(recorder), recorder, [b"data: " + data]) == b""
+    assert recorder.recorded == []
