@@ -40,6 +40,70 @@ class InvalidResponse(httpx.RemoteProtocolError):
     """The upstream answered, but not with HTTP/1.1 the gateway relays."""
 
 
+class ParserCallbacks:
+    """The httptools callbacks of every upstream connection's parser, shared.
+
+    httptools keeps the callbacks it finds on the object it is given; on a connection it would
+    find bound methods, five of them (~320 bytes) made for each connection and held as long as it
+    lasts, and pointing back at it. Given this class, it finds these plain functions, made once.
+    Each acts for the connection whose bytes are being parsed, `parsing`, which
+    `UpstreamConnection.data_received` names around each `feed_data` (httptools calls them only
+    from within it)."""
+
+    parsing: UpstreamConnection = None  # type: ignore[assignment]  # set while parsing
+
+    @staticmethod
+    def on_status(reason: bytes) -> None:
+        cycle: ResponseCycle = ParserCallbacks.parsing.cycle  # type: ignore[assignment]  # set while parsing
+        cycle.reason += reason  # possibly in pieces, when the status line is split across reads
+
+    @staticmethod
+    def on_header(name: bytes, value: bytes) -> None:
+        cycle: ResponseCycle = ParserCallbacks.parsing.cycle  # type: ignore[assignment]  # set while parsing
+        if cycle.head.done():
+            return  # a trailer field (RFC 9110 6.5): never a header of the response
+        cycle.headers.append((name.lower(), value))
+
+    @staticmethod
+    def on_headers_complete() -> None:
+        connection = ParserCallbacks.parsing
+        cycle: ResponseCycle = connection.cycle  # type: ignore[assignment]  # set while parsing
+        if cycle.head.done():
+            cycle.error = InvalidResponse("the upstream sent a second response")
+            raise cycle.error
+        status = connection._parser.get_status_code()
+        headers = cycle.headers
+        if 100 <= status < 200 and status != 101:
+            # An interim answer; the final one follows and is bounded on its own.
+            cycle.headers, cycle.reason, cycle.head_bytes = [], b"", 0
+            return
+        # Summed in C: this runs for every response.
+        size = len(cycle.reason) + STATUS_LINE_BYTES + HEADER_LINE_BYTES * len(headers)
+        if size + sum(map(len, chain.from_iterable(headers))) > connection.pool.max_header_bytes:
+            cycle.error = InvalidResponse("the upstream's response head is too large")
+            raise cycle.error
+        codings = [value for name, value in headers if name == b"transfer-encoding"]
+        if codings and b",".join(codings).strip().lower() != b"chunked":
+            # Only a single `chunked` is framing the gateway can relay as is (RFC 9112 6.1).
+            cycle.error = InvalidResponse("the upstream used a transfer coding other than chunked")
+            raise cycle.error
+        cycle.status = status
+        # Read here: httptools answers for the message being parsed, not after it completes.
+        cycle.keep_alive = connection._parser.should_keep_alive()
+        cycle.head.set_result(None)
+        connection.flow.wake_writer()  # a writer still sending the body sees the answer (an early 413)
+
+    @staticmethod
+    def on_body(body: bytes) -> None:
+        ParserCallbacks.parsing.cycle.add_chunk(body)  # type: ignore[union-attr]  # set while parsing
+
+    @staticmethod
+    def on_message_complete() -> None:
+        cycle: ResponseCycle = ParserCallbacks.parsing.cycle  # type: ignore[assignment]  # set while parsing
+        if cycle.answered:  # not the end of an interim (1xx) answer
+            cycle.finish()
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One upstream connection; `cycle` is the exchange in progress (None while idle)."""
 
@@ -67,7 +131,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.cycle: ResponseCycle | None = None
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser = httptools.HttpResponseParser(ParserCallbacks)
 
     def start_cycle(self) -> ResponseCycle:
         self.cycle = ResponseCycle(self)
@@ -92,7 +156,11 @@ class UpstreamConnection(asyncio.Protocol):
         if waiting:
             cycle.head_bytes += len(data)
         try:
-            self._parser.feed_data(data)
+            ParserCallbacks.parsing, parsing = self, ParserCallbacks.parsing
+            try:
+                self._parser.feed_data(data)
+            finally:
+                ParserCallbacks.parsing = parsing
         except httptools.HttpParserUpgrade:
             cycle.fail(InvalidResponse("the upstream tried to upgrade the connection"))
         except httptools.HttpParserError as exc:
@@ -124,8 +192,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.flow.wake_writer()
         # The exchange keeps its connection (its reader may still take buffered chunks), but the
-        # connection lets go of it and of its parser, whose callbacks are this object's methods:
-        # what a closed connection held goes by reference counting (docs/performance.md, "Memory back").
+        # connection lets go of it, and of its parser: what a closed connection held goes by
+        # reference counting (docs/performance.md, "Memory back").
         self.cycle = None
         del self._parser
 
@@ -150,53 +218,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.flow.resume_writing()
-
-    # -- httptools callbacks ---------------------------------------------------------------------
-
-    def on_status(self, reason: bytes) -> None:
-        cycle: ResponseCycle = self.cycle  # type: ignore[assignment]  # set while parsing
-        cycle.reason += reason  # possibly in pieces, when the status line is split across reads
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        cycle: ResponseCycle = self.cycle  # type: ignore[assignment]  # set while parsing
-        if cycle.head.done():
-            return  # a trailer field (RFC 9110 6.5): never a header of the response
-        cycle.headers.append((name.lower(), value))
-
-    def on_headers_complete(self) -> None:
-        cycle: ResponseCycle = self.cycle  # type: ignore[assignment]  # set while parsing
-        if cycle.head.done():
-            cycle.error = InvalidResponse("the upstream sent a second response")
-            raise cycle.error
-        status = self._parser.get_status_code()
-        headers = cycle.headers
-        if 100 <= status < 200 and status != 101:
-            # An interim answer; the final one follows and is bounded on its own.
-            cycle.headers, cycle.reason, cycle.head_bytes = [], b"", 0
-            return
-        # Summed in C: this runs for every response.
-        size = len(cycle.reason) + STATUS_LINE_BYTES + HEADER_LINE_BYTES * len(headers)
-        if size + sum(map(len, chain.from_iterable(headers))) > self.pool.max_header_bytes:
-            cycle.error = InvalidResponse("the upstream's response head is too large")
-            raise cycle.error
-        codings = [value for name, value in headers if name == b"transfer-encoding"]
-        if codings and b",".join(codings).strip().lower() != b"chunked":
-            # Only a single `chunked` is framing the gateway can relay as is (RFC 9112 6.1).
-            cycle.error = InvalidResponse("the upstream used a transfer coding other than chunked")
-            raise cycle.error
-        cycle.status = status
-        # Read here: httptools answers for the message being parsed, not after it completes.
-        cycle.keep_alive = self._parser.should_keep_alive()
-        cycle.head.set_result(None)
-        self.flow.wake_writer()  # a writer still sending the body sees the answer (an early 413)
-
-    def on_body(self, body: bytes) -> None:
-        self.cycle.add_chunk(body)  # type: ignore[union-attr]  # set while parsing
-
-    def on_message_complete(self) -> None:
-        cycle: ResponseCycle = self.cycle  # type: ignore[assignment]  # set while parsing
-        if cycle.answered:  # not the end of an interim (1xx) answer
-            cycle.finish()
 
     # -- used by the transport and the response stream -------------------------------------------
 
