@@ -22,6 +22,7 @@ seconds) and raised as `OwnershipUnavailable` (503): requests that need the stor
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -37,6 +38,8 @@ logger = logging.getLogger("chatkit_gateway.ownership")
 
 WARNING_INTERVAL_SECONDS = 5.0
 ABSENT_SECONDS = 5.0
+# A shared ping's answer when the caller whose ping it was gave up before it came.
+_ASK_AGAIN = StoreUnavailable("ping abandoned", "the caller whose ping it was gave up")
 
 
 class Owners:
@@ -51,6 +54,8 @@ class Owners:
         self._cache_size = cache_size
         self._on_store_error = on_store_error
         self._next_warning = -math.inf
+        # While a ping is on its way: the answers owed to those sharing it (`reach`).
+        self._reaching: list[asyncio.Future[StoreUnavailable | None]] | None = None
 
     def cached(self, item_id: str) -> str | None:
         return self._cache.get(item_id)
@@ -92,11 +97,39 @@ class Owners:
         await self.store.aclose()
 
     async def reach(self) -> None:
-        """Raise `OwnershipUnavailable` unless the store answers now."""
+        """Raise `OwnershipUnavailable` unless the store answers now.
+
+        Whoever asks while a ping is on its way shares that ping's answer, which comes after they
+        asked: creations that arrive together (a burst of new chats) cost the store one ping per
+        round trip, not one each. If the caller whose ping it is gives up (its client left), those
+        sharing it ask again."""
+        while (sharing := self._reaching) is not None:
+            answer: asyncio.Future[StoreUnavailable | None] = asyncio.get_running_loop().create_future()
+            sharing.append(answer)
+            error = await answer
+            if error is not _ASK_AGAIN:
+                break
+        else:
+            error = await self._ping()
+        if error is not None:
+            raise self._failed(error, "ping") from None
+
+    async def _ping(self) -> StoreUnavailable | None:
+        """One ping, its answer given to those who asked meanwhile (`reach`)."""
+        sharing: list[asyncio.Future[StoreUnavailable | None]] = []
+        self._reaching = sharing
+        answer: StoreUnavailable | None = _ASK_AGAIN
         try:
             await self.store.ping()
+            answer = None
         except StoreUnavailable as error:
-            raise self._failed(error, "ping") from None
+            answer = error
+        finally:
+            self._reaching = None
+            for waiting in sharing:
+                if not waiting.done():
+                    waiting.set_result(answer)
+        return answer
 
     async def problem(self) -> str | None:
         """For readiness: why the store cannot be used now, or None."""

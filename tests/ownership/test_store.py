@@ -282,3 +282,84 @@ async def test_a_sqlite_claim_given_up_by_its_caller_leaves_the_others_and_the_s
         assert set(await store.owners(ids)) >= set(ids[:25] + ids[26:])
     finally:
         await store.aclose()
+
+
+class CountedPings:
+    """A real store whose pings are counted (each still goes to the store); while `held` is
+    clear, a ping waits for it before it goes."""
+
+    def __init__(self, store: OwnerStore) -> None:
+        self.count = 0
+        self.held = asyncio.Event()
+        self.held.set()
+        self._ping = store.ping
+        store.ping = self  # type: ignore[method-assign]
+
+    async def __call__(self) -> None:
+        self.count += 1
+        await self.held.wait()
+        await self._ping()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def remote_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OwnerStore]:
+    """The stores a ping waits for (the memory store answers without a pause)."""
+    made: OwnerStore
+    if request.param == "sqlite":
+        made = SQLiteStore(str(tmp_path / "owners.sqlite3"))
+    else:
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        made = RedisStore(redis_server.url)
+    await made.start()
+    try:
+        yield made
+    finally:
+        await made.aclose()
+
+
+@pytest.mark.anyio
+async def test_creations_that_come_together_share_one_ping(remote_store: OwnerStore) -> None:
+    owners = Owners(remote_store, cache_size=10)
+    pings = CountedPings(remote_store)
+    await asyncio.gather(*(owners.reach() for _ in range(50)))
+    assert pings.count == 1
+    # One after the other, each asks the store itself.
+    await owners.reach()
+    await owners.reach()
+    assert pings.count == 3
+
+
+@pytest.mark.anyio
+async def test_when_the_caller_whose_ping_it_is_gives_up_the_others_still_get_an_answer(
+    remote_store: OwnerStore,
+) -> None:
+    owners = Owners(remote_store, cache_size=10)
+    pings = CountedPings(remote_store)
+    pings.held.clear()
+    first = asyncio.ensure_future(owners.reach())
+    await asyncio.sleep(0)  # its ping is on its way
+    others = [asyncio.ensure_future(owners.reach()) for _ in range(20)]
+    await asyncio.sleep(0)  # they share it
+    first.cancel()
+    for _ in range(10):  # a few turns of the loop: the cancellation, then the others wake
+        await asyncio.sleep(0)
+    assert first.cancelled() and not any(other.done() for other in others) and pings.count == 2
+    pings.held.set()
+    await asyncio.gather(*others)  # answered by the ping one of them asked for again
+    assert pings.count == 2
+
+
+@pytest.mark.anyio
+async def test_a_shared_ping_that_fails_fails_everyone_sharing_it() -> None:
+    from gateway.errors import OwnershipUnavailable
+
+    reasons: list[str] = []
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0")
+    owners = Owners(store, cache_size=10, on_store_error=reasons.append)
+    pings = CountedPings(store)
+    try:
+        answers = await asyncio.gather(*(owners.reach() for _ in range(10)), return_exceptions=True)
+        assert all(isinstance(answer, OwnershipUnavailable) for answer in answers), answers
+        assert pings.count == 1 and reasons == ["ConnectionError"] * 10
+    finally:
+        await store.aclose()
