@@ -40,33 +40,44 @@ class InvalidResponse(httpx.RemoteProtocolError):
     """The upstream answered, but not with HTTP/1.1 the gateway relays."""
 
 
+class _Parsing:
+    """The upstream connection whose bytes are being parsed: `UpstreamConnection.data_received`
+    names it around each `feed_data` (httptools calls the callbacks only from within it). A slot
+    of one object, not an attribute of `ParserCallbacks`: assigning to a class attribute would
+    invalidate the interpreter's caches for that class at every read from the upstream."""
+
+    __slots__ = ("connection",)
+
+    def __init__(self) -> None:
+        self.connection: UpstreamConnection = None  # type: ignore[assignment]  # set while parsing
+
+
+PARSING = _Parsing()
+
+
 class ParserCallbacks:
     """The httptools callbacks of every upstream connection's parser, shared.
 
     httptools keeps the callbacks it finds on the object it is given; on a connection it would
     find bound methods, five of them (~320 bytes) made for each connection and held as long as it
-    lasts, and pointing back at it. Given this class, it finds these plain functions, made once.
-    Each acts for the connection whose bytes are being parsed, `parsing`, which
-    `UpstreamConnection.data_received` names around each `feed_data` (httptools calls them only
-    from within it)."""
-
-    parsing: UpstreamConnection = None  # type: ignore[assignment]  # set while parsing
+    lasts, and pointing back at it. Given this class, it finds these plain functions, made once,
+    each acting for the connection being parsed (`PARSING`)."""
 
     @staticmethod
     def on_status(reason: bytes) -> None:
-        cycle: ResponseCycle = ParserCallbacks.parsing.cycle  # type: ignore[assignment]  # set while parsing
+        cycle: ResponseCycle = PARSING.connection.cycle  # type: ignore[assignment]  # set while parsing
         cycle.reason += reason  # possibly in pieces, when the status line is split across reads
 
     @staticmethod
     def on_header(name: bytes, value: bytes) -> None:
-        cycle: ResponseCycle = ParserCallbacks.parsing.cycle  # type: ignore[assignment]  # set while parsing
+        cycle: ResponseCycle = PARSING.connection.cycle  # type: ignore[assignment]  # set while parsing
         if cycle.head.done():
             return  # a trailer field (RFC 9110 6.5): never a header of the response
         cycle.headers.append((name.lower(), value))
 
     @staticmethod
     def on_headers_complete() -> None:
-        connection = ParserCallbacks.parsing
+        connection = PARSING.connection
         cycle: ResponseCycle = connection.cycle  # type: ignore[assignment]  # set while parsing
         if cycle.head.done():
             cycle.error = InvalidResponse("the upstream sent a second response")
@@ -95,11 +106,11 @@ class ParserCallbacks:
 
     @staticmethod
     def on_body(body: bytes) -> None:
-        ParserCallbacks.parsing.cycle.add_chunk(body)  # type: ignore[union-attr]  # set while parsing
+        PARSING.connection.cycle.add_chunk(body)  # type: ignore[union-attr]  # set while parsing
 
     @staticmethod
     def on_message_complete() -> None:
-        cycle: ResponseCycle = ParserCallbacks.parsing.cycle  # type: ignore[assignment]  # set while parsing
+        cycle: ResponseCycle = PARSING.connection.cycle  # type: ignore[assignment]  # set while parsing
         if cycle.answered:  # not the end of an interim (1xx) answer
             cycle.finish()
 
@@ -156,11 +167,12 @@ class UpstreamConnection(asyncio.Protocol):
         if waiting:
             cycle.head_bytes += len(data)
         try:
-            ParserCallbacks.parsing, parsing = self, ParserCallbacks.parsing
+            parsing = PARSING.connection
+            PARSING.connection = self
             try:
                 self._parser.feed_data(data)
             finally:
-                ParserCallbacks.parsing = parsing
+                PARSING.connection = parsing
         except httptools.HttpParserUpgrade:
             cycle.fail(InvalidResponse("the upstream tried to upgrade the connection"))
         except httptools.HttpParserError as exc:
