@@ -416,8 +416,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.logger = _ERROR_LOGGER
         self.access_logger = _ACCESS_LOGGER
         self.access_log = _ACCESS_LOGGER.hasHandlers()
-        self.parser = _PARSER(self)
-        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.parser = self._new_parser()
         self.ws_protocol_class = config.ws_protocol_class
         self.root_path = config.root_path
         self.asgi_version = config.asgi_version
@@ -444,6 +443,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._idle_since: float | None = None
         # The cycle whose response waits to hear of the client leaving (`_OneWriteCycle.watch_disconnect`).
         self.watched: _OneWriteCycle | None = None
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        """The connection's request parser, made as uvicorn makes it."""
+        parser = _PARSER(self)
+        parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        return parser
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # uvicorn's `connection_made`, with the two addresses the transport recorded when it was
@@ -534,8 +539,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         self._idle_since = None
         if self.parser is None:  # let go while a response streamed (`release_parser`)
-            self.parser = _PARSER(self)
-            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn makes it
+            self.parser = self._new_parser()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
