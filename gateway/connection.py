@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 from itertools import chain
 from typing import TYPE_CHECKING, cast
 
@@ -40,16 +41,14 @@ class InvalidResponse(httpx.RemoteProtocolError):
     """The upstream answered, but not with HTTP/1.1 the gateway relays."""
 
 
-class _Parsing:
+class _Parsing(threading.local):
     """The upstream connection whose bytes are being parsed: `UpstreamConnection.data_received`
-    names it around each `feed_data` (httptools calls the callbacks only from within it). A slot
-    of one object, not an attribute of `ParserCallbacks`: assigning to a class attribute would
-    invalidate the interpreter's caches for that class at every read from the upstream."""
+    names it around each `feed_data` (httptools calls the callbacks only from within it). Per
+    thread: each event loop runs on one, and another thread's loop may parse between two of this
+    one's callbacks. An attribute of this object, not of `ParserCallbacks`: assigning to a class
+    attribute would invalidate the interpreter's caches for that class at every read."""
 
-    __slots__ = ("connection",)
-
-    def __init__(self) -> None:
-        self.connection: UpstreamConnection = None  # type: ignore[assignment]  # set while parsing
+    connection: UpstreamConnection = None  # type: ignore[assignment]  # set while parsing
 
 
 PARSING = _Parsing()

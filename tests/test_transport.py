@@ -391,3 +391,54 @@ def test_a_chatkit_stream_opened_without_httpx_sends_and_answers_as_through_http
     assert seen[0] == seen[1] == seen[2]
     assert seen[0][0] == 200 and seen[0][2] == b"data: 1\n\ndata: 2\n\n"
     assert (b"x-extra", b"1") in seen[0][1]
+
+
+def test_event_loops_on_two_threads_each_parse_their_own_connections_answers() -> None:
+    """The upstream parser's callbacks are shared functions acting for the connection being
+    parsed (`gateway/connection.py`): two loops on two threads, parsing at once with the
+    interpreter switching threads as often as it can, each see only their own answers."""
+    import socket
+    import sys
+    import threading
+
+    import uvloop
+
+    from gateway.connection import UpstreamConnection
+
+    def answer(tag: bytes) -> bytes:
+        body = b'{"tag": "%s"}' % tag
+        return b"HTTP/1.1 200 OK\r\nx-tag: %s\r\ncontent-length: %d\r\n\r\n%s" % (tag, len(body), body)
+
+    mixed: list[str] = []
+
+    async def parse(name: str) -> None:
+        near, far = socket.socketpair()
+        with near, far:
+            loop = asyncio.get_running_loop()
+            _, connection = await loop.create_connection(
+                lambda: UpstreamConnection(HTTP11Transport(), ("http", "127.0.0.1", 1)), sock=near
+            )
+            for n in range(3000):
+                tag = b"%s-%d" % (name.encode(), n)
+                cycle = connection.start_cycle()
+                cycle.wrote = True
+                connection.data_received(answer(tag))
+                got = (cycle.status, dict(cycle.headers).get(b"x-tag"), b"".join(cycle.chunks))
+                if got != (200, tag, b'{"tag": "%s"}' % tag):
+                    mixed.append(f"{name} {n}: {got!r}")
+                    return
+                connection.cycle = None
+            connection.abort()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=uvloop.run, args=(parse(name),)) for name in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not any(thread.is_alive() for thread in threads)
+    assert mixed == []
