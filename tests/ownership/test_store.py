@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from tests.support.redis import RedisServer
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OwnerStore]:
+async def started_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OwnerStore]:
+    """The store `request.param` names, started, and closed after."""
     made: OwnerStore
     if request.param == "memory":
         made = MemoryStore()
@@ -36,6 +36,12 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield made
     finally:
         await made.aclose()
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OwnerStore]:
+    async for made in started_store(request, tmp_path):
+        yield made
 
 
 def new_id() -> str:
@@ -304,17 +310,8 @@ class CountedPings:
 @pytest.fixture(params=["sqlite", "redis"])
 async def remote_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OwnerStore]:
     """The stores a ping waits for (the memory store answers without a pause)."""
-    made: OwnerStore
-    if request.param == "sqlite":
-        made = SQLiteStore(str(tmp_path / "owners.sqlite3"))
-    else:
-        redis_server: RedisServer = request.getfixturevalue("redis_server")
-        made = RedisStore(redis_server.url)
-    await made.start()
-    try:
+    async for made in started_store(request, tmp_path):
         yield made
-    finally:
-        await made.aclose()
 
 
 @pytest.mark.anyio
