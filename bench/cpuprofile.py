@@ -63,6 +63,63 @@ class Sampler:
         signal.setitimer(signal.ITIMER_PROF, INTERVAL, INTERVAL)
 
 
+# The parts of a request or a stream's event, for `parts`: a sample goes to the part of the
+# innermost frame that names one (so a header callback of uvicorn's called from the client's read
+# callback counts as uvicorn's machinery, and the read callback's own samples, its `recv` and the
+# loop's C work before it, as the read). Patterns are tried in order for each frame.
+PARTS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (name, re.compile(pattern))
+    for name, pattern in (
+        ("write() to the client", r"^(_OneWriteCycle\._write_body|DirectBody\.(write|end)) "),
+        ("write() to the backend", r"^UpstreamConnection\.write "),
+        ("the backend's bytes in (recv, the loop's wake-up)", r"^UpstreamConnection\.data_received "),
+        ("the client's bytes in (recv, llhttp)", r"^GatewayHttpProtocol\.data_received "),
+        (
+            "connections opened and closed",
+            r"connection_made |connection_lost |create_protocol |eof_received |"
+            r"^UpstreamConnection\.__init__ |^HTTP11Transport\._connect|\(weakref\.py",
+        ),
+        (
+            "uvicorn's request machinery, the task, the ASGI entry",
+            r"^(RequestResponseCycle\.run_asgi|HttpToolsProtocol\.|GatewayHttpProtocol\.on_|"
+            r"Gateway\.__call__|Endpoint\.__call__|Runner\.run|WeakSet\.)|\(asyncio/",
+        ),
+        ("token, identity, origin", r"\(gateway/(auth/|identity\.py|cors\.py|runtime\.py)|\(cachetools/"),
+        (
+            "the ChatKit body (read, checks, parse, rewrite)",
+            r"\(gateway/(chatkit|body|jsondepth|pagecontext)\.py|^ChatKitEndpoint\._rewrite |"
+            r"^Outbound\.injected_metadata ",
+        ),
+        ("ownership", r"\(gateway/ownership/"),
+        ("the exchange with the backend", r"\(gateway/(upstream|transport|connection|outbound|cycle)\.py"),
+        ("the endpoint, the answer, the relay", r"\(gateway/(protocol|relay|headers|responses|app)\.py"),
+        ("metrics, the access record", r"\(gateway/(observe|logs)\.py|\(prometheus_client/|\(logging/"),
+        ("other gateway code", r"\(gateway/"),
+    )
+)
+
+
+def parts(collapsed: str) -> list[tuple[str, float]]:
+    """Collapsed stacks' weight by part (`PARTS`), as shares of the whole, largest first; what no
+    frame of a stack names is "other"."""
+    weights: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        weight = int(count)
+        total += weight
+        weights[_part(stack.split(";"))] += weight
+    return [(name, weight / max(total, 1)) for name, weight in weights.most_common()]
+
+
+def _part(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for name, pattern in PARTS:
+            if pattern.search(frame):
+                return name
+    return "other"
+
+
 def flamegraph_svg(collapsed: str, title: str, width: int = 1200) -> str:
     """A flame graph (root at the bottom) of collapsed stacks, as a standalone SVG with a tooltip
     (`<title>`) per frame: the shape flamegraph.pl draws, without needing it."""

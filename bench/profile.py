@@ -15,7 +15,8 @@ Two samplers, chosen with `--sampler`:
   preempted (socket writes that wake the peer): read its shares as wall time, not CPU;
 - `cpu`: the gateway runs under `bench.cpuprofile`, sampled on its own CPU time; writes
   `docs/cpu-profile-{load}.svg` and the collapsed stacks next to them (`--stacks DIR`), and prints
-  the functions with the largest inclusive and own shares.
+  the functions with the largest inclusive and own shares, then the CPU by part of the work
+  (`bench.cpuprofile.PARTS`: the socket calls, uvicorn's machinery, the token, the body...).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PY_SPY = Path(sys.executable).with_name("py-spy")
 SSE_INTERVAL_MS = 50.0
 
-Load = Callable[[peers.Peer, str, float], None]
+# A load runs for the time given and returns the gateway's CPU per unit (microseconds) and the unit.
+Load = Callable[[peers.Peer, str, float], tuple[float, str]]
 
 
 def json_load(connections: int) -> Load:
@@ -46,6 +48,7 @@ def json_load(connections: int) -> Load:
         url = f"{gateway.url}/chatkit"
         result = measure.wrk(url, token, connections=connections, seconds=seconds, pids=gateway.pids)
         print(f"  {result.requests_per_second:,.0f} requests/s, {result.cpu_us_per_request:.0f} us CPU per request")
+        return result.cpu_us_per_request, "request"
 
     return run
 
@@ -57,7 +60,9 @@ def sse_load(streams: int) -> Load:
         events = int(seconds * 1000 / SSE_INTERVAL_MS)
         stats = load.run_streams("127.0.0.1", port, token, streams=streams, events=events, interval_ms=SSE_INTERVAL_MS)
         cpu = measure.cpu_seconds(gateway.pids) - before
-        print(f"  {stats.events:,} events, {cpu / max(stats.events, 1) * 1e6:.1f} us CPU per event")
+        per_event = cpu / max(stats.events, 1) * 1e6
+        print(f"  {stats.events:,} events, {per_event:.1f} us CPU per event")
+        return per_event, "event"
 
     return run
 
@@ -77,7 +82,9 @@ def sse_open_load(streams: int, events: int) -> Load:
             load.run_streams("127.0.0.1", port, token, streams=streams, events=events, interval_ms=SSE_INTERVAL_MS)
             opened += streams
         cpu = measure.cpu_seconds(gateway.pids) - before
-        print(f"  {opened:,} streams, {cpu / max(opened, 1) * 1e6:.0f} us CPU per stream of {events} events")
+        per_stream = cpu / max(opened, 1) * 1e6
+        print(f"  {opened:,} streams, {per_stream:.0f} us CPU per stream of {events} events")
+        return per_stream, "stream"
 
     return run
 
@@ -119,6 +126,11 @@ def summarize(collapsed: str, top: int = 30) -> list[str]:
     return [f"{n / total:6.1%} {own[frame] / total:6.1%}  {frame}" for frame, n in inclusive.most_common(top)]
 
 
+def by_part(collapsed: str, cpu_us: float) -> list[str]:
+    """The CPU by part of the work (`cpuprofile.PARTS`), as shares and as microseconds of `cpu_us`."""
+    return [f"{share:6.1%} {share * cpu_us:7.1f}  {name}" for name, share in cpuprofile.parts(collapsed)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
     parser.add_argument("--sampler", choices=["py-spy", "cpu"], default="py-spy")
@@ -145,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.sampler == "py-spy":
                     with_py_spy(gateway, token, name, args.seconds, args.output, args.rate)
                     continue
-                LOADS[name](gateway, token, args.seconds)
+                cpu_us, unit = LOADS[name](gateway, token, args.seconds)
                 os.kill(gateway.process.pid, signal.SIGUSR1)
                 path = stacks / f"stacks-{part}.txt"
                 deadline = time.monotonic() + 10
@@ -156,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 title = f"chatkit-gateway CPU time, {name}"
                 (args.output / f"cpu-profile-{name}.svg").write_text(cpuprofile.flamegraph_svg(collapsed, title))
                 print("inclusive  own  function\n" + "\n".join(summarize(collapsed)))
+                print(f"share  us per {unit}  part\n" + "\n".join(by_part(collapsed, cpu_us)))
                 path.rename(stacks / f"stacks-{name}.txt")
     return 0
 

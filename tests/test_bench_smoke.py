@@ -28,3 +28,32 @@ def test_bench_quick_run_measures_every_subject_and_writes_the_report(tmp_path: 
     assert "## Measured design choices" in report
     assert "## What each feature costs" in report and "| tracing on," in report
     assert "## What thread ownership costs" in report and "| sqlite |" in report and "| redis |" in report
+
+
+def test_the_cpu_profile_is_split_by_the_innermost_frame_that_names_a_part() -> None:
+    from bench.cpuprofile import parts
+
+    read = "Runner.run (asyncio/runners.py:118);GatewayHttpProtocol.data_received (gateway/protocol.py:545)"
+    uvicorn = "uvicorn/protocols/http/httptools_impl.py"
+    answer = f"RequestResponseCycle.run_asgi ({uvicorn}:420);relay_body (gateway/relay.py:240)"
+    collapsed = "\n".join(
+        [
+            f"{read} 300",  # the read callback's own samples: the recv and the loop before it
+            f"{read};HttpToolsProtocol.on_header ({uvicorn}:242) 100",
+            f"{answer};_OneWriteCycle._write_body (gateway/protocol.py:170) 400",
+            f"{answer};Observer.finish (gateway/observe.py:200);Histogram.observe (prometheus_client/x.py:600) 150",
+            f"{answer} 30",  # the relay's own code
+            "_run_module_as_main (<frozen runpy>:198) 20",  # nothing of the gateway's
+        ]
+    )
+    shares = dict(parts(collapsed))
+    assert shares == {
+        "write() to the client": 0.4,
+        "the client's bytes in (recv, llhttp)": 0.3,
+        "metrics, the access record": 0.15,
+        "uvicorn's request machinery, the task, the ASGI entry": 0.1,
+        "the endpoint, the answer, the relay": 0.03,
+        "other": 0.02,
+    }
+    largest = [name for name, _ in parts(collapsed)][:2]
+    assert largest == ["write() to the client", "the client's bytes in (recv, llhttp)"]
