@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 import zlib
+from collections.abc import Iterator
 from html import escape
 from pathlib import Path
 from types import FrameType
@@ -99,16 +100,21 @@ PARTS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 )
 
 
+def stacks(collapsed: str) -> Iterator[tuple[list[str], int]]:
+    """Each collapsed stack's frames (outermost first) and weight."""
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        yield stack.split(";"), int(count)
+
+
 def parts(collapsed: str) -> list[tuple[str, float]]:
     """Collapsed stacks' weight by part (`PARTS`), as shares of the whole, largest first; what no
     frame of a stack names is "other"."""
     weights: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in collapsed.splitlines():
-        stack, _, count = line.rpartition(" ")
-        weight = int(count)
+    for frames, weight in stacks(collapsed):
         total += weight
-        weights[_part(stack.split(";"))] += weight
+        weights[_part(frames)] += weight
     return [(name, weight / max(total, 1)) for name, weight in weights.most_common()]
 
 
@@ -125,13 +131,11 @@ def flamegraph_svg(collapsed: str, title: str, width: int = 1200) -> str:
     (`<title>`) per frame: the shape flamegraph.pl draws, without needing it."""
     tree: dict[str, Any] = {"": [0, {}]}
     total = 0
-    for line in collapsed.splitlines():
-        stack, _, count = line.rpartition(" ")
-        weight = int(count)
+    for frames, weight in stacks(collapsed):
         total += weight
         node = tree[""]
         node[0] += weight
-        for frame in stack.split(";"):
+        for frame in frames:
             node = node[1].setdefault(LINE_NUMBER.sub(")", frame), [0, {}])  # one box per function
             node[0] += weight
     rows: list[tuple[int, float, float, str, int]] = []  # depth, x, width, name, weight

@@ -115,11 +115,9 @@ def summarize(collapsed: str, top: int = 30) -> list[str]:
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in collapsed.splitlines():
-        stack, _, count = line.rpartition(" ")
-        weight = int(count)
+    for stack, weight in cpuprofile.stacks(collapsed):
         total += weight
-        frames = [cpuprofile.LINE_NUMBER.sub(")", frame) for frame in stack.split(";")]
+        frames = [cpuprofile.LINE_NUMBER.sub(")", frame) for frame in stack]
         own[frames[-1]] += weight
         for frame in set(frames):
             inclusive[frame] += weight
