@@ -135,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--load", choices=list(LOADS), action="append")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs", help="the folder for the flame graphs")
     parser.add_argument("--stacks", type=Path, help="with --sampler cpu: where to keep the collapsed stacks")
     args = parser.parse_args(argv)
     names = args.load or ["json16", "sse300"]
+    args.output.mkdir(parents=True, exist_ok=True)  # a folder: the graphs are named by load
     with tempfile.TemporaryDirectory(prefix="chatkit-gateway-profile-") as folder:
         stacks = args.stacks or Path(folder)
         stacks.mkdir(parents=True, exist_ok=True)
