@@ -14,6 +14,7 @@ close-delimited), the difference itself is checked.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import socket
 import struct
@@ -157,6 +158,7 @@ class Servers:
         self.ports: dict[str, int] = {}
         self._loop = uvloop.new_event_loop()
         self._servers: list[uvicorn.Server] = []
+        self._serving: list[concurrent.futures.Future[None]] = []
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     def __enter__(self) -> Servers:
@@ -177,7 +179,7 @@ class Servers:
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
             self.ports[name] = sock.getsockname()[1]
-            asyncio.run_coroutine_threadsafe(server.serve(sockets=[sock]), self._loop)
+            self._serving.append(asyncio.run_coroutine_threadsafe(server.serve(sockets=[sock]), self._loop))
             self._servers.append(server)
         deadline = time.monotonic() + 10
         while not all(server.started for server in self._servers):
@@ -188,9 +190,8 @@ class Servers:
     def __exit__(self, *exc: object) -> None:
         for server in self._servers:
             server.should_exit = True
-        deadline = time.monotonic() + 10
-        while any(server.started for server in self._servers) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # `serve` returns once the server has shut down (its `started` stays True after it).
+        concurrent.futures.wait(self._serving, timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
