@@ -90,7 +90,9 @@ def cached_check_us() -> float:
     return asyncio.run(checks())
 
 
-def run(gateway: peers.Peer, signer: peers.Signer, *, seconds: float, connections: int = 16) -> list[str]:
+def run(
+    gateway: peers.Peer, signer: peers.Signer, *, seconds: float, connections: int = 16, rounds: int = ROUNDS
+) -> list[str]:
     """Markdown lines: the table and the cached-check figure."""
     base = tomllib.loads(Path(gateway.process.args[-1]).read_text())  # type: ignore[index]
     token = signer.token()
@@ -116,7 +118,7 @@ def run(gateway: peers.Peer, signer: peers.Signer, *, seconds: float, connection
             samples[name] = ([], [])
         # Rounds that take turns, medians over them: a shared machine's load drifts during a run,
         # and measuring one variant after the other would charge the drift to one of them.
-        for _ in range(ROUNDS):
+        for _ in range(rounds):
             for name, peer in started:
                 url = f"{peer.url}/chatkit"
                 get = measure.wrk(url, token, connections=connections, seconds=seconds, pids=peer.pids, body=GET_BODY)
@@ -134,7 +136,7 @@ def run(gateway: peers.Peer, signer: peers.Signer, *, seconds: float, connection
         out.append(f"| {name} | {get_us:,.0f} | {get_us - off[0]:+,.0f} | {list_us:,.0f} | {list_us - off[1]:+,.0f} |")
     if "redis" not in figures:
         out.append("| redis | – (redis-server is not installed) | | | |")
-    out += ["", f"Medians of {ROUNDS} rounds. One cached check on its own, in-process: {cached_check_us():.2f} µs."]
+    out += ["", f"Medians of {rounds} rounds. One cached check on its own, in-process: {cached_check_us():.2f} µs."]
     return out
 
 

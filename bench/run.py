@@ -28,11 +28,12 @@ class Plan:
     workers_rounds: int = 3
     storm_to_limit: bool = True  # also the most streams one worker can hold here (`storm.max_streams_per_worker`)
     two_workers_storm: int = 10_000
+    side_by_side_rounds: int = 3  # rounds of the tables whose gateways take turns (tokens, ownership)
 
 
 # The single stream runs long enough (1,000 events) for its CPU time to rise above /proc's 10 ms tick.
 FULL = Plan((1, 16, 64), 5.0, ((1, 1000, 5.0), (100, 100, 20.0), (300, 60, 50.0)), (1000, 5000), 2000, 10, 5)
-QUICK = Plan((1, 4), 1.0, ((1, 10, 10.0), (5, 10, 20.0)), (20,), 20, 3, 1, (4,), 1, False, 20)
+QUICK = Plan((1, 4), 1.0, ((1, 10, 10.0), (5, 10, 20.0)), (20,), 20, 3, 1, (4,), 1, False, 20, 1)
 TWO_WORKERS = "gateway, 2 workers"
 PYMALLOC = "gateway, Python's own allocator"
 
@@ -209,8 +210,10 @@ def run(plan: Plan) -> Results:
         config = Path(gateway.process.args[-1])  # type: ignore[index]
         config_args = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
         run_storms(plan, subjects, int(upstream.url.rsplit(":", 1)[1]), token, config_args, results)
-        results.tokens = bench_tokens.run(gateway, token, plan.json_seconds)
-        results.ownership = ownership.run(gateway, signer, seconds=max(1.0, plan.json_seconds / 2))
+        results.tokens = bench_tokens.run(gateway, token, plan.json_seconds, rounds=plan.side_by_side_rounds)
+        results.ownership = ownership.run(
+            gateway, signer, seconds=max(1.0, plan.json_seconds / 2), rounds=plan.side_by_side_rounds
+        )
         results.workers = workers.measure_workers(
             gateway,
             upstream,

@@ -83,7 +83,7 @@ def signing_us(folder: Path) -> dict[str, float]:
     return figures
 
 
-def run(gateway: peers.Peer, token: str, seconds: float) -> list[str]:
+def run(gateway: peers.Peer, token: str, seconds: float, *, rounds: int = ROUNDS) -> list[str]:
     """Markdown lines: CPU per request off / cached / uncached, and the signing cost per key type."""
     base = tomllib.loads(Path(gateway.process.args[-1]).read_text())  # type: ignore[index]
     with tempfile.TemporaryDirectory(prefix="chatkit-gateway-bench-tokens-") as name:
@@ -103,7 +103,7 @@ def run(gateway: peers.Peer, token: str, seconds: float) -> list[str]:
             try:
                 subjects = {"off": off, "cached": cached, "uncached": uncached}
                 cpu: dict[str, list[float]] = {label: [] for label in subjects}
-                for _ in range(ROUNDS):
+                for _ in range(rounds):
                     for label, peer in subjects.items():
                         result = measure.wrk(
                             f"{peer.url}/chatkit", token, connections=CONCURRENCY, seconds=seconds, pids=peer.pids
