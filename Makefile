@@ -43,8 +43,12 @@ lint: venv
 	$(BIN)/ruff format --check gateway
 	$(BIN)/mypy
 
+# The suite runs on every core, at most two: its tests start real servers and browsers, and two
+# workers halve its time on the two cores it is budgeted for (under 15 minutes).
+TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(min(2, len(os.sched_getaffinity(0))))')
+
 test: venv system-deps node-deps lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 test-fast: venv
 	$(BIN)/python -m pytest -x -q
