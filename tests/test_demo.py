@@ -4,7 +4,8 @@ The demo page signs in through the development identity provider, chats through 
 replies that stream in, and shows what the backend received; signed out, the gateway's 401 makes
 the page ask the user to sign in. The provider's tokens go through the gateway's ordinary
 verifier, and Ctrl-C stops the one demo process completely. The signed-in screenshot taken here
-is `docs/demo.png`.
+is `docs/demo.png`; `UPDATE_DEMO_SCREENSHOT=1 make test` writes it there (otherwise it stays in the
+test's temporary folder, and a test run leaves the tree as it found it).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def send(page: Page, text: str) -> None:
 
 
 def test_signed_in_chat_streams_the_reply_and_shows_what_the_backend_received(
-    demo: RunningDemo, context: BrowserContext
+    demo: RunningDemo, context: BrowserContext, tmp_path: Path
 ) -> None:
     page = context.new_page()
     sign_in(page, demo)
@@ -134,8 +135,9 @@ def test_signed_in_chat_streams_the_reply_and_shows_what_the_backend_received(
     send(page, "and again")
     expect(page.locator(".message.assistant[data-done='true']")).to_have_count(2, timeout=15_000)
     assert page.locator(".message.assistant").nth(1).inner_text().endswith('You said: "and again"')
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    screenshot = SCREENSHOT if os.environ.get("UPDATE_DEMO_SCREENSHOT") == "1" else tmp_path / SCREENSHOT.name
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_another_users_thread_is_refused_on_the_page(demo: RunningDemo, browser: Browser) -> None:
