@@ -23,9 +23,18 @@ STAMP = re.compile(rb'"t":(\d+)')
 @dataclass
 class StreamStats:
     latencies_ns: list[int] = field(default_factory=list)
+    sent_ns: list[int] = field(default_factory=list)  # each latency's event, when the upstream sent it
     first_event_at: list[float] = field(default_factory=list)
     events: int = 0
     failures: int = 0
+
+    def once_all_open(self) -> list[int]:
+        """The latencies of the events sent after every stream had its first event: the relay of
+        open streams, without the queue a burst of openings puts in front of the first events."""
+        if not self.first_event_at:
+            return []
+        opened_ns = int(max(self.first_event_at) * 1e9)
+        return [latency for latency, sent in zip(self.latencies_ns, self.sent_ns, strict=True) if sent > opened_ns]
 
 
 def _request(path: str, host: str, token: str, body: dict[str, object]) -> bytes:
@@ -58,7 +67,9 @@ class _Response:
             self.stats.events += 1
             match = STAMP.search(frame)
             if match:
-                self.stats.latencies_ns.append(now - int(match.group(1)))
+                sent = int(match.group(1))
+                self.stats.latencies_ns.append(now - sent)
+                self.stats.sent_ns.append(sent)
             if not self.first.done():
                 self.first.set_result(None)
                 self.stats.first_event_at.append(time.monotonic())

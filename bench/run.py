@@ -90,6 +90,7 @@ def run_sse(plan: Plan, subjects: list[tuple[str, peers.Peer, list[int]]], token
             results.sse[name][streams] = {
                 "p50_ms": percentile(stats.latencies_ns, 0.50),
                 "p99_ms": percentile(stats.latencies_ns, 0.99),
+                "open_p99_ms": percentile(stats.once_all_open(), 0.99),
                 "events": stats.events,
                 "failures": stats.failures,
                 "cpu_us_per_event": cpu / max(stats.events, 1) * 1e6,

@@ -28,6 +28,28 @@ def test_bench_quick_run_measures_every_subject_and_writes_the_report(tmp_path: 
     assert "## Measured design choices" in report
     assert "## What each feature costs" in report and "| tracing on," in report
     assert "## What thread ownership costs" in report and "| sqlite |" in report and "| redis |" in report
+    # Every subject's SSE rows give the events once all streams were open a figure of their own.
+    sse = report.split("## SSE", 1)[1].split("\n## ", 1)[0]
+    header = next(line for line in sse.splitlines() if line.startswith("| subject |"))
+    column = [cell.strip() for cell in header.strip("|").split("|")].index("added p99 ms, all open")
+    rows = [line for line in sse.splitlines() if line.startswith(("| direct |", "| nginx |", "| gateway |"))]
+    assert len(rows) == 6
+    for line in rows:
+        float(line.strip("|").split("|")[column])  # a number, not "–": such events were measured
+
+
+def test_events_once_all_streams_are_open_are_those_sent_after_the_last_first_event() -> None:
+    from bench.load import StreamStats
+
+    # Two streams; the second's first event arrived at t = 2.0 s. Events sent at or before then were
+    # queued behind the openings; the two sent after it are the open streams' relay.
+    stats = StreamStats(
+        latencies_ns=[9_000_000, 8_000_000, 7_000_000, 1_000_000, 2_000_000],
+        sent_ns=[1_000_000_000, 1_500_000_000, 2_000_000_000, 2_500_000_000, 3_000_000_000],
+        first_event_at=[1.001, 2.0],
+    )
+    assert stats.once_all_open() == [1_000_000, 2_000_000]
+    assert StreamStats().once_all_open() == []
 
 
 def test_the_cpu_profile_is_split_by_the_innermost_frame_that_names_a_part() -> None:
